@@ -17,7 +17,7 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FuncFormatter, PercentFormatter
 
 from .labels import CLASSES, CLASS_INDEX, DISPLAY_NAMES, NUM_CLASSES, PALETTE
 from .dataset import class_summary, denormalize, mask_areas, split_sizes
@@ -104,6 +104,10 @@ def show_samples(images: Sequence,                     # uint8 (H, W, 3) images 
     return save_figure(fig, save)
 
 # %% ../notebooks/lib/06_viz.ipynb #467b61a6
+def _log_percent(x, pos=None) -> str:
+    "Tick label of a fraction on a log axis: 0.0001 -> 0.01%."
+    return f"{100 * x:g}%"
+
 _SPLIT_COLOURS = {'train': '#4C72B0', 'val': '#DD8452', 'test': '#55A868'}
 
 def _split_palette(splits) -> dict:
@@ -130,7 +134,7 @@ def plot_class_share(stats: pd.DataFrame,               # `label_stats` frame
     pal = _split_palette(cs['split'])
     fig = new_figure(figsize=(11, 6.5), layout='constrained'); ax1, ax2 = fig.subplots(1, 2, sharey=True)
     sns.barplot(cs[cs['pixel_share'] > 0], y='name', x='pixel_share', hue='split', palette=pal, order=[DISPLAY_NAMES[c] for c in CLASSES], ax=ax1)
-    ax1.set_xscale('log'); ax1.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    ax1.set_xscale('log'); ax1.xaxis.set_major_formatter(FuncFormatter(_log_percent))
     ax1.set(title='Share of pixels (log scale)', xlabel='pixels of the class / all pixels', ylabel='')
     sns.barplot(cs, y='name', x='image_share', hue='split', palette=pal, order=[DISPLAY_NAMES[c] for c in CLASSES], ax=ax2, legend=False)
     ax2.xaxis.set_major_formatter(PercentFormatter(1.0)); ax2.set_xlim(0, 1.02)
@@ -150,7 +154,7 @@ def plot_mask_areas(stats: pd.DataFrame,                # `label_stats` frame
         warnings.simplefilter('ignore', DeprecationWarning)
         sns.boxplot(areas, y='name', x='area', hue='name', palette=pal, order=order, hue_order=order, legend=False,
                     fliersize=1.5, linewidth=0.8, linecolor='0.3', ax=ax)
-    ax.set_xscale('log'); ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    ax.set_xscale('log'); ax.xaxis.set_major_formatter(FuncFormatter(_log_percent))
     ax.set(title='Area of each class in the images that contain it', xlabel='share of the image (log scale)', ylabel='')
     ax.grid(axis='x', alpha=0.3); sns.despine(ax=ax)
     return save_figure(fig, save)

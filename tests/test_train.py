@@ -1,0 +1,222 @@
+"""Training: config checks before any work, learning on the synthetic set, loadable checkpoints, resume = uninterrupted run."""
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import faceseg_lib.train as train
+from faceseg_lib.dataset import FaceParsingDataset, eval_transform
+from faceseg_lib.errors import DataError
+from faceseg_lib.labels import CLASSES, NUM_CLASSES
+from faceseg_lib.models import create_model, model_from_checkpoint
+from faceseg_lib.train import TrainConfig, fit, load_history
+
+SIZE = 64
+TINY = dict(arch='Unet', encoder='resnet18', encoder_weights=None, size=SIZE, batch_size=4, workers=0)
+
+
+@pytest.fixture(scope='session')
+def prepared(tmp_path_factory):
+    """24 synthetic faces (128 px images, 64 px masks) prepared at 64 px, split 60/20/20: 14 train, 5 val, 5 test."""
+    from faceseg_lib.prepare import prepare
+    from faceseg_lib.synthetic import synthesize
+    root = tmp_path_factory.mktemp('faceseg-train')
+    synthesize(root / 'raw', n=24, seed=0, image_size=128, mask_size=64, workers=1, progress=False)
+    prepare(root / 'raw', root / 'prepared', size=SIZE, split='fractions:0.6,0.2,0.2', workers=1, progress=False)
+    return root / 'prepared'
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine two OpenMP threads can wait on each other 10x longer than they compute."""
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(prepared, tmp_path, **kw):
+    return TrainConfig(**{'data_dir': str(prepared), 'out_dir': str(tmp_path / 'runs'), **TINY, **kw})
+
+
+def evaluate_checkpoint(path, data_dir, split='val'):
+    """Confusion counts of a checkpoint on a whole split, one image at a time, computed with numpy (independent of train.py)."""
+    model, ckpt = model_from_checkpoint(path)
+    ds = FaceParsingDataset(data_dir, split, transform=eval_transform(ckpt['config']['size']))
+    m = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    with torch.no_grad():
+        for i in range(len(ds)):
+            x, y = ds[i]
+            pred = model(x[None]).argmax(1)[0]
+            m += np.bincount(NUM_CLASSES * y.numpy().ravel() + pred.numpy().ravel(), minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+    return m, ckpt
+
+
+def f1_from_counts(m):
+    tp = np.diag(m).astype(float); den = m.sum(0) + m.sum(1)
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan)
+
+
+# --- config: one definition, checked before any work -------------------------------------------------------------
+
+@pytest.mark.parametrize('kw, message', [
+    (dict(arch='Unett'), "unknown architecture 'Unett'"),
+    (dict(encoder='resnet35'), "unknown encoder 'resnet35'"),
+    (dict(lr=-1e-3), 'config.lr: must be a positive number'),
+    (dict(lr=0), 'config.lr: must be a positive number'),
+    (dict(size=100, arch='FPN'), 'divisible by 32'),
+    (dict(loss='dise'), 'config.loss'),
+    (dict(epochs=0), 'config.epochs'),
+    (dict(val_split='nope'), 'nope'),
+])
+def test_bad_config_fails_before_any_work(prepared, tmp_path, monkeypatch, kw, message):
+    monkeypatch.setattr(train, 'create_model', lambda *a, **k: pytest.fail('a model was built before the config was checked'))
+    with pytest.raises(DataError, match='Fix') as e:
+        fit(tiny(prepared, tmp_path, **kw))
+    assert message in str(e.value)
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_unknown_names_list_the_valid_ones(prepared, tmp_path):
+    with pytest.raises(DataError) as e: fit(tiny(prepared, tmp_path, arch='Unett'))
+    assert all(a in str(e.value) for a in ('FPN', 'DeepLabV3Plus', 'Segformer'))
+    with pytest.raises(DataError) as e: fit(tiny(prepared, tmp_path, optimizer='adamx'))
+    assert 'adamw, adam, sgd' in str(e.value)
+
+
+def test_missing_dataset_names_path_and_fix(tmp_path):
+    with pytest.raises(DataError) as e:
+        fit(TrainConfig(data_dir=str(tmp_path / 'nowhere'), out_dir=str(tmp_path / 'runs'), **TINY))
+    assert str(tmp_path / 'nowhere') in str(e.value) and 'faceseg prepare' in str(e.value)
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_all_problems_reported_at_once(prepared, tmp_path):
+    with pytest.raises(DataError) as e: fit(tiny(prepared, tmp_path, lr=-1, epochs=0, loss='x'))
+    assert {p.file for p in e.value.problems} >= {'config.lr', 'config.epochs', 'config.loss'}
+
+
+def test_presets_fill_only_unset_recipe_fields():
+    c = train.resolved(TrainConfig(preset='original', lr=3e-4))
+    assert (c.loss, c.optimizer, c.lr, c.scheduler, c.augmentation) == ('dice', 'adam', 3e-4, 'none', 'none')
+    d = train.resolved(TrainConfig())
+    assert (d.loss, d.optimizer, d.scheduler, d.augmentation) == ('dice', 'adamw', 'cosine', 'default')
+    assert set(train.RECIPE_FIELDS) == set(train.PRESETS['original']) <= set(train.config_fields())
+    e = train.resolved(train.config_from_args(['--scheduler', 'none', '--augmentation', 'none', '--optimizer', 'None']))
+    assert (e.scheduler, e.augmentation, e.optimizer) == ('none', 'none', 'adamw')  # 'none' is a value, 'None' means unset
+
+
+def test_cli_flags_are_the_config_fields():
+    p = train.build_train_parser()
+    dests = {a.dest for a in p._actions} - {'help'}
+    assert dests == set(train.config_fields())
+    flags = {s for a in p._actions for s in a.option_strings}
+    assert all(f"--{f.replace('_', '-')}" in flags and f'--{f}' in flags for f in train.config_fields())
+    assert train.config_from_args([]) == TrainConfig()
+    help_text = p.format_help()
+    assert "output of `faceseg prepare" in help_text and 'mixed precision' in help_text  # help = the fields' comments
+
+
+def test_module_entry_point_and_exit_codes(tmp_path, capsys):
+    r = subprocess.run([sys.executable, '-m', 'faceseg_lib.train', '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and '--encoder-weights' in r.stdout and '--resume' in r.stdout
+    assert train.main(['--data-dir', str(tmp_path / 'none'), '--out-dir', str(tmp_path / 'runs')]) == 2
+    assert 'Fix' in capsys.readouterr().err
+
+
+# --- learning, checkpoints, resume ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('loss, ratio', [('dice', 0.93), ('dice_ce', 0.7)])  # measured: 0.885 and 0.46
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared, loss, ratio):
+    torch.manual_seed(0)
+    ds = FaceParsingDataset(prepared, 'train', transform=eval_transform(SIZE))
+    x = torch.stack([ds[i][0] for i in range(4)]); y = torch.stack([ds[i][1] for i in range(4)])
+    model = create_model('Unet', 'resnet18', None)
+    cfg = train.resolved(TrainConfig(lr=1e-3, loss=loss))
+    opt, loss_fn = train.make_optimizer(model, cfg), train.LOSSES[cfg.loss]
+    model.train()
+    with torch.no_grad(): before = loss_fn(model(x), y).item()
+    for _ in range(15):
+        step_loss = loss_fn(model(x), y); opt.zero_grad(); step_loss.backward(); opt.step()
+    with torch.no_grad(): after = loss_fn(model(x), y).item()
+    assert after < ratio * before, (before, after)
+
+
+def test_fit_writes_run_folder_and_loadable_checkpoints(prepared, tmp_path):
+    run = fit(tiny(prepared, tmp_path, epochs=2, max_steps=2, name='r'))
+    assert sorted(p.name for p in run.iterdir()) == ['best.pt', 'config.json', 'history.csv', 'last.pt']
+    fields = train.config_fields()
+    config = json.loads((run / 'config.json').read_text())
+    assert list(config) == fields and config['loss'] == 'dice' and config['name'] == 'r'
+    h = load_history(run)
+    assert list(h.columns) == list(train.HISTORY_COLUMNS) and h['epoch'].tolist() == [1, 2]
+    assert (h['train_loss'] > 0).all() and h['lr'].gt(0).all() and h['seconds'].gt(0).all()
+    for name in ('best.pt', 'last.pt'):
+        ckpt = torch.load(run / name, weights_only=True)
+        assert list(ckpt['config']) == fields and ckpt['classes'] == list(CLASSES)
+    best_epoch = int(h['val_mean_f1'].fillna(-1).idxmax()) + 1  # first best (ties keep the earlier epoch)
+    # the rebuilt best model reproduces, on the whole val split, exactly the scores the run recorded for that epoch
+    m, ckpt = evaluate_checkpoint(run / 'best.pt', prepared)
+    assert ckpt['metrics']['epoch'] == best_epoch
+    assert ckpt['metrics']['pixels'] == m.sum() == 5 * SIZE * SIZE
+    row = h.iloc[best_epoch - 1]
+    np.testing.assert_allclose(f1_from_counts(m), row[[f'f1_{c}' for c in CLASSES]].to_numpy(float), atol=1e-12)
+    assert math.isclose(np.nanmean(f1_from_counts(m)[1:]), row['val_mean_f1'], abs_tol=1e-12)
+    last = torch.load(run / 'last.pt', weights_only=True)
+    assert {'optimizer', 'scheduler', 'scaler'} <= set(last) and last['extra']['epoch'] == 2
+
+
+def test_existing_run_is_never_overwritten(prepared, tmp_path):
+    run = tmp_path / 'runs' / 'taken'; run.mkdir(parents=True); (run / 'notes.txt').write_text('mine')
+    with pytest.raises(DataError, match='resume'):
+        fit(tiny(prepared, tmp_path, name='taken'))
+    assert [p.name for p in run.iterdir()] == ['notes.txt']
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(prepared, tmp_path, monkeypatch):
+    kw = dict(epochs=2, max_steps=2, warmup_epochs=0.5)
+    straight = fit(tiny(prepared, tmp_path, name='straight', **kw))
+
+    save = train.save_checkpoint
+    def save_then_die(path, *args, **kwargs):  # the process dies right after epoch 1's last.pt is on disk
+        save(path, *args, **kwargs)
+        if path.name == 'last.pt': raise KeyboardInterrupt
+    monkeypatch.setattr(train, 'save_checkpoint', save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(prepared, tmp_path, name='killed', **kw))
+    monkeypatch.setattr(train, 'save_checkpoint', save)
+    assert len(load_history(tmp_path / 'runs' / 'killed')) == 1
+
+    with pytest.raises(DataError, match='lr: run has'):  # a changed config is refused
+        fit(tiny(prepared, tmp_path, name='killed', resume=True, lr=0.1, **kw))
+    # workers may change on resume: augmentation is seeded per item, not per worker
+    resumed = fit(tiny(prepared, tmp_path, name='killed', resume=True, **{**kw, 'workers': 1}))
+    a, b = load_history(straight), load_history(resumed)
+    assert a['epoch'].tolist() == b['epoch'].tolist() == [1, 2]
+    np.testing.assert_allclose(a.drop(columns='seconds').to_numpy(float), b.drop(columns='seconds').to_numpy(float), rtol=1e-6, atol=1e-7)
+    for name in ('last.pt', 'best.pt'):
+        wa, wb = (torch.load(r / name, weights_only=True)['state_dict'] for r in (straight, resumed))
+        assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa), name
+    assert fit(tiny(prepared, tmp_path, name='killed', resume=True, **kw)) == resumed  # finished: nothing more to do
+
+
+def test_seeded_runs_repeat_and_seeds_differ(prepared, tmp_path):
+    kw = dict(epochs=1, max_steps=2)
+    a, b, c = (load_history(fit(tiny(prepared, tmp_path, name=n, seed=s, **kw))) for n, s in (('a', 0), ('b', 0), ('c', 1)))
+    assert a['train_loss'][0] == b['train_loss'][0] and a['val_loss'][0] == b['val_loss'][0]
+    assert a['train_loss'][0] != c['train_loss'][0]
+
+
+def test_dice_charges_absent_classes_and_losses_are_registered():
+    assert set(train.LOSSES) == {'dice', 'ce', 'dice_ce', 'focal', 'dice_smp'}
+    target = torch.zeros(2, 8, 8, dtype=torch.long); target[:, 2:5, 2:5] = CLASSES.index('skin')
+    right = torch.nn.functional.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2) * 10.0
+    wrong = right.clone(); wrong[:, CLASSES.index('hat'), :2] = 20.0  # a hat where there is none
+    assert train.dice_loss(right, target) < 0.01
+    extra_ours = train.dice_loss(wrong, target) - train.dice_loss(right, target)
+    extra_smp = train.LOSSES['dice_smp'](wrong, target) - train.LOSSES['dice_smp'](right, target)
+    assert extra_ours > extra_smp + 0.9 / NUM_CLASSES

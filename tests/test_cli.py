@@ -12,7 +12,7 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, '-m', 'faceseg_lib.cli', *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.mark.parametrize('command', [[], ['synth'], ['prepare'], ['demo']])
+@pytest.mark.parametrize('command', [[], ['synth'], ['prepare'], ['demo'], ['train']])
 def test_help_explains_every_command(command):
     r = run_cli(*command, '--help')
     assert r.returncode == 0, r.stderr
@@ -21,7 +21,7 @@ def test_help_explains_every_command(command):
 
 def test_every_subcommand_is_in_the_main_help():
     help_text = build_parser().format_help()
-    for name in ('synth', 'prepare', 'demo'):
+    for name in ('synth', 'prepare', 'train', 'demo'):
         assert name in help_text
 
 
@@ -31,7 +31,18 @@ def test_bad_input_exits_2_with_file_and_fix(tmp_path, capsys):
     assert str(tmp_path / 'missing') in err and 'Fix' in err and 'Traceback' not in err
 
 
-def test_synth_then_prepare_from_the_command_line(tmp_path):
+def test_unknown_flag_is_refused():
+    r = run_cli('demo', '--bogus')
+    assert r.returncode == 2 and 'unrecognized arguments: --bogus' in r.stderr
+
+
+def test_train_flags_are_the_training_parser(tmp_path):
+    r = run_cli('train', '--data-dir', tmp_path / 'missing', '--encoder-weights', 'None', '--out-dir', tmp_path / 'runs')
+    assert r.returncode == 2 and str(tmp_path / 'missing') in r.stderr and 'faceseg prepare' in r.stderr
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_synth_then_prepare_then_train_from_the_command_line(tmp_path):
     raw, prep = tmp_path / 'raw', tmp_path / 'prep'
     r = run_cli('synth', raw, '--n', 6, '--seed', 3, '--workers', 1, '-q')
     assert r.returncode == 0, r.stderr
@@ -40,6 +51,10 @@ def test_synth_then_prepare_from_the_command_line(tmp_path):
     meta = json.loads((prep / 'meta.json').read_text())
     assert meta['size'] == 64 and sum(meta['counts'].values()) == 6
     assert len(list((prep / 'labels').glob('*.png'))) == 6
+    r = run_cli('train', '--data-dir', prep, '--size', 64, '--arch', 'Unet', '--encoder', 'resnet18', '--encoder-weights', 'None',
+                '--epochs', 1, '--batch-size', 2, '--workers', 0, '--out-dir', tmp_path / 'runs', '--name', 'cli')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {'config.json', 'history.csv', 'best.pt', 'last.pt'} <= {p.name for p in (tmp_path / 'runs' / 'cli').iterdir()}
 
 
 @pytest.mark.slow

@@ -1,0 +1,120 @@
+"""faceseg export: ONNX with a dynamic batch and metadata, a parity check that catches a changed file, and predict --backend onnx."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+import faceseg_lib.predict as P
+from faceseg_lib.errors import DataError
+from faceseg_lib.export import check_onnx, export_onnx
+from faceseg_lib.labels import CLASSES
+from faceseg_lib.models import create_model, save_checkpoint
+
+SIZE = 64
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A random-weight FPN/mobilenet_v2 checkpoint (64 px), its ONNX export and the export report."""
+    torch.set_num_threads(1); torch.manual_seed(0)
+    d = tmp_path_factory.mktemp('export')
+    ckpt = save_checkpoint(d / 'tiny.pt', create_model('FPN', 'mobilenet_v2', None), {'arch': 'FPN', 'encoder': 'mobilenet_v2', 'size': SIZE})
+    report = export_onnx(ckpt, d / 'tiny.onnx', n_check=4)
+    return ckpt, d / 'tiny.onnx', report
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory) -> list[Path]:
+    """Three real sample faces when the sample is here, else three synthetic faces (written as JPEG)."""
+    from conftest import SAMPLE_DIR
+    real = sorted((SAMPLE_DIR / 'CelebA-HQ-img').glob('*.jpg'))[:3]
+    if real: return real
+    from faceseg_lib.synthetic import render_face
+    d, rng = tmp_path_factory.mktemp('photos'), np.random.default_rng(1)
+    paths = [d / f'{i}.jpg' for i in range(3)]
+    for p in paths: Image.fromarray(render_face(rng, image_size=256, mask_size=64)[0]).save(p)
+    return paths
+
+
+def test_export_passes_parity_and_carries_metadata(tiny):
+    ckpt, path, report = tiny
+    assert path.is_file() and report['agreement'] >= 0.999 and report['max_abs_diff'] < 1e-3
+    assert report['images'] == 4 and report['batch_sizes'] == [4]
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta['format'] == P.ONNX_FORMAT and json.loads(meta['classes']) == list(CLASSES) and meta['size'] == str(SIZE)
+    assert len(json.loads(meta['mean'])) == 3 and json.loads(meta['parity'])['agreement'] >= 0.999
+    s = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    assert isinstance(s.get_inputs()[0].shape[0], str)                      # the batch axis is dynamic
+    for n in (1, 3):
+        assert s.run(None, {'image': np.zeros((n, 3, SIZE, SIZE), np.float32)})[0].shape == (n, len(CLASSES), SIZE, SIZE)
+
+
+def test_check_runs_on_real_images_and_odd_batches(tiny, photos):
+    ckpt, path, _ = tiny
+    r = check_onnx(path, ckpt, images=photos, n=3, batch_size=2)
+    assert r['images'] == 3 and r['batch_sizes'] == [1, 2] and r['agreement'] >= 0.999
+
+
+def test_tampered_weights_fail_the_check(tiny, tmp_path):
+    ckpt, path, _ = tiny
+    m = onnx.load(str(path))
+    head = next(t for t in m.graph.initializer if len(t.dims) == 4 and t.dims[0] == len(CLASSES))  # the class head's kernel
+    head.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(head), head.name))
+    onnx.save(m, str(tmp_path / 'tampered.onnx'))
+    with pytest.raises(DataError, match='tampered.onnx: disagrees with .*agreement'):
+        check_onnx(tmp_path / 'tampered.onnx', ckpt, n=2)
+
+
+def test_damaged_or_foreign_onnx_is_refused(tiny, tmp_path):
+    ckpt, path, _ = tiny
+    (tmp_path / 'cut.onnx').write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DataError, match='cut.onnx: cannot be loaded by ONNX Runtime'):
+        check_onnx(tmp_path / 'cut.onnx', ckpt, n=1)
+    m = onnx.load(str(path)); del m.metadata_props[:]
+    onnx.save(m, str(tmp_path / 'plain.onnx'))
+    with pytest.raises(DataError, match='plain.onnx: is an ONNX model but not one faceseg exported'):
+        P.predict(tmp_path / 'plain.onnx', photo_path(tmp_path), tmp_path / 'out', detect=False, progress=False)
+
+
+def photo_path(d: Path) -> Path:
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(d / 'x.png')
+    return d / 'x.png'
+
+
+def test_failed_check_leaves_no_file(tiny, tmp_path):
+    ckpt, _, _ = tiny
+    with pytest.raises(DataError, match='disagrees'):
+        export_onnx(ckpt, tmp_path / 'm.onnx', n_check=1, min_agreement=1.01)   # no model can pass this
+    assert not list(tmp_path.glob('*.onnx'))
+
+
+def test_onnx_backend_predicts_like_torch(tiny, photos, tmp_path):
+    ckpt, path, _ = tiny
+    a = P.predict(ckpt, photos, tmp_path / 'torch', detect=False, progress=False)
+    b = P.predict(path, photos, tmp_path / 'onnx', detect=False, backend='onnx', progress=False)
+    assert (a['backend'], b['backend']) == ('torch', 'onnx') and b['counts']['ok'] == 3
+    for p in photos:
+        la, lb = (cv2.imread(str(tmp_path / k / f'{p.stem}.png'), cv2.IMREAD_UNCHANGED) for k in ('torch', 'onnx'))
+        assert la.shape == lb.shape and (la == lb).mean() >= 0.999
+
+
+def test_backend_onnx_wants_the_onnx_file(tiny, tmp_path):
+    ckpt, _, _ = tiny
+    with pytest.raises(DataError, match='export it first'):
+        P.predict(ckpt, photo_path(tmp_path), tmp_path / 'out', backend='onnx', progress=False)
+
+
+def test_cli_arguments_run_export(tiny, tmp_path, capsys):
+    import argparse
+    from faceseg_lib.export import add_export_arguments
+    ckpt, _, _ = tiny
+    args = add_export_arguments(argparse.ArgumentParser()).parse_args([str(ckpt), str(tmp_path / 'cli.onnx'), '--n-check', '2'])
+    r = args.func(args)
+    assert (tmp_path / 'cli.onnx').is_file() and r['agreement'] >= 0.999
+    assert 'argmax agreement' in capsys.readouterr().out

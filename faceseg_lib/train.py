@@ -29,11 +29,11 @@ from .metrics import ConfusionMatrix
 
 # %% auto #0
 __all__ = ['LOSSES', 'PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', 'SCHEDULERS', 'AMP_MODES', 'OPTIMIZERS', 'HISTORY_COLUMNS',
-           'dice_loss', 'dice_ce_loss', 'TrainConfig', 'config_fields', 'resolved', 'run_dir', 'validate',
-           'make_optimizer', 'lr_factor', 'make_scheduler', 'derive_seed', 'SeededSampler', 'SeededItems',
-           'SeededTransform', 'make_loaders', 'resolve_device', 'amp_dtype', 'init_distributed', 'seed_all',
-           'train_epoch', 'evaluate_loader', 'history_row', 'write_atomic', 'write_history', 'load_history', 'fit',
-           'add_config_arguments', 'build_train_parser', 'config_from_args', 'config_from_params', 'main',
+           'dice_loss', 'dice_ce_loss', 'TrainConfig', 'config_fields', 'resolved', 'config_problems', 'data_problems',
+           'run_dir', 'validate', 'make_optimizer', 'lr_factor', 'make_scheduler', 'derive_seed', 'SeededSampler',
+           'SeededItems', 'SeededTransform', 'make_loaders', 'resolve_device', 'amp_dtype', 'init_distributed',
+           'seed_all', 'train_epoch', 'evaluate_loader', 'history_row', 'write_atomic', 'write_history', 'load_history',
+           'fit', 'add_config_arguments', 'build_train_parser', 'config_from_args', 'config_from_params', 'main',
            'plot_history', 'per_class_table', 'plot_per_class']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
@@ -135,7 +135,7 @@ def resolved(config: TrainConfig) -> TrainConfig:
     return c
 
 # %% ../notebooks/lib/09_train.ipynb #1dfc5201
-def _problems(c: TrainConfig) -> list[Problem]:
+def config_problems(c: TrainConfig) -> list[Problem]:
     "Everything wrong with the values of a resolved config (not the dataset)."
     p = []
     def bad(field, problem, fix): p.append(Problem(f'config.{field}', problem, fix))
@@ -171,7 +171,7 @@ def _model_problems(c: TrainConfig) -> list[Problem]:
     except DataError as e: return e.problems or [Problem('config.arch', str(e), 'pick another architecture/encoder')]
     return []
 
-def _data_problems(c: TrainConfig) -> list[Problem]:
+def data_problems(c: TrainConfig) -> list[Problem]:
     "A missing or incomplete prepared dataset, or an empty train/val split."
     try:
         load_meta(resolve_path(c.data_dir))
@@ -195,8 +195,8 @@ def _run_dir_problems(c: TrainConfig) -> list[Problem]:
 def validate(config: TrainConfig) -> TrainConfig:
     "The resolved config, once every value, the model/size pair, the dataset and the run folder check out; else DataError."
     c = resolved(config)
-    problems = _problems(c)
-    problems += _model_problems(c) + _data_problems(c) + _run_dir_problems(c)
+    problems = config_problems(c)
+    problems += _model_problems(c) + data_problems(c) + _run_dir_problems(c)
     if problems: raise DataError.from_problems(problems, 'Bad training config')
     return c
 

@@ -1,0 +1,107 @@
+"""Section 5 (CUDA only): training images/s and peak memory in plain fp32 vs the kit's defaults, and whether the loader keeps up.
+
+Written to run unattended on a GPU machine: every variant is tried on its own and a failure (no compiler for
+torch.compile, out of memory, ...) is recorded in the results instead of stopping the benchmark."""
+from __future__ import annotations
+
+import gc
+import os
+import traceback
+
+from bench_util import now, row
+
+ARCH, ENCODER = 'FPN', 'mobilenet_v2'
+
+
+def _train_rate(variant: str, size: int, batch: int, warmup: int, steps: int) -> dict:
+    "Images/s and peak memory of train.train_epoch on GPU-resident random batches (no loader: the step's appetite)."
+    import torch
+    from faceseg_lib.models import create_model
+    from faceseg_lib.train import LOSSES, TrainConfig, amp_dtype, make_optimizer, make_scheduler, resolved, train_epoch
+    dev = torch.device('cuda')
+    c = resolved(TrainConfig(size=size, batch_size=batch, encoder_weights=None, device='cuda'))
+    fp32 = variant == 'fp32'
+    dtype = None if fp32 else amp_dtype(c.amp, dev)         # kit default: 'auto' -> bf16 where supported, else fp16
+    channels_last = not fp32 and c.channels_last
+    torch.manual_seed(0)
+    model = create_model(ARCH, ENCODER, None).to(dev)
+    if channels_last: model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, c)
+    sched = make_scheduler(opt, c, steps_per_epoch=warmup + steps)
+    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
+    net = torch.compile(model) if variant == 'compile' else model
+    x = torch.randn(batch, 3, size, size, device=dev)
+    y = torch.randint(0, 19, (batch, size, size), device=dev)
+    loss_fn = LOSSES[c.loss]
+    try:
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        t0 = now()
+        train_epoch(net, [(x, y)] * warmup, opt, sched, scaler, loss_fn, warmup, dev, dtype, channels_last, c.grad_clip)
+        torch.cuda.synchronize()
+        warm_s = now() - t0
+        t0 = now()
+        train_epoch(net, [(x, y)] * steps, opt, sched, scaler, loss_fn, steps, dev, dtype, channels_last, c.grad_clip)
+        torch.cuda.synchronize()
+        dt = now() - t0
+        return {'img_s': steps * batch / dt, 'peak_mib': torch.cuda.max_memory_allocated() / 2 ** 20,
+                'amp': str(dtype).replace('torch.', '') if dtype else 'off', 'channels_last': channels_last,
+                'warmup_s': round(warm_s, 1)}
+    finally:
+        del net, model, opt, sched, x, y
+        gc.collect(); torch.cuda.empty_cache()
+        try: torch._dynamo.reset()
+        except Exception: pass
+
+
+def bench_gpu(ctx: dict) -> list[dict]:
+    import torch
+    a = ctx['args']
+    if not torch.cuda.is_available():
+        print('  gpu: skipped: no GPU', flush=True)
+        return [{'section': 'gpu', 'name': 'GPU training and loader', 'skipped': 'no GPU', 'ratio': None}]
+    size, batch = a.gpu_size, a.gpu_batch
+    rows, res = [], {}
+    name = torch.cuda.get_device_name(0)
+    for variant in ('fp32', 'default', 'compile'):
+        if variant == 'compile' and a.no_compile:
+            res[variant] = {'error': 'skipped (--no-compile)'}; continue
+        try: res[variant] = _train_rate(variant, size, batch, a.gpu_warmup if variant != 'compile' else max(a.gpu_warmup, 3), a.gpu_steps)
+        except Exception as e:  # e.g. out of memory, or torch.compile without a working compiler
+            res[variant] = {'error': f'{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ""}'}
+            traceback.print_exc()
+        print(f'  gpu {variant}: {res[variant]}', flush=True)
+    base = res['fp32'].get('img_s')
+    for variant, label in (('default', 'kit defaults (AMP, channels_last)'), ('compile', 'kit defaults + torch.compile')):
+        r = res[variant]
+        if 'error' in r:
+            rows.append({'section': 'gpu', 'name': label, 'skipped': r['error'], 'ratio': None}); continue
+        rows.append(row('gpu', f'train {label}, {size}px b{batch}', r['img_s'], 'fp32 (no AMP, NCHW)', base,
+                        device=name, size=size, batch=batch, peak_mib=r['peak_mib'], amp=r['amp'], warmup_s=r['warmup_s'],
+                        fp32_peak_mib=res['fp32'].get('peak_mib'), fp32_error=res['fp32'].get('error')))
+        rows.append(row('gpu', f'peak memory {label}', r['peak_mib'], 'fp32', res['fp32'].get('peak_mib'), unit='MiB'))
+    speeds = {v: res[v]['img_s'] for v in ('default', 'compile') if 'img_s' in res[v]}
+    best = max(speeds, key=speeds.get) if speeds else None
+    if best and base:
+        rows.append(row('gpu', f'train, best kit setting ({best})', speeds[best], 'fp32 (no AMP, NCHW)', base,
+                        target='>= 2x', holds=speeds[best] / base >= 2, compile_helps=speeds.get('compile', 0) > speeds.get('default', 0)))
+    # the loader (the kit's default 4 workers, and all the machine's cores) vs what the training step eats
+    from faceseg_lib.train import TrainConfig
+    cores = os.cpu_count() or 1
+    appetite = speeds[best] if best else base
+    for workers in sorted({min(TrainConfig.workers, cores), cores}):
+        try:
+            from bench_data import ensure_prepared, expand_prepared, kit_loader, loader_rate
+            root = expand_prepared(ensure_prepared(ctx), ctx['tmp'] / 'gpu-loader-set', batch * max(8, 2 * cores))
+            dl, aug = kit_loader(root, size, batch, workers, device='cuda')
+            feed = loader_rate(dl, a.loader_epochs, device=torch.device('cuda'))
+            del dl
+            what = 'all cores' if workers == cores else 'kit default workers'
+            r = row('gpu', f"loader, {workers} workers ({what}), aug '{aug}', {size}px b{batch}", feed,
+                    f'training step appetite ({best or "fp32"})', appetite, target='>= 1x (GPU kept fed)', workers=workers)
+            r['holds'] = r['ratio'] is not None and r['ratio'] >= 1
+            rows.append(r)
+        except Exception as e:
+            traceback.print_exc()
+            rows.append({'section': 'gpu', 'name': f'loader ({workers} workers) vs training step',
+                         'skipped': f'{type(e).__name__}: {e}'[:300], 'ratio': None})
+    return rows

@@ -1,0 +1,135 @@
+"""Sections 3 and 4: the kit's training step vs a bare smp + torch loop, and CPU inference (PyTorch eager, ONNX Runtime, predict)."""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from bench_util import interleaved, now, row
+
+ARCH, ENCODER = 'FPN', 'mobilenet_v2'
+
+
+def _batches(root: Path, size: int, batch: int, n: int, seed: int = 0):
+    "`n` training batches from the kit's loader (default augmentation), held in memory so no loader is timed."
+    import torch
+    from faceseg_lib.train import TrainConfig, make_loaders, resolved
+    c = resolved(TrainConfig(data_dir=str(root), size=size, batch_size=batch, workers=0, encoder_weights=None, seed=seed))
+    dl, _ = make_loaders(c)
+    out = []
+    while len(out) < n:
+        for x, y in dl:
+            out.append((x.clone(), y.clone()))
+            if len(out) == n: break
+    return out
+
+
+def _model(seed: int = 0):
+    import torch
+    from faceseg_lib.models import create_model
+    torch.manual_seed(seed)
+    return create_model(ARCH, ENCODER, None)
+
+
+def bench_train(ctx: dict) -> list[dict]:
+    """Images/s of `fit`'s training step (train.train_epoch with the default recipe's optimizer, schedule and loss) vs a
+    bare loop (model, loss, backward, optimizer step) on the same model, batches and loss, alternating rounds."""
+    import torch
+    from faceseg_lib.train import (LOSSES, TrainConfig, amp_dtype, make_optimizer, make_scheduler, resolved, train_epoch)
+    from bench_data import ensure_prepared, expand_prepared
+    a = ctx['args']
+    root = expand_prepared(ensure_prepared(ctx), ctx['tmp'] / 'train-set', max(a.train_batch * 4, 16))
+    batches = _batches(root, a.train_size, a.train_batch, a.steps_per_round)
+    c = resolved(TrainConfig(data_dir=str(root), size=a.train_size, batch_size=a.train_batch, encoder_weights=None))
+    device = torch.device('cpu')
+    dtype = amp_dtype(c.amp, device)                      # 'auto' -> off on the CPU, as fit does
+    channels_last = c.channels_last and device.type == 'cuda'
+    loss_fn = LOSSES[c.loss]
+
+    kit_model = _model(); opt = make_optimizer(kit_model, c)
+    sched = make_scheduler(opt, c, steps_per_epoch=max(1, a.steps_per_round * a.rounds))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    bare_model = _model(); bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    def bare():
+        bare_model.train()
+        for x, y in batches:
+            bare_opt.zero_grad()
+            loss = loss_fn(bare_model(x), y)
+            loss.backward()
+            bare_opt.step()
+    def kit():
+        train_epoch(kit_model, batches, opt, sched, scaler, loss_fn, len(batches), device, dtype, channels_last, c.grad_clip)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per core: the overhead ratio does not need more, and one thread does not collapse when shared
+    try:
+        kit(); bare()  # warm-up (allocator, first-call overheads)
+        t = interleaved({'kit': kit, 'bare': bare}, a.rounds)
+    finally: torch.set_num_threads(threads)
+    n = a.steps_per_round * a.train_batch
+    r = row('train', f'fit step (train_epoch), {ARCH}/{ENCODER} {a.train_size}px b{a.train_batch}', n / t['kit'],
+            'bare smp + torch loop', n / t['bare'], target='>= 0.95x (within 5%)', size=a.train_size, batch=a.train_batch,
+            steps=a.steps_per_round * a.rounds, loss=c.loss, optimizer=c.optimizer, threads=1,
+            note=f"1 torch thread; best of {a.rounds} alternating rounds of {a.steps_per_round} steps")
+    r['holds'] = r['ratio'] is not None and r['ratio'] >= 0.95
+    return [r]
+
+
+# ---------------------------------------------------------------------------------------------- section 4: inference
+def make_checkpoint(path: Path, size: int) -> Path:
+    "A faceseg checkpoint of an FPN/mobilenet_v2 (random weights: speed does not depend on them)."
+    from faceseg_lib.models import save_checkpoint
+    from faceseg_lib.train import TrainConfig, resolved
+    c = resolved(TrainConfig(size=size, arch=ARCH, encoder=ENCODER, encoder_weights=None))
+    return save_checkpoint(path, _model(), asdict(c))
+
+
+def bench_infer(ctx: dict) -> list[dict]:
+    "CPU images/s at each size: PyTorch eager vs ONNX Runtime on the same inputs, and predict end to end (--no-detect)."
+    import numpy as np
+    from faceseg_lib.export import export_onnx
+    from faceseg_lib.predict import OnnxParser, TorchParser, normalize_batch, predict
+    from faceseg_lib.dataset import read_image
+    from bench_data import ensure_prepared
+    a, rows = ctx['args'], []
+    src = ensure_prepared(ctx)
+    files = sorted((src / 'images').glob('*.jpg'))[:a.infer_images]
+    files = (files * (a.infer_images // max(1, len(files)) + 1))[:a.infer_images]
+    for size in a.infer_sizes:
+        work = ctx['tmp'] / f'infer-{size}'
+        shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
+        ckpt = make_checkpoint(work / 'model.pt', size)
+        t0 = now()
+        report = export_onnx(ckpt, work / 'model.onnx', size=size, check=True, images=src, n_check=min(4, a.infer_images))
+        export_s = now() - t0
+        torch_p, onnx_p = TorchParser(ckpt, device='cpu'), OnnxParser(work / 'model.onnx', device='cpu')
+        import cv2
+        imgs = np.stack([cv2.resize(read_image(f), (size, size), interpolation=cv2.INTER_AREA) for f in files])
+        x = normalize_batch(imgs, onnx_p.mean, onnx_p.std)
+        b = a.infer_batch
+        chunks = [x[i:i + b] for i in range(0, len(x), b)]
+        run = {'eager': lambda: [torch_p.logits(c) for c in chunks], 'onnx': lambda: [onnx_p.logits(c) for c in chunks]}
+        for f in run.values(): f()  # warm-up
+        t = interleaved(run, a.infer_rounds)
+        n = len(x)
+        eager, ort = n / t['eager'], n / t['onnx']
+        r = row('infer', f'ONNX Runtime, {size}px b{b}', ort, 'PyTorch eager', eager, size=size, batch=b, images=n,
+                export_seconds=round(export_s, 1), parity={k: report.get(k) for k in ('agreement', 'max_abs_diff', 'exporter')})
+        if size == 512: r.update(target='> 1x at 512 px', holds=r['ratio'] is not None and r['ratio'] > 1)
+        rows.append(r)
+        # predict end to end on prepared images: read, crop/resize, model, paste back, write three files per photo
+        for backend, model_file, alone in (('torch', ckpt, eager), ('onnx', work / 'model.onnx', ort)):
+            out = work / f'pred-{backend}'
+            def go(): predict(model_file, [str(f) for f in files], out, detect=False, batch_size=b, device='cpu',
+                              backend=backend, overwrite=True, progress=False, log=lambda m: None)
+            go()  # warm-up (also loads the model, which each call does again, as the CLI would)
+            tp = min(_timed(go) for _ in range(a.repeat))
+            rows.append(row('infer', f'predict --no-detect ({backend}), {size}px', n / tp, f'{backend} model alone', alone,
+                            size=size, batch=b, images=n, note='includes loading the model, reading and writing the files'))
+    return rows
+
+
+def _timed(fn) -> float:
+    t = now(); fn(); return now() - t

@@ -1,0 +1,50 @@
+"""The benchmark command runs at tiny sizes and writes well-formed JSON with ratio fields (no timed assertions)."""
+import json
+import math
+import subprocess
+import sys
+
+from conftest import REPO
+
+TINY = ['--quick', '--images', '4', '--mem-images', '4', '--loader-images', '4', '--infer-images', '2', '--repeat', '1']
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / 'results.json'
+    r = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'run.py'), *TINY, '--out', str(out),
+                        '--workdir', str(tmp_path / 'work'), *args],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return json.loads(out.read_text()), r.stdout
+
+
+def _number(x): return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_benchmarks_run_and_write_ratios(tmp_path):
+    res, stdout = _run(tmp_path, '--only', 'prepare,loader,train,infer,gpu')
+    assert res['format'] == 'faceseg-benchmarks' and res['quick'] is True
+    assert set(res['sections']) == {'prepare', 'loader', 'train', 'infer', 'gpu'}
+    rows = res['rows']
+    assert rows and not [r for r in rows if r.get('error')]
+    measured = [r for r in rows if not r.get('skipped')]
+    for r in measured:  # every figure comes with its baseline, measured in the same run, and their ratio
+        assert _number(r['value']) and _number(r['baseline']) and r['value'] > 0 and r['baseline'] > 0, r
+        assert _number(r['ratio']) and abs(r['ratio'] - r['value'] / r['baseline']) < 1e-9, r
+    names = ' | '.join(r['name'] for r in measured)
+    for part in ('prepare, 1 core', 'read prepared, 1 core', 'prepare peak traced', 'train loader', 'fit step', 'ONNX Runtime', 'predict --no-detect'):
+        assert part in names, (part, names)
+    assert {r['section'] for r in measured} >= {'prepare', 'memory', 'loader', 'train', 'infer'}
+    for t in res['targets']:
+        assert t['target'] and isinstance(t['holds'], bool) and _number(t['ratio'])
+    gpu = res['sections']['gpu']['rows']
+    import torch
+    if not torch.cuda.is_available():
+        assert [r['skipped'] for r in gpu] == ['no GPU'] and 'skipped: no GPU' in stdout
+    assert _number(res['wall_seconds']) and res['machine']['cpus'] >= 1
+    assert 'ratio' in stdout and 'wrote' in stdout  # the table was printed
+
+
+def test_unknown_section_is_refused(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'run.py'), '--only', 'warp'], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and 'unknown section' in r.stderr

@@ -138,6 +138,7 @@ def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip 
     written = 0
     workers = max(1, min(workers or os.cpu_count() or 1, len(work) or 1))
     bar = tqdm(total=len(work), disable=not progress, desc=f"prepare {size}px", unit='img', dynamic_ncols=True)
+    pool = None
     try:
         if workers == 1:
             _init_worker(raw, out, size)

@@ -1,5 +1,6 @@
 """The `faceseg` command: help texts, clear errors for bad input, and the README's main command end to end."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, '-m', 'faceseg_lib.cli', *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.mark.parametrize('command', [[], ['synth'], ['prepare'], ['demo'], ['train']])
+@pytest.mark.parametrize('command', [[], ['synth'], ['prepare'], ['demo'], ['train'], ['test'], ['sweep'], ['predict'], ['export']])
 def test_help_explains_every_command(command):
     r = run_cli(*command, '--help')
     assert r.returncode == 0, r.stderr
@@ -21,7 +22,7 @@ def test_help_explains_every_command(command):
 
 def test_every_subcommand_is_in_the_main_help():
     help_text = build_parser().format_help()
-    for name in ('synth', 'prepare', 'train', 'demo'):
+    for name in ('synth', 'prepare', 'train', 'test', 'demo', 'sweep', 'predict', 'export'):
         assert name in help_text
 
 
@@ -57,16 +58,45 @@ def test_synth_then_prepare_then_train_from_the_command_line(tmp_path):
     assert {'config.json', 'history.csv', 'best.pt', 'last.pt'} <= {p.name for p in (tmp_path / 'runs' / 'cli').iterdir()}
 
 
+def test_help_is_fast_and_imports_no_torch():
+    """`faceseg --help` must answer at once: the heavy libraries are imported inside the commands."""
+    r = subprocess.run([sys.executable, '-c', 'import sys; from faceseg_lib.cli import build_parser; build_parser().format_help(); '
+                        'print(sorted(m for m in ("torch", "papermill", "segmentation_models_pytorch", "matplotlib") if m in sys.modules))'],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == '[]', r.stdout + r.stderr
+
+
+def test_test_command_names_a_missing_checkpoint(tmp_path, capsys):
+    assert main(['test', str(tmp_path / 'runs' / 'best.pt'), '-q']) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'runs' / 'best.pt'}: no such checkpoint file" in err and 'Fix' in err and 'Traceback' not in err
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_refuses_to_overwrite(tmp_path):
+    """The README's main command at tiny settings: data, exploration, training, test; every output where SUMMARY.md says."""
     out = tmp_path / 'demo'
-    args = ['demo', '--out', out, '--n', 10, '--size', 64, '--n-samples', 4, '--workers', 1, '-q']
-    r = run_cli(*args)
+    args = ['demo', '--out', out, '--n', 10, '--size', 64, '--n-samples', 2, '--epochs', 1, '--max-steps', 1,
+            '--batch-size', 4, '--n-examples', 1, '--device', 'cpu', '--workers', 1, '-q']
+    r = subprocess.run([sys.executable, '-m', 'faceseg_lib.cli', *map(str, args)], capture_output=True, text=True,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stdout + r.stderr
-    summary = (out / 'SUMMARY.md').read_text()
-    assert '01_data_exploration.ipynb' in summary
-    assert (out / '01_data_exploration.ipynb').is_file()
+    for nb in ('01_data_exploration', '02_train', '04_test_and_visualize'):
+        assert (out / f'{nb}.ipynb').is_file(), nb
+    assert {'config.json', 'history.csv', 'best.pt'} <= {p.name for p in (out / 'runs' / 'demo').iterdir()}
+    config = json.loads((out / 'runs' / 'demo' / 'config.json').read_text())
+    assert (config['size'], config['epochs'], config['max_steps'], config['encoder_weights']) == (64, 1, 1, None)
+    test_dir = out / '04_test_and_visualize'
+    metrics = json.loads((test_dir / 'metrics.json').read_text())
+    assert metrics['split'] == 'test' and metrics['images'] >= 1
+    assert {'metrics.md', 'per_image.csv', 'confusion.csv', 'per_class_f1.png', 'confusion.png', 'worst.png', 'best.png',
+            'overlays.png'} <= {p.name for p in test_dir.iterdir()}
     figures = list(out.rglob('*.png'))
-    assert len(figures) >= 3 and all(p.stat().st_size > 1000 for p in figures)
+    assert len(figures) >= 9 and all(p.stat().st_size > 1000 for p in figures)
+    summary = (out / 'SUMMARY.md').read_text()
+    mean = 'n/a' if metrics['mean_f1'] is None else f"{metrics['mean_f1']:.4f}"
+    assert f'test mean F1 (18 face parts): {mean}' in summary
+    assert '04_test_and_visualize/metrics.md' in summary and '02_train.ipynb' in summary
+    assert '| metric | background |' in summary  # the per-class table itself
     r = run_cli(*args)
     assert r.returncode == 2 and '--overwrite' in r.stderr

@@ -118,3 +118,88 @@ def test_plots_leave_no_open_pyplot_figures(stats):
     V.plot_class_share(stats); V.plot_mask_areas(stats); V.plot_split_sizes(stats)
     V.show_samples([PALETTE[face_label(16)]], [face_label(16)])
     assert plt.get_fignums() == before
+
+
+# --- evaluation plots ------------------------------------------------------------------------------------------------
+
+def halves(top, bottom, size=16):
+    lab = np.full((size, size), C[top], np.uint8); lab[size // 2:] = C[bottom]
+    return lab
+
+
+def test_error_map_colours():
+    truth, pred = halves('l_eye', 'r_eye'), halves('l_eye', 'l_eye')
+    out = V.error_map(truth, pred)
+    np.testing.assert_array_equal(out[:8], np.full((8, 16, 3), V.CORRECT_GREY))
+    np.testing.assert_array_equal(out[8:], np.broadcast_to(V.ERROR_RGB, (8, 16, 3)))
+    np.testing.assert_array_equal(V.error_map(truth, pred, wrong='pred')[8:], np.broadcast_to(PALETTE[C['l_eye']], (8, 16, 3)))
+    with pytest.raises(ValueError, match="'red' or 'pred'"):
+        V.error_map(truth, pred, wrong='blue')
+
+
+def test_show_predictions_puts_palette_colours_where_the_classes_are(tmp_path):
+    truth, pred = halves('u_lip', 'l_lip'), halves('u_lip', 'mouth')
+    photo = np.full((16, 16, 3), 90, np.uint8)
+    fig = V.show_predictions([photo, photo], [truth, truth], [pred, truth], titles=['id 1', 'id 2'], save=tmp_path / 'p.png')
+    assert len(fig.axes) == 8 and len(fig.legends) == 1
+    rgb = V.render(fig)
+    image_ax, truth_ax, pred_ax, err_ax = fig.axes[:4]
+    expect = [(image_ax, 0.5, [90, 90, 90]), (truth_ax, 0.25, PALETTE[C['u_lip']]), (truth_ax, 0.75, PALETTE[C['l_lip']]),
+              (pred_ax, 0.75, PALETTE[C['mouth']]), (err_ax, 0.75, V.ERROR_RGB)]
+    for ax, fy, colour in expect:
+        np.testing.assert_array_equal(V.pixel_of(fig, ax, 0.5, fy, rgb), colour)
+    assert V.pixel_of(fig, err_ax, 0.5, 0.25, rgb).tolist() != list(V.ERROR_RGB)  # right pixels are not red
+    assert [ax.get_title(loc='left') for ax in fig.axes[3::4]] == ['errors 50.0%', 'errors 0.0%']
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ['mouth', 'upper lip', 'lower lip', 'wrong pixel']
+    w, h = _png_size(tmp_path / 'p.png')
+    ew, eh = _expected_px(fig)
+    assert 0.7 * ew < w < 1.2 * ew and 0.7 * eh < h < 1.2 * eh, ((w, h), (ew, eh))
+    with pytest.raises(ValueError, match='2 images, 1 label maps and 2 predictions'):
+        V.show_predictions([photo, photo], [truth], [pred, pred])
+
+
+def test_confusion_heatmap_is_row_normalised_with_display_names(tmp_path):
+    m = np.diag(np.full(NUM_CLASSES, 80)).astype(np.int64)
+    m[C['l_eye'], C['r_eye']] = 20; m[C['u_lip'], C['mouth']] = 80  # left->right eye 20%, upper lip->mouth 50%
+    m[C['hat']] = 0
+    fig = V.plot_confusion(m, save=tmp_path / 'c.png')
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert names[C['l_eye']] == 'left eye' and names[C['u_lip']] == 'upper lip'
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    shown = np.ma.filled(ax.collections[0].get_array(), np.nan).reshape(NUM_CLASSES, NUM_CLASSES)
+    assert shown[C['l_eye'], C['r_eye']] == pytest.approx(0.2) and shown[C['u_lip'], C['mouth']] == pytest.approx(0.5)
+    assert np.isnan(shown[C['hat']]).all()  # no hat in the truth: an empty row, not zeros
+    assert {'20', '50', '80'} <= {t.get_text() for t in ax.texts}
+    assert _png_size(tmp_path / 'c.png')[0] > 800
+
+
+def test_per_class_f1_bars_in_class_colours():
+    f1 = {c: 0.1 * (i % 10) for i, c in enumerate(CLASSES)}; f1['neck_l'] = None
+    fig = V.plot_per_class_f1(f1, mean=0.4)
+    bars = fig.axes[0].patches
+    assert [round(b.get_width(), 6) for b in bars] == [0 if f1[c] is None else round(f1[c], 6) for c in CLASSES]
+    for i in range(NUM_CLASSES):
+        np.testing.assert_allclose(bars[i].get_facecolor()[:3], PALETTE[i] / 255)
+    assert 'absent' in [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_show_overlays_blends_predictions_and_keeps_background():
+    photo = np.full((16, 16, 3), 100, np.uint8)
+    pred = np.zeros((16, 16), np.uint8); pred[:, 8:] = C['hair']
+    fig = V.show_overlays([photo] * 3, [pred] * 3, titles=list('abc'), ncols=2, alpha=1.0)
+    assert len(fig.axes) == 4 and not fig.axes[3].images  # 3 images on a 2 x 2 grid
+    rgb = V.render(fig)
+    np.testing.assert_array_equal(V.pixel_of(fig, fig.axes[2], 0.75, 0.5, rgb), PALETTE[C['hair']])
+    np.testing.assert_array_equal(V.pixel_of(fig, fig.axes[2], 0.25, 0.5, rgb), [100, 100, 100])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ['hair']
+
+
+def test_evaluation_plots_leave_no_open_pyplot_figures():
+    import matplotlib.pyplot as plt
+    before = plt.get_fignums()
+    lab = halves('skin', 'nose')
+    V.show_predictions([PALETTE[lab]], [lab], [lab]); V.plot_confusion(np.eye(NUM_CLASSES))
+    V.plot_per_class_f1({c: 0.5 for c in CLASSES}); V.show_overlays([PALETTE[lab]], [lab])
+    assert plt.get_fignums() == before

@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/prepare.html.md"""
 
 # %% ../notebooks/lib/03_prepare.ipynb #c4ae8e9f
 from __future__ import annotations
-import json, multiprocessing as mp, os
+import json, multiprocessing as mp, os, tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,12 +27,16 @@ __all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'write_atomic', 'resize_image', 
 JPEG_QUALITY = 95
 FORMAT, VERSION = 'faceseg-prepared', 1
 
-def write_atomic(path: Path, data: bytes | str):
-    "Write `data` to `path` through a hidden temporary file in the same folder and a rename."
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    "Write `data` to `path` through a hidden temp file and a rename: readers see the old or the new file, never half."
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: readers of the folder never list it
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)  # hidden: folder listings skip it
+    try:
+        with os.fdopen(fd, 'wb') as f: f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
+    return path
 
 # %% ../notebooks/lib/03_prepare.ipynb #f4935a70
 def resize_image(im: np.ndarray, size: int) -> np.ndarray:

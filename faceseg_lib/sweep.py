@@ -169,7 +169,7 @@ def run_state(run: str | Path) -> str:
 
 def write_status(run: str | Path, status: Mapping) -> Path:
     "Write status.json atomically (readers never see half a file)."
-    from faceseg_lib.train import write_atomic
+    from faceseg_lib.prepare import write_atomic
     Path(run).mkdir(parents=True, exist_ok=True)
     return write_atomic(Path(run) / STATUS_FILE, json.dumps(status, indent=2) + '\n')
 
@@ -276,7 +276,7 @@ def record_sweep(out: Path, grid: list[tuple[str, str]], settings: Mapping) -> d
         entries = old['grid'] + [e for e in entries if e not in old['grid']]
     record = {'format': 'faceseg-sweep', 'version': 1, 'grid': entries,
               'settings': {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items() if k != 'log_output'}}
-    from faceseg_lib.train import write_atomic
+    from faceseg_lib.prepare import write_atomic
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(record, indent=2) + '\n')
     return record

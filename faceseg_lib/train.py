@@ -26,14 +26,15 @@ from .dataset import (AUGMENTATIONS, FaceParsingDataset, train_transform, eval_t
 from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
                                 load_checkpoint)
 from .metrics import ConfusionMatrix
+from .prepare import write_atomic  # one atomic writer for the kit
 
 # %% auto #0
 __all__ = ['LOSSES', 'PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', 'SCHEDULERS', 'AMP_MODES', 'OPTIMIZERS', 'HISTORY_COLUMNS',
            'dice_loss', 'dice_ce_loss', 'TrainConfig', 'config_fields', 'resolved', 'config_problems', 'data_problems',
            'run_dir', 'validate', 'make_optimizer', 'lr_factor', 'make_scheduler', 'derive_seed', 'SeededSampler',
            'SeededItems', 'SeededTransform', 'make_loaders', 'resolve_device', 'amp_dtype', 'init_distributed',
-           'seed_all', 'train_epoch', 'evaluate_loader', 'history_row', 'write_atomic', 'write_history', 'load_history',
-           'fit', 'add_config_arguments', 'build_train_parser', 'config_from_args', 'config_from_params', 'main',
+           'seed_all', 'train_epoch', 'evaluate_loader', 'history_row', 'write_history', 'load_history', 'fit',
+           'add_config_arguments', 'build_train_parser', 'config_from_args', 'config_from_params', 'main',
            'plot_history', 'per_class_table', 'plot_per_class']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
@@ -388,16 +389,6 @@ def history_row(epoch: int, train_loss: float, val_loss: float, cm: ConfusionMat
     return {'epoch': epoch, 'train_loss': train_loss, 'val_loss': val_loss, 'val_mean_f1': cm.mean_f1(),
             'val_mean_iou': cm.mean_iou(), 'val_micro_fscore': cm.micro_fscore(),
             **{f'f1_{c}': float(v) for c, v in zip(CLASSES, f1)}, 'lr': lr, 'seconds': seconds}
-
-def write_atomic(path: Path, text: str) -> Path:
-    "Write `text` to `path` through a temp file and a rename: readers see the old or the new file, never half."
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w') as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
 
 def write_history(run: Path, history: list[dict]) -> Path:
     "Write history.csv (all rows so far)."

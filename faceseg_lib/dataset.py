@@ -108,24 +108,26 @@ def split_ids(root: str | Path,     # a prepared dataset
     return ids
 
 # %% ../notebooks/lib/05_dataset.ipynb #2f50e33b
+_REPREPARE = 'run `faceseg prepare RAW OUT` again, or remove its id from splits.csv'
+
+def _imread(path: str | Path, flags: int, what: str) -> np.ndarray:
+    "cv2.imread of a prepared file; DataError naming the file if it is missing or cannot be decoded as `what`."
+    if not os.path.isfile(path): raise DataError.from_problem(path, 'missing', _REPREPARE)
+    img = cv2.imread(str(path), flags)
+    if img is None: raise DataError.from_problem(path, f'cannot be decoded as {what}', _REPREPARE)
+    return img
+
 def read_image(path: str | Path) -> np.ndarray:
     "An image file as uint8 RGB (H, W, 3); DataError naming the file if it is missing or unreadable."
-    fix = 'run `faceseg prepare RAW OUT` again, or remove its id from splits.csv'
-    if not os.path.isfile(path): raise DataError.from_problem(path, 'missing', fix)
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None: raise DataError.from_problem(path, 'cannot be decoded as an image', fix)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_imread(path, cv2.IMREAD_COLOR, 'an image'), cv2.COLOR_BGR2RGB)
 
 def read_label(path: str | Path) -> np.ndarray:
     "A label PNG as uint8 (H, W) with values 0..18; DataError naming the file otherwise."
-    fix = 'run `faceseg prepare RAW OUT` again, or remove its id from splits.csv'
-    if not os.path.isfile(path): raise DataError.from_problem(path, 'missing', fix)
-    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if lab is None: raise DataError.from_problem(path, 'cannot be decoded as a PNG', fix)
+    lab = _imread(path, cv2.IMREAD_UNCHANGED, 'a PNG')
     if lab.ndim != 2 or lab.dtype != np.uint8:
-        raise DataError.from_problem(path, f'not a single-channel 8-bit label map (shape {lab.shape}, {lab.dtype})', fix)
+        raise DataError.from_problem(path, f'not a single-channel 8-bit label map (shape {lab.shape}, {lab.dtype})', _REPREPARE)
     if lab.max(initial=0) >= NUM_CLASSES:
-        raise DataError.from_problem(path, f'holds label {lab.max()}, beyond 0..{NUM_CLASSES - 1}', fix)
+        raise DataError.from_problem(path, f'holds label {lab.max()}, beyond 0..{NUM_CLASSES - 1}', _REPREPARE)
     return lab
 
 # %% ../notebooks/lib/05_dataset.ipynb #87e87504

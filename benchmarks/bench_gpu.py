@@ -30,8 +30,8 @@ def _train_rate(variant: str, size: int, batch: int, warmup: int, steps: int) ->
     sched = make_scheduler(opt, c, steps_per_epoch=warmup + steps)
     scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
     net = torch.compile(model) if variant == 'compile' else model
-    x = torch.randn(batch, 3, size, size, device=dev)
-    y = torch.randint(0, 19, (batch, size, size), device=dev)
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=dev)  # compact, as the loader gives them
+    y = torch.randint(0, 19, (batch, size, size), dtype=torch.uint8, device=dev)
     loss_fn = LOSSES[c.loss]
     try:
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
@@ -85,10 +85,11 @@ def bench_gpu(ctx: dict) -> list[dict]:
         rows.append(row('gpu', f'train, best kit setting ({best})', speeds[best], 'fp32 (no AMP, NCHW)', base,
                         target='>= 2x', holds=speeds[best] / base >= 2, compile_helps=speeds.get('compile', 0) > speeds.get('default', 0)))
     # the loader (the kit's default 4 workers, and all the machine's cores) vs what the training step eats
+    from faceseg_lib.dataset import loader_workers
     from faceseg_lib.train import TrainConfig
     cores = os.cpu_count() or 1
     appetite = speeds[best] if best else base
-    for workers in sorted({min(TrainConfig.workers, cores), cores}):
+    for workers in sorted({loader_workers(TrainConfig.workers), cores}):
         try:
             from bench_data import ensure_prepared, expand_prepared, kit_loader, loader_rate
             root = expand_prepared(ensure_prepared(ctx), ctx['tmp'] / 'gpu-loader-set', batch * max(8, 2 * cores))

@@ -14,13 +14,14 @@ ARCH, ENCODER = 'FPN', 'mobilenet_v2'
 def _batches(root: Path, size: int, batch: int, n: int, seed: int = 0):
     "`n` training batches from the kit's loader (default augmentation), held in memory so no loader is timed."
     import torch
+    from faceseg_lib.dataset import model_batch
     from faceseg_lib.train import TrainConfig, make_loaders, resolved
     c = resolved(TrainConfig(data_dir=str(root), size=size, batch_size=batch, workers=0, encoder_weights=None, seed=seed))
     dl, _ = make_loaders(c)
     out = []
     while len(out) < n:
         for x, y in dl:
-            out.append((x.clone(), y.clone()))
+            out.append(model_batch(x, y, 'cpu'))  # compact uint8 batches as the model takes them (both contenders)
             if len(out) == n: break
     return out
 

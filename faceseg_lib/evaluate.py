@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .errors import DataError
 from .labels import CLASSES, DISPLAY_NAMES, FLIP_LUT, NUM_CLASSES
-from .dataset import FaceParsingDataset, denormalize, eval_transform, load_meta, resolve_path
+from .dataset import (FaceParsingDataset, denormalize, eval_transform, load_meta, loader_workers, model_batch,
+                                 resolve_path)
 from .models import load_checkpoint, model_from_checkpoint
 from .metrics import ConfusionMatrix, confusion_counts, per_image_scores
 from .train import resolve_device
@@ -70,7 +71,7 @@ def evaluate_model(model: nn.Module,             # returns logits (N, 19, H, W)
                         pin_memory=device.type == 'cuda')
     cm, rows = ConfusionMatrix(NUM_CLASSES, device), []
     for x, y in tqdm(loader, desc='evaluate', disable=not progress, leave=False):
-        x, y = x.to(device), y.to(device)
+        x, y = model_batch(x, y, device)
         pred = predict_probs(model, x, tta).argmax(1)
         cm.update(pred, y)
         rows += image_rows(ids[len(rows):len(rows) + len(x)], pred, y)
@@ -168,7 +169,7 @@ def evaluate(checkpoint: str | Path,              # a faceseg checkpoint, e.g. o
              tta: bool = False,                   # horizontal-flip test-time augmentation (l/r channels swapped)
              batch_size: int = 8,
              device: str = 'auto',                # 'auto' (cuda if available) | 'cpu' | 'cuda' | 'cuda:N'
-             workers: int | None = None,          # DataLoader worker processes; None: up to 4
+             workers: int | None = None,          # DataLoader worker processes; None: up to 4; -1: all cores but one
              out_dir: str | Path | None = None,   # where to write; None: <checkpoint folder>/eval-<split>[-tta]
              progress: bool = True                # show a progress bar
             ) -> dict:
@@ -181,8 +182,8 @@ def evaluate(checkpoint: str | Path,              # a faceseg checkpoint, e.g. o
         raise DataError.from_problem(out, f'is inside the dataset {data}; evaluation never writes into a dataset',
                                      'choose an output folder outside it (the default is beside the checkpoint)')
     size = int(ckpt['config'].get('size') or load_meta(data)['size'])
-    dataset = FaceParsingDataset(data, split, transform=eval_transform(size))
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    dataset = FaceParsingDataset(data, split, transform=eval_transform(size, normalize=False))  # compact: see model_batch
+    workers = loader_workers(4 if workers is None else workers)
     cm, per_image = evaluate_model(model, dataset, tta, batch_size, dev, workers, progress)
     spec, trained = ckpt['model'], ckpt.get('metrics', {})
     metrics = {'format': 'faceseg-eval', 'version': 1, 'checkpoint': str(Path(checkpoint).resolve()), 'data_dir': str(data),

@@ -143,7 +143,7 @@ def demo(raw: str | Path | None = None,   # real CelebAMask-HQ (folder or zip); 
     lap('01_data_exploration')
     train = {**dict(data_dir=prepared, size=size, arch=arch, encoder=encoder, encoder_weights=weights, epochs=epochs,
                     batch_size=batch_size, loss=loss, lr=lr, max_steps=max_steps, seed=seed, device=device,
-                    out_dir=out / 'runs', name='demo', workers=0 if device == 'cpu' or not _has_cuda() else 4),
+                    out_dir=out / 'runs', name='demo', workers=0 if device == 'cpu' or not _has_cuda() else -1),
              **(train_overrides or {})}
     run_notebook('02_train', out / '02_train.ipynb', train, **nb); lap('02_train')
     test_dir = out / '04_test_and_visualize'

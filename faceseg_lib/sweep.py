@@ -299,9 +299,11 @@ def sweep(grid: Sequence | str = DEFAULT_GRID,   # 'Arch:encoder' strings or (ar
           progress: bool = True,                   # a progress bar over the configurations
          ):
     "Train, evaluate and measure every configuration of `grid` (skipping finished ones); the collected results (tidy DataFrame)."
-    from faceseg_lib.dataset import resolve_path
+    from faceseg_lib.dataset import loader_workers, resolve_path
     from faceseg_lib.train import TrainConfig
     pairs, devs, overrides = parse_grid(grid), resolve_devices(devices), check_overrides(overrides)
+    if len(devs) > 1 and 'workers' not in overrides:  # runs side by side share the cores
+        overrides = {**overrides, 'workers': loader_workers(-1, len(devs))}
     epochs, size = epochs or TrainConfig.epochs, size or TrainConfig.size
     data_dir, out = resolve_path(data_dir or TrainConfig.data_dir), resolve_path(out or default_out(size, epochs))
     settings = dict(data_dir=str(data_dir), out=str(out), epochs=epochs, size=size, split=split, overrides=overrides,

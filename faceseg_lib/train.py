@@ -22,7 +22,7 @@ import segmentation_models_pytorch as smp
 from .errors import DataError, Problem
 from .labels import CLASSES, NUM_CLASSES, DISPLAY_NAMES
 from .dataset import (AUGMENTATIONS, FaceParsingDataset, train_transform, eval_transform, load_meta,
-                                 split_ids, resolve_path)
+                                 loader_workers, model_batch, split_ids, resolve_path)
 from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
                                 load_checkpoint)
 from .metrics import ConfusionMatrix
@@ -93,7 +93,7 @@ class TrainConfig:
     amp: str = 'auto'                    # mixed precision: 'auto' (bf16, else fp16 on CUDA; off on CPU) | 'bf16' | 'fp16' | 'off'
     channels_last: bool = True           # channels_last memory format (used on CUDA only)
     compile: bool = False                # torch.compile the model (needs a C++ compiler; pays off on long GPU runs)
-    workers: int = 4                     # DataLoader worker processes per GPU/process (capped at the CPU count); 0: none
+    workers: int = -1                    # DataLoader worker processes per GPU/process (capped at the CPU count); 0: none; -1: the process's share of the cores less one
     out_dir: str = 'outputs/runs'        # runs are written to out_dir/name
     name: str = ''                       # run folder name; '': '<arch>-<encoder>-<size>'
     resume: bool = False                 # continue the run in out_dir/name from its last.pt
@@ -145,7 +145,7 @@ def config_problems(c: TrainConfig) -> list[Problem]:
     for field, valid in (('loss', LOSSES), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS),
                          ('augmentation', AUGMENTATIONS), ('amp', AMP_MODES)): choice(field, list(valid))
     if not (isinstance(c.lr, (int, float)) and c.lr > 0): bad('lr', f'must be a positive number, got {c.lr!r}', 'use e.g. lr=5e-4')
-    for field, low in (('size', 1), ('epochs', 1), ('batch_size', 1), ('max_steps', 0), ('workers', 0), ('seed', 0)):
+    for field, low in (('size', 1), ('epochs', 1), ('batch_size', 1), ('max_steps', 0), ('workers', -1), ('seed', 0)):
         v = getattr(c, field)
         if isinstance(v, bool) or not isinstance(v, int) or v < low: bad(field, f'must be a whole number >= {low}, got {v!r}', f'set {field} to a whole number >= {low}')
     for field in ('weight_decay', 'warmup_epochs', 'grad_clip'):
@@ -270,12 +270,12 @@ class SeededTransform:
 # %% ../notebooks/lib/09_train.ipynb #c3a81974
 def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = torch.device('cpu')
                 ) -> tuple[DataLoader, DataLoader]:
-    "Training loader (seeded shuffle and augmentation, this process's shard) and validation loader (its shard, in order)."
+    "Training loader (seeded shuffle and augmentation, this process's shard) and validation loader (its shard, in order); compact uint8 batches."
     root = resolve_path(c.data_dir)
-    train_ds = FaceParsingDataset(root, c.train_split, transform=SeededTransform(train_transform(c.size, c.augmentation)))
-    val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size))
+    train_ds = FaceParsingDataset(root, c.train_split, transform=SeededTransform(train_transform(c.size, c.augmentation, normalize=False)))
+    val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size, normalize=False))
     shuffle = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
-    workers = min(c.workers, os.cpu_count() or 1)
+    workers = loader_workers(c.workers, world)
     common = dict(num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
     train_dl = DataLoader(SeededItems(train_ds), batch_size=c.batch_size, sampler=SeededSampler(shuffle, c.seed),
                           drop_last=len(shuffle) >= c.batch_size, **common)
@@ -334,10 +334,6 @@ def _show_progress() -> bool:
         return shell == 'ZMQInteractiveShell' and importlib.util.find_spec('ipywidgets') is not None
     except Exception: return False
 
-def _batch(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y
-
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, loss_fn: Callable,
                 steps: int, device: torch.device, dtype: torch.dtype | None = None, channels_last: bool = False,
                 grad_clip: float = 0.0, progress: bool = False, desc: str = 'train') -> tuple[float, int, float]:
@@ -348,7 +344,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
     with tqdm(total=steps, desc=desc, leave=False, disable=not progress, dynamic_ncols=True) as bar:
         for step, (x, y) in enumerate(loader):
             if step >= steps: break
-            x, y = _batch(x, y, device, channels_last)
+            x, y = model_batch(x, y, device, channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
@@ -372,7 +368,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, dev
     model.eval()
     total, seen, cm = 0.0, 0, ConfusionMatrix(NUM_CLASSES, device)
     for x, y in loader:
-        x, y = _batch(x, y, device, channels_last)
+        x, y = model_batch(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x).float()
         total, seen = total + loss_fn(logits, y).item() * len(x), seen + len(x)

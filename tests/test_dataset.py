@@ -92,6 +92,16 @@ def test_swap_lr_leaves_ignore_index_alone():
                                   [0, 5, 4, 7, 6, 9, 8, 11, 12, 255])
 
 
+@pytest.mark.parametrize('shape', [(), (7,), (5, 6), (5, 6, 2), (2, 5, 6, 2)])
+@pytest.mark.parametrize('dtype', [np.uint8, np.int64])
+def test_swap_lr_is_the_flip_table_for_every_shape_and_dtype(shape, dtype):
+    lab = np.random.default_rng(0).integers(0, NUM_CLASSES, shape).astype(dtype)
+    for view in (lab, lab[..., ::-1] if lab.ndim else lab):  # also a reversed view, as a flip hands over
+        out = D.swap_lr(view)
+        assert out.dtype == dtype and out.shape == view.shape
+        np.testing.assert_array_equal(out, FLIP_LUT[view])
+
+
 # ---------------------------------------------------------------- presets
 
 def test_none_preset_leaves_label_untouched_and_normalises():
@@ -195,6 +205,40 @@ def test_dataloader_workers_draw_different_augmentations(prepared):
     xs = [x for x, _ in loader]
     assert batch[0].shape == (1, 3, 64, 64)
     assert not torch.equal(xs[0], xs[1])  # items 0 and 1 come from different workers
+
+
+
+def test_compact_items_become_the_same_model_input_on_the_device(prepared):
+    full = D.FaceParsingDataset(prepared, 'train')
+    compact = D.FaceParsingDataset(prepared, 'train', transform=D.eval_transform(64, normalize=False))
+    (x, y), (cx, cy) = full[1], compact[1]
+    assert (cx.dtype, cx.shape, cy.dtype, cy.shape) == (torch.uint8, (3, 64, 64), torch.uint8, (64, 64))
+    assert cx.element_size() * cx.numel() * 4 == x.element_size() * x.numel()  # 4x fewer bytes through the loader
+    bx, by = D.model_batch(cx[None], cy[None], 'cpu')
+    assert bx.dtype == torch.float32 and by.dtype == torch.int64
+    torch.testing.assert_close(bx[0], x, atol=1e-5, rtol=0)  # normalising a batch == albumentations' Normalize per item
+    assert torch.equal(by[0], y)
+    np.testing.assert_array_equal(D.denormalize(cx), D.denormalize(x))  # both show as the same uint8 picture
+    fx, fy = D.model_batch(x[None], y[None], 'cpu', channels_last=True)  # float batches only move (and change layout)
+    assert torch.equal(fx, x[None]) and fx.is_contiguous(memory_format=torch.channels_last) and fy.dtype == torch.int64
+
+
+def test_compact_training_items_keep_the_flip_label_swap(prepared):
+    t = D.train_transform(64, 'flip', normalize=False)
+    t.set_random_seed(0)
+    ds = D.FaceParsingDataset(prepared, ids=[10] * 8, transform=t)
+    img, lab = ds.read(0)
+    flipped = [y for x, y in (ds[i] for i in range(8)) if not torch.equal(y, torch.from_numpy(lab))]
+    assert flipped, 'p=0.5 over 8 draws: some flip'
+    np.testing.assert_array_equal(flipped[0].numpy(), FLIP_LUT[np.fliplr(lab)])
+
+
+def test_loader_workers_share_the_cores(monkeypatch):
+    monkeypatch.setattr(D, 'usable_cores', lambda: 16)
+    assert D.loader_workers(-1) == 15          # all cores but the training process's own
+    assert D.loader_workers(-1, world=4) == 3  # four processes (DDP, or a sweep on four GPUs) split them
+    assert D.loader_workers(-1, world=32) == 1
+    assert D.loader_workers(4) == 4 and D.loader_workers(64) == 16 and D.loader_workers(0) == 0
 
 
 @pytest.mark.parametrize('missing', ['meta.json', 'splits.csv', 'images', 'labels'])

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--split', default='auto', help="auto | official | seed | fractions:0.8,0.1,0.1 | a name,is_train csv")
     p.add_argument('--partition', type=Path, default=None, help="CelebA's list_eval_partition.txt (for --split official)")
     bad = p.add_mutually_exclusive_group()
-    bad.add_argument('--strict', action='store_true', default=True, help='stop with a report when any file is bad (default)')
+    bad.add_argument('--strict', action='store_true', default=True, help='stop with a report when any file is bad')
     bad.add_argument('--skip-bad', action='store_true', help='leave bad images out, list them in meta.json')
     _add_common(p); p.set_defaults(func=cmd_prepare)
 

@@ -84,7 +84,7 @@ def bench_gpu(ctx: dict) -> list[dict]:
     if best and base:
         rows.append(row('gpu', f'train, best kit setting ({best})', speeds[best], 'fp32 (no AMP, NCHW)', base,
                         target='>= 2x', holds=speeds[best] / base >= 2, compile_helps=speeds.get('compile', 0) > speeds.get('default', 0)))
-    # the loader (the kit's default 4 workers, and all the machine's cores) vs what the training step eats
+    # the loader (the kit's default workers, and all the machine's cores) vs what the training step eats
     from faceseg_lib.dataset import loader_workers
     from faceseg_lib.train import TrainConfig
     cores = os.cpu_count() or 1

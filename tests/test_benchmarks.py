@@ -45,6 +45,22 @@ def test_benchmarks_run_and_write_ratios(tmp_path):
     assert 'ratio' in stdout and 'wrote' in stdout  # the table was printed
 
 
+def test_gpu_section_code_runs_as_a_dry_run_on_the_cpu(tmp_path):
+    """The GPU section has no GPU here: run its code on the CPU (no torch.compile: minutes of compiling on 2 cores)."""
+    res, stdout = _run(tmp_path, '--only', 'gpu', '--gpu-device', 'cpu', '--no-compile', '--gpu-steps', '2', '--gpu-warmup', '1')
+    rows = res['sections']['gpu']['rows']
+    assert rows and not [r for r in rows if r.get('error')], rows
+    measured = {r['name']: r for r in rows if not r.get('skipped')}
+    names = ' | '.join(measured)
+    for part in ('train kit defaults (AMP, channels_last)', 'train, best kit setting', 'kit default workers', 'all cores'):
+        assert part in names, (part, names)
+    for r in measured.values():
+        assert r['dry_run'] and r['name'].startswith('[dry run on cpu]') and r['target'] is None, r
+        assert _number(r['value']) and _number(r['baseline']) and r['value'] > 0, r
+    assert [r['skipped'] for r in rows if r.get('skipped')] == ['skipped (--no-compile)']
+    assert res['targets'] == []  # a CPU dry run claims nothing about the GPU targets
+
+
 def test_unknown_section_is_refused(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'run.py'), '--only', 'warp'], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and 'unknown section' in r.stderr

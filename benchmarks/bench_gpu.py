@@ -35,7 +35,11 @@ def _train_rate(variant: str, size: int, batch: int, warmup: int, steps: int, de
     torch.manual_seed(0)
     model = create_model(ARCH, ENCODER, None).to(dev)
     if channels_last: model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(model, c)
+    if cuda: torch.backends.cudnn.benchmark = not fp32  # fit turns it on; plain PyTorch leaves it off
+    if fp32:  # plain PyTorch: AdamW as it comes (not fused), same param groups and lr
+        from faceseg_lib.train import _param_groups
+        opt = torch.optim.AdamW(_param_groups(model, c.weight_decay), lr=c.lr)
+    else: opt = make_optimizer(model, c)                  # the kit's: fused on CUDA
     sched = make_scheduler(opt, c, steps_per_epoch=warmup + steps)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     net = torch.compile(model) if variant == 'compile' else model

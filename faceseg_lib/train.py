@@ -29,13 +29,13 @@ from .metrics import ConfusionMatrix
 from .prepare import write_atomic  # one atomic writer for the kit
 
 # %% auto #0
-__all__ = ['LOSSES', 'PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', 'SCHEDULERS', 'AMP_MODES', 'OPTIMIZERS', 'HISTORY_COLUMNS',
-           'dice_loss', 'dice_ce_loss', 'TrainConfig', 'config_fields', 'resolved', 'config_problems', 'data_problems',
-           'run_dir', 'validate', 'make_optimizer', 'lr_factor', 'make_scheduler', 'derive_seed', 'SeededSampler',
-           'SeededItems', 'SeededTransform', 'make_loaders', 'resolve_device', 'amp_dtype', 'init_distributed',
-           'seed_all', 'train_epoch', 'evaluate_loader', 'history_row', 'write_history', 'load_history', 'fit',
-           'add_config_arguments', 'build_train_parser', 'config_from_args', 'config_from_params', 'main',
-           'plot_history', 'per_class_table', 'plot_per_class']
+__all__ = ['LOSSES', 'PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', 'SCHEDULERS', 'AMP_MODES', 'OPTIMIZERS', 'SYNC_EVERY',
+           'HISTORY_COLUMNS', 'dice_loss', 'dice_ce_loss', 'TrainConfig', 'config_fields', 'resolved',
+           'config_problems', 'data_problems', 'run_dir', 'validate', 'make_optimizer', 'lr_factor', 'make_scheduler',
+           'derive_seed', 'SeededSampler', 'SeededItems', 'SeededTransform', 'make_loaders', 'resolve_device',
+           'amp_dtype', 'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'history_row',
+           'write_history', 'load_history', 'fit', 'add_config_arguments', 'build_train_parser', 'config_from_args',
+           'config_from_params', 'main', 'plot_history', 'per_class_table', 'plot_per_class']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -208,15 +208,17 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{'params': [p for p in params if p.ndim >= 2], 'weight_decay': weight_decay},
             {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}]
 
-OPTIMIZERS: dict[str, Callable] = {  # name -> (param groups, lr) -> optimizer
-    'adamw': lambda groups, lr: torch.optim.AdamW(groups, lr=lr),
-    'adam': lambda groups, lr: torch.optim.Adam(groups, lr=lr),
-    'sgd': lambda groups, lr: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True),
+OPTIMIZERS: dict[str, Callable] = {  # name -> (param groups, lr, fused) -> optimizer
+    'adamw': lambda groups, lr, fused: torch.optim.AdamW(groups, lr=lr, fused=fused or None),
+    'adam': lambda groups, lr, fused: torch.optim.Adam(groups, lr=lr, fused=fused or None),
+    'sgd': lambda groups, lr, fused: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True),
 }
 
 def make_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
-    "The optimizer `c.optimizer` over `model`'s parameters."
-    return OPTIMIZERS[c.optimizer](_param_groups(model, c.weight_decay), c.lr)
+    "The optimizer `c.optimizer` over `model`'s parameters; Adam(W) fused into a few kernels when they all live on CUDA."
+    groups = _param_groups(model, c.weight_decay)
+    on_cuda = all(p.is_cuda for g in groups for p in g['params'])
+    return OPTIMIZERS[c.optimizer](groups, c.lr, on_cuda)
 
 # %% ../notebooks/lib/09_train.ipynb #a407048c
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
@@ -334,13 +336,29 @@ def _show_progress() -> bool:
         return shell == 'ZMQInteractiveShell' and importlib.util.find_spec('ipywidgets') is not None
     except Exception: return False
 
+SYNC_EVERY = 16  # training steps between reading losses back: each read makes the CPU wait until the GPU has caught up
+
+def _read_losses(pending: list[tuple[int, int, torch.Tensor]], desc: str) -> list[float]:
+    "The values of (step, batch size, loss tensor) entries in one read; FloatingPointError naming the first non-finite one."
+    values = torch.stack([loss for _, _, loss in pending]).tolist() if pending else []
+    for (step, _, _), v in zip(pending, values):
+        if not math.isfinite(v):
+            raise FloatingPointError(f'{desc}: the loss became {v} at step {step + 1}. Fix: lower lr, set grad_clip, or use amp=off')
+    return values
+
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, loss_fn: Callable,
                 steps: int, device: torch.device, dtype: torch.dtype | None = None, channels_last: bool = False,
                 grad_clip: float = 0.0, progress: bool = False, desc: str = 'train') -> tuple[float, int, float]:
     "Train for `steps` steps: (sum of batch loss x batch size, images seen, lr of the last step) on this process."
     from tqdm.auto import tqdm
     model.train()
-    total, seen, lr = 0.0, 0, optimizer.param_groups[0]['lr']
+    total, seen, lr, pending = 0.0, 0, optimizer.param_groups[0]['lr'], []
+    def drain():  # read the pending losses back (a wait for the device), add them up, show the last
+        nonlocal total
+        values = _read_losses(pending, desc)
+        for (_, n, _), v in zip(pending, values): total += v * n
+        if values: bar.set_postfix(loss=f'{values[-1]:.4f}')
+        pending.clear()
     with tqdm(total=steps, desc=desc, leave=False, disable=not progress, dynamic_ncols=True) as bar:
         for step, (x, y) in enumerate(loader):
             if step >= steps: break
@@ -348,17 +366,16 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f'{desc}: the loss became {value} at step {step + 1}. Fix: lower lr, set grad_clip, or use amp=off')
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if grad_clip:
                 scaler.unscale_(optimizer); nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             lr = optimizer.param_groups[0]['lr']
             scaler.step(optimizer); scaler.update(); scheduler.step()
-            total, seen = total + value * len(x), seen + len(x)
-            bar.update(); bar.set_postfix(loss=f'{value:.4f}')
+            pending.append((step, len(x), loss.detach())); seen += len(x)
+            if len(pending) >= SYNC_EVERY: drain()
+            bar.update()
+        drain()
     return total, seen, lr
 
 @torch.no_grad()
@@ -366,14 +383,15 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, dev
                     dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, int, ConfusionMatrix]:
     "One pass over `loader`: (sum of batch loss x batch size, images, confusion matrix) on this process."
     model.eval()
-    total, seen, cm = 0.0, 0, ConfusionMatrix(NUM_CLASSES, device)
+    losses, sizes, cm = [], [], ConfusionMatrix(NUM_CLASSES, device)
     for x, y in loader:
         x, y = model_batch(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x).float()
-        total, seen = total + loss_fn(logits, y).item() * len(x), seen + len(x)
+        losses.append(loss_fn(logits, y)); sizes.append(len(x))
         cm.update(logits, y)
-    return total, seen, cm
+    values = torch.stack(losses).tolist() if losses else []  # read back once, at the end
+    return sum(v * n for v, n in zip(values, sizes)), sum(sizes), cm
 
 # %% ../notebooks/lib/09_train.ipynb #92a25b2c
 HISTORY_COLUMNS: tuple[str, ...] = ('epoch', 'train_loss', 'val_loss', 'val_mean_f1', 'val_mean_iou', 'val_micro_fscore',
@@ -444,6 +462,7 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
                                      f"loaded ({str(e).strip().splitlines()[0][:200]})", 'go online once (they are cached), or '
                                      'pass encoder_weights=None (--encoder-weights None) to train from random weights') from e
     if channels_last: model = model.to(memory_format=torch.channels_last)
+    if device.type == 'cuda': torch.backends.cudnn.benchmark = True  # one input size: let cuDNN time its algorithms once
     optimizer = make_optimizer(model, c)
     train_dl, val_dl = make_loaders(c, rank, world, device)
     steps = min(len(train_dl), c.max_steps or len(train_dl))

@@ -220,3 +220,37 @@ def test_dice_charges_absent_classes_and_losses_are_registered():
     extra_ours = train.dice_loss(wrong, target) - train.dice_loss(right, target)
     extra_smp = train.LOSSES['dice_smp'](wrong, target) - train.LOSSES['dice_smp'](right, target)
     assert extra_ours > extra_smp + 0.9 / NUM_CLASSES
+
+
+def _epoch_setup(prepared, **kw):
+    c = train.resolved(TrainConfig(data_dir=str(prepared), **{**TINY, 'batch_size': 2, **kw}))
+    torch.manual_seed(0)
+    model = create_model(c.arch, c.encoder, None)
+    opt = train.make_optimizer(model, c)
+    dl, _ = train.make_loaders(c)
+    return c, model, opt, train.make_scheduler(opt, c, len(dl)), torch.amp.GradScaler('cpu', enabled=False), dl
+
+
+def test_losses_read_back_in_groups_add_up_as_read_one_by_one(prepared, monkeypatch):
+    """train_epoch reads losses from the device SYNC_EVERY steps at a time; the epoch's sum must be the per-step one."""
+    c, model, opt, sched, scaler, dl = _epoch_setup(prepared)
+    seen_losses = []
+    def recording(logits, y):
+        loss = train.LOSSES[c.loss](logits, y); seen_losses.append((loss.item(), len(y))); return loss
+    monkeypatch.setattr(train, 'SYNC_EVERY', 3)  # 7 steps: read after steps 3 and 6, and the last one at the end
+    total, seen, lr = train.train_epoch(model, dl, opt, sched, scaler, recording, len(dl), torch.device('cpu'))
+    assert len(dl) == 7 and seen == 14 == sum(n for _, n in seen_losses)
+    assert total == pytest.approx(sum(v * n for v, n in seen_losses), rel=1e-12)
+    vl, vn, cm = train.evaluate_loader(model, dl, train.LOSSES[c.loss], torch.device('cpu'))
+    assert vn == 14 and math.isfinite(vl) and cm.tensor.sum() == 14 * SIZE * SIZE
+
+
+def test_a_non_finite_loss_stops_training_naming_its_step(prepared, monkeypatch):
+    c, model, opt, sched, scaler, dl = _epoch_setup(prepared)
+    calls = []
+    def blows_up_at_step_5(logits, y):
+        calls.append(1); loss = train.LOSSES[c.loss](logits, y)
+        return loss * float('nan') if len(calls) == 5 else loss
+    monkeypatch.setattr(train, 'SYNC_EVERY', 4)  # the nan is read back in the second group, at the epoch's end
+    with pytest.raises(FloatingPointError, match=r'the loss became nan at step 5\. Fix: lower lr'):
+        train.train_epoch(model, dl, opt, sched, scaler, blows_up_at_step_5, len(dl), torch.device('cpu'), desc='epoch 1/1')

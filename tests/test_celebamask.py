@@ -12,42 +12,7 @@ from faceseg_lib.celebamask import (ANNO_DIR, IMG_DIR, MAPPING_FILE, PARTITION_F
                                     split_counts)
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASS_INDEX, NUM_CLASSES
-
-M = 32  # mask side in the fake trees; images are 2 * M (like the official 1024 px images with 512 px masks)
-
-
-def fake_masks(m: int = M) -> dict[str, np.ndarray]:
-    """Overlapping 0/255 part masks: hair under hat, neck under cloth, skin under hair, an eye inside the skin."""
-    z = lambda: np.zeros((m, m), np.uint8)
-    skin, hair, hat, neck, cloth, eye = z(), z(), z(), z(), z(), z()
-    skin[4:24, 6:26] = 255
-    hair[0:10, 2:30] = 255          # overlaps skin rows 4..9
-    hat[0:5, 0:16] = 255            # overlaps hair
-    neck[22:m, 10:22] = 255
-    cloth[27:m, 0:m] = 255          # overlaps neck rows 27..
-    eye[12:14, 10:13] = 255
-    return {'skin': skin, 'hair': hair, 'hat': hat, 'neck': neck, 'cloth': cloth, 'l_eye': eye}
-
-
-def write_raw(root: Path, ids=(0, 1, 2, 2001, 4123), m: int = M, seed: int = 0) -> Path:
-    """A tiny raw tree in the official layout: <root>/CelebA-HQ-img/<id>.jpg and the per-part masks of each id."""
-    rng = np.random.default_rng(seed)
-    (root / IMG_DIR).mkdir(parents=True, exist_ok=True)
-    for id in ids:
-        cv2.imwrite(str(root / IMG_DIR / f'{id}.jpg'), rng.integers(0, 256, (2 * m, 2 * m, 3), dtype=np.uint8))
-        (root / ANNO_DIR / str(id // 2000)).mkdir(parents=True, exist_ok=True)
-        for part, mask in fake_masks(m).items():
-            cv2.imwrite(str(root / mask_name(id, part)), np.roll(mask, id % 3, axis=1))
-    return root
-
-
-def make_zip(tree: Path, zip_path: Path) -> Path:
-    """The tree zipped like the official CelebAMask-HQ.zip: everything under a top folder CelebAMask-HQ/."""
-    with zipfile.ZipFile(zip_path, 'w') as zf:
-        for p in sorted(tree.rglob('*')):
-            zf.write(p, 'CelebAMask-HQ/' + p.relative_to(tree).as_posix())
-    return zip_path
-
+from helpers import M, fake_masks, make_zip, write_raw
 
 def assert_names_file_and_fix(problems_or_error, file: Path | str):
     text = str(problems_or_error) if isinstance(problems_or_error, Exception) else '\n'.join(map(str, problems_or_error))

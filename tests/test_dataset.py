@@ -4,54 +4,14 @@ import json
 import albumentations as A
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from faceseg_lib import dataset as D
 from faceseg_lib.errors import DataError
-from faceseg_lib.labels import CLASSES, CLASS_INDEX, FLIP_LUT, NUM_CLASSES, PALETTE
+from faceseg_lib.labels import CLASSES, FLIP_LUT, NUM_CLASSES, PALETTE
+from helpers import C, face_label, make_prepared
 
-C = CLASS_INDEX
-
-
-def face_label(size=64, shift=0):
-    """A face label map with several classes; the subject's left (l_*) lies on the image's right, as in CelebAMask-HQ."""
-    s = size / 64
-    lab = np.zeros((size, size), np.uint8)
-    cv2.ellipse(lab, (int(32 * s), int(36 * s)), (int(18 * s), int(24 * s)), 0, 0, 360, C['skin'], -1)
-    lab[: int(14 * s)] = C['hair']
-    lab[int(60 * s):, int(20 * s):int(44 * s)] = C['neck']
-    lab[int(28 * s):int(40 * s), int(12 * s):int(15 * s)] = C['r_ear']   # image's left
-    lab[int(28 * s):int(40 * s), int(49 * s):int(52 * s)] = C['l_ear']   # image's right
-    lab[int(22 * s):int(25 * s), int(19 * s):int(29 * s)] = C['r_brow']
-    lab[int(22 * s):int(25 * s), int(35 * s):int(45 * s)] = C['l_brow']
-    lab[int(28 * s):int(33 * s), int((21 + shift) * s):int((27 + shift) * s)] = C['r_eye']
-    lab[int(28 * s):int(33 * s), int((37 + shift) * s):int((43 + shift) * s)] = C['l_eye']
-    lab[int(33 * s):int(42 * s), int(30 * s):int(34 * s)] = C['nose']
-    lab[int(46 * s):int(48 * s), int(26 * s):int(38 * s)] = C['u_lip']
-    lab[int(48 * s):int(50 * s), int(26 * s):int(38 * s)] = C['l_lip']
-    return lab
-
-
-def make_prepared(root, n=6, size=64, splits=('train', 'val', 'test')):
-    """Write a tiny dataset in the FIXED prepared layout (images/<id>.jpg, labels/<id>.png, splits.csv, meta.json)."""
-    (root / 'images').mkdir(parents=True)
-    (root / 'labels').mkdir()
-    ids = list(range(10, 10 + n))
-    split = [splits[i % len(splits)] for i in range(n)]
-    rng = np.random.default_rng(0)
-    for k, i in enumerate(ids):
-        lab = face_label(size, shift=k % 3)
-        img = np.clip(PALETTE[lab].astype(int) + rng.integers(-20, 20, lab.shape + (3,)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(root / 'labels' / f'{i}.png'), lab)
-        cv2.imwrite(str(root / 'images' / f'{i}.jpg'), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    pd.DataFrame({'id': ids, 'split': split}).to_csv(root / 'splits.csv', index=False)
-    meta = {'format': 'faceseg-prepared', 'version': 1, 'source': 'tests', 'size': size, 'classes': list(CLASSES),
-            'split_method': 'seed', 'counts': {s: split.count(s) for s in ('train', 'val', 'test')},
-            'class_pixels': {}, 'class_images': {}, 'skipped': []}
-    (root / 'meta.json').write_text(json.dumps(meta))
-    return root
 
 
 @pytest.fixture

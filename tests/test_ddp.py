@@ -10,7 +10,9 @@ import torch
 
 from faceseg_lib.labels import CLASSES
 from faceseg_lib.train import load_history
-from test_train import SIZE, evaluate_checkpoint, f1_from_counts, one_thread, prepared  # noqa: F401  (fixtures)
+from helpers import SIZE, evaluate_checkpoint, f1_from_counts
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def run_killing_group_on_timeout(cmd, timeout):
@@ -25,9 +27,9 @@ def run_killing_group_on_timeout(cmd, timeout):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_meet_the_metrics_contract(prepared, tmp_path):
+def test_torchrun_two_processes_meet_the_metrics_contract(train_set, tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'faceseg_lib.train',
-           '--data-dir', str(prepared), '--out-dir', str(tmp_path), '--name', 'ddp', '--arch', 'Unet', '--encoder', 'resnet18',
+           '--data-dir', str(train_set), '--out-dir', str(tmp_path), '--name', 'ddp', '--arch', 'Unet', '--encoder', 'resnet18',
            '--encoder-weights', 'None', '--size', str(SIZE), '--batch-size', '2', '--epochs', '2', '--max-steps', '2',
            '--workers', '0']
     r = run_killing_group_on_timeout(cmd, timeout=240)
@@ -44,7 +46,7 @@ def test_torchrun_two_processes_meet_the_metrics_contract(prepared, tmp_path):
     # the val scores in history.csv are those of the whole val split (5 images, sharded 3 + 2 without padding):
     # a single-process evaluation of the saved checkpoints gives the same per-class F1 and mean F1
     for name in ('last.pt', 'best.pt'):
-        m, ckpt = evaluate_checkpoint(run / name, prepared)
+        m, ckpt = evaluate_checkpoint(run / name, train_set)
         row = h.iloc[ckpt['metrics']['epoch'] - 1]
         assert ckpt['metrics']['pixels'] == m.sum() == 5 * SIZE * SIZE, name
         np.testing.assert_allclose(f1_from_counts(m), row[[f'f1_{c}' for c in CLASSES]].to_numpy(float), atol=1e-12, err_msg=name)

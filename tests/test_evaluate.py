@@ -17,7 +17,9 @@ from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASSES, CLASS_INDEX, FLIP_LUT, LR_PAIRS, NUM_CLASSES
 from faceseg_lib.models import create_model, load_checkpoint, save_checkpoint
 from faceseg_lib.train import fit
-from test_train import SIZE, evaluate_checkpoint, one_thread, prepared  # noqa: F401  (fixtures)
+from helpers import SIZE, evaluate_checkpoint
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 # the left/right channel swap spelled out from the class names, independently of FLIP_LUT
 SWAP = list(range(NUM_CLASSES))
@@ -36,11 +38,11 @@ def random_conv(seed):
 
 
 @pytest.fixture(scope='session')
-def run(prepared, tmp_path_factory):
+def run(train_set, tmp_path_factory):
     """A checkpoint of a tiny run: Unet/resnet18 at 64 px, 1 epoch of 2 steps, random initial weights."""
     n = torch.get_num_threads(); torch.set_num_threads(1)
     try:
-        return fit(data_dir=str(prepared), out_dir=str(tmp_path_factory.mktemp('eval-runs')), name='tiny', arch='Unet',
+        return fit(data_dir=str(train_set), out_dir=str(tmp_path_factory.mktemp('eval-runs')), name='tiny', arch='Unet',
                    encoder='resnet18', encoder_weights=None, size=SIZE, epochs=1, max_steps=2, batch_size=4, workers=0)
     finally:
         torch.set_num_threads(n)
@@ -60,8 +62,8 @@ def test_unflip_swaps_channels_by_flip_lut_and_mirrors():
     assert FLIP_LUT.tolist() == SWAP  # FLIP_LUT is the swap the class names spell out
 
 
-def test_mirror_equivariant_model_gets_identical_results_with_tta(prepared):
-    ds = FaceParsingDataset(prepared, 'test', transform=eval_transform(SIZE))
+def test_mirror_equivariant_model_gets_identical_results_with_tta(train_set):
+    ds = FaceParsingDataset(train_set, 'test', transform=eval_transform(SIZE))
     model = Symmetrised(random_conv(0))
     cm, per_image = E.evaluate_model(model, ds, tta=False, batch_size=2)
     cm_tta, per_image_tta = E.evaluate_model(model, ds, tta=True, batch_size=2)
@@ -69,17 +71,17 @@ def test_mirror_equivariant_model_gets_identical_results_with_tta(prepared):
     assert m[:, CLASS_INDEX['l_eye']].sum() > 0 and m[:, CLASS_INDEX['r_eye']].sum() > 0  # l/r are predicted at all
     np.testing.assert_array_equal(cm_tta.matrix, m)
     pd.testing.assert_frame_equal(per_image_tta, per_image)
-    assert per_image['id'].tolist() == split_ids(prepared, 'test')  # dataset order, nothing shuffled or dropped
+    assert per_image['id'].tolist() == split_ids(train_set, 'test')  # dataset order, nothing shuffled or dropped
 
 
-def test_tta_changes_a_model_that_is_not_mirror_equivariant(prepared):
-    ds = FaceParsingDataset(prepared, 'test', transform=eval_transform(SIZE))
+def test_tta_changes_a_model_that_is_not_mirror_equivariant(train_set):
+    ds = FaceParsingDataset(train_set, 'test', transform=eval_transform(SIZE))
     model = random_conv(0)
     assert not np.array_equal(E.evaluate_model(model, ds, tta=True)[0].matrix, E.evaluate_model(model, ds)[0].matrix)
 
 
-def test_tta_without_the_left_right_swap_would_break_an_equivariant_model(prepared, monkeypatch):
-    ds = FaceParsingDataset(prepared, 'test', transform=eval_transform(SIZE))
+def test_tta_without_the_left_right_swap_would_break_an_equivariant_model(train_set, monkeypatch):
+    ds = FaceParsingDataset(train_set, 'test', transform=eval_transform(SIZE))
     model = Symmetrised(random_conv(0))
     plain = E.evaluate_model(model, ds)[0].matrix
     monkeypatch.setattr(E, 'FLIP_LUT', np.arange(NUM_CLASSES))  # flip back without exchanging l_* and r_*
@@ -88,14 +90,14 @@ def test_tta_without_the_left_right_swap_would_break_an_equivariant_model(prepar
 
 # --- evaluate(): files, numbers, never the dataset ------------------------------------------------------------------
 
-def test_evaluate_writes_metrics_that_match_an_independent_count(run, prepared):
-    before = tree(prepared)
+def test_evaluate_writes_metrics_that_match_an_independent_count(run, train_set):
+    before = tree(train_set)
     res = E.evaluate(run / 'best.pt', split='test', workers=0, progress=False)
     out = run / 'eval-test'
     assert res['out_dir'] == str(out)
     assert {p.name for p in out.iterdir()} == {'metrics.json', 'per_image.csv', 'metrics.md', 'confusion.csv'}
-    assert tree(prepared) == before  # nothing written into the dataset
-    truth, _ = evaluate_checkpoint(run / 'best.pt', prepared, 'test')  # numpy, one image at a time
+    assert tree(train_set) == before  # nothing written into the dataset
+    truth, _ = evaluate_checkpoint(run / 'best.pt', train_set, 'test')  # numpy, one image at a time
     loaded = E.load_evaluation(out)
     np.testing.assert_array_equal(loaded['confusion'], truth)
     tp = np.diag(truth).astype(float); den = truth.sum(0) + truth.sum(1)
@@ -106,7 +108,7 @@ def test_evaluate_writes_metrics_that_match_an_independent_count(run, prepared):
     assert [saved['f1'][c] is None for c in CLASSES] == list(np.isnan(f1))  # absent classes: null, not 0 or 1
     assert (saved['split'], saved['images'], saved['tta'], saved['arch']) == ('test', 5, False, 'Unet')
     per_image = pd.read_csv(out / 'per_image.csv')
-    assert per_image['id'].tolist() == split_ids(prepared, 'test')
+    assert per_image['id'].tolist() == split_ids(train_set, 'test')
     assert {'mean_f1', 'pixel_acc', 'f1_l_eye', 'f1_cloth'} <= set(per_image.columns)
 
 
@@ -134,10 +136,10 @@ def test_evaluate_is_deterministic(run, tmp_path):
     assert (tmp_path / 'a' / 'per_image.csv').read_text() == (tmp_path / 'b' / 'per_image.csv').read_text()
 
 
-def test_evaluate_refuses_to_write_into_the_dataset(run, prepared):
+def test_evaluate_refuses_to_write_into_the_dataset(run, train_set):
     with pytest.raises(DataError, match='never writes into a dataset'):
-        E.evaluate(run / 'best.pt', out_dir=prepared / 'eval', workers=0, progress=False)
-    assert not (prepared / 'eval').exists()
+        E.evaluate(run / 'best.pt', out_dir=train_set / 'eval', workers=0, progress=False)
+    assert not (train_set / 'eval').exists()
 
 
 # --- bad checkpoints: clear errors naming the file ------------------------------------------------------------------
@@ -155,9 +157,9 @@ def test_not_a_checkpoint(tmp_path):
     assert str(bad) in str(e.value)
 
 
-def test_checkpoint_for_another_class_count(tmp_path, prepared):
+def test_checkpoint_for_another_class_count(tmp_path, train_set):
     path = save_checkpoint(tmp_path / 'five.pt', create_model('Unet', 'resnet18', None, num_classes=5),
-                           {'arch': 'Unet', 'encoder': 'resnet18', 'size': SIZE, 'data_dir': str(prepared)})
+                           {'arch': 'Unet', 'encoder': 'resnet18', 'size': SIZE, 'data_dir': str(train_set)})
     with pytest.raises(DataError, match='predicts 5 classes') as e:
         E.evaluate(path, progress=False)
     assert str(path) in str(e.value)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from test_dataset import make_prepared
+from helpers import make_prepared
 
 NOTEBOOK = REPO / 'notebooks' / '01_data_exploration.ipynb'
 FIGURES = ('split_sizes.png', 'class_share.png', 'mask_areas.png', 'samples.png')

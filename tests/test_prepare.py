@@ -1,6 +1,5 @@
 """prepare: raw -> prepared layout, statistics, resume after an interruption, bad-input policy, refusals."""
 import json
-import os
 
 import cv2
 import numpy as np
@@ -12,7 +11,7 @@ from faceseg_lib.celebamask import ANNO_DIR, IMG_DIR, mask_name, open_raw
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASSES, NUM_CLASSES
 from faceseg_lib.prepare import prepare, resize_label
-from test_celebamask import M, make_zip, write_raw
+from helpers import M, make_zip, write_raw
 
 IDS = (0, 1, 2, 3, 4, 5, 6, 7, 2001, 4123)
 S = 24  # prepared size: images 64 -> 24 (area), masks 32 -> 24 (nearest)

@@ -3,7 +3,6 @@ rejects is recorded while the rest complete, retry_failed reruns only failed one
 import json
 import math
 import os
-import re
 import shutil
 import time
 

@@ -1,5 +1,4 @@
 """Training: config checks before any work, learning on the synthetic set, loadable checkpoints, resume = uninterrupted run."""
-import dataclasses
 import json
 import math
 import subprocess
@@ -13,52 +12,17 @@ import faceseg_lib.train as train
 from faceseg_lib.dataset import FaceParsingDataset, eval_transform
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASSES, NUM_CLASSES
-from faceseg_lib.models import create_model, model_from_checkpoint
+from faceseg_lib.models import create_model
 from faceseg_lib.train import TrainConfig, fit, load_history
+from helpers import SIZE, evaluate_checkpoint, f1_from_counts
 
-SIZE = 64
 TINY = dict(arch='Unet', encoder='resnet18', encoder_weights=None, size=SIZE, batch_size=4, workers=0)
 
-
-@pytest.fixture(scope='session')
-def prepared(tmp_path_factory):
-    """24 synthetic faces (128 px images, 64 px masks) prepared at 64 px, split 60/20/20: 14 train, 5 val, 5 test."""
-    from faceseg_lib.prepare import prepare
-    from faceseg_lib.synthetic import synthesize
-    root = tmp_path_factory.mktemp('faceseg-train')
-    synthesize(root / 'raw', n=24, seed=0, image_size=128, mask_size=64, workers=1, progress=False)
-    prepare(root / 'raw', root / 'prepared', size=SIZE, split='fractions:0.6,0.2,0.2', workers=1, progress=False)
-    return root / 'prepared'
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads can wait on each other 10x longer than they compute."""
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny(prepared, tmp_path, **kw):
-    return TrainConfig(**{'data_dir': str(prepared), 'out_dir': str(tmp_path / 'runs'), **TINY, **kw})
-
-
-def evaluate_checkpoint(path, data_dir, split='val'):
-    """Confusion counts of a checkpoint on a whole split, one image at a time, computed with numpy (independent of train.py)."""
-    model, ckpt = model_from_checkpoint(path)
-    ds = FaceParsingDataset(data_dir, split, transform=eval_transform(ckpt['config']['size']))
-    m = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    with torch.no_grad():
-        for i in range(len(ds)):
-            x, y = ds[i]
-            pred = model(x[None]).argmax(1)[0]
-            m += np.bincount(NUM_CLASSES * y.numpy().ravel() + pred.numpy().ravel(), minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
-    return m, ckpt
-
-
-def f1_from_counts(m):
-    tp = np.diag(m).astype(float); den = m.sum(0) + m.sum(1)
-    return np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan)
+def tiny(train_set, tmp_path, **kw):
+    return TrainConfig(**{'data_dir': str(train_set), 'out_dir': str(tmp_path / 'runs'), **TINY, **kw})
 
 
 # --- config: one definition, checked before any work -------------------------------------------------------------
@@ -73,18 +37,18 @@ def f1_from_counts(m):
     (dict(epochs=0), 'config.epochs'),
     (dict(val_split='nope'), 'nope'),
 ])
-def test_bad_config_fails_before_any_work(prepared, tmp_path, monkeypatch, kw, message):
+def test_bad_config_fails_before_any_work(train_set, tmp_path, monkeypatch, kw, message):
     monkeypatch.setattr(train, 'create_model', lambda *a, **k: pytest.fail('a model was built before the config was checked'))
     with pytest.raises(DataError, match='Fix') as e:
-        fit(tiny(prepared, tmp_path, **kw))
+        fit(tiny(train_set, tmp_path, **kw))
     assert message in str(e.value)
     assert not (tmp_path / 'runs').exists()
 
 
-def test_unknown_names_list_the_valid_ones(prepared, tmp_path):
-    with pytest.raises(DataError) as e: fit(tiny(prepared, tmp_path, arch='Unett'))
+def test_unknown_names_list_the_valid_ones(train_set, tmp_path):
+    with pytest.raises(DataError) as e: fit(tiny(train_set, tmp_path, arch='Unett'))
     assert all(a in str(e.value) for a in ('FPN', 'DeepLabV3Plus', 'Segformer'))
-    with pytest.raises(DataError) as e: fit(tiny(prepared, tmp_path, optimizer='adamx'))
+    with pytest.raises(DataError) as e: fit(tiny(train_set, tmp_path, optimizer='adamx'))
     assert 'adamw, adam, sgd' in str(e.value)
 
 
@@ -95,8 +59,8 @@ def test_missing_dataset_names_path_and_fix(tmp_path):
     assert not (tmp_path / 'runs').exists()
 
 
-def test_all_problems_reported_at_once(prepared, tmp_path):
-    with pytest.raises(DataError) as e: fit(tiny(prepared, tmp_path, lr=-1, epochs=0, loss='x'))
+def test_all_problems_reported_at_once(train_set, tmp_path):
+    with pytest.raises(DataError) as e: fit(tiny(train_set, tmp_path, lr=-1, epochs=0, loss='x'))
     assert {p.file for p in e.value.problems} >= {'config.lr', 'config.epochs', 'config.loss'}
 
 
@@ -131,9 +95,9 @@ def test_module_entry_point_and_exit_codes(tmp_path, capsys):
 # --- learning, checkpoints, resume ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('loss, ratio', [('dice', 0.93), ('dice_ce', 0.7)])  # measured: 0.885 and 0.46
-def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared, loss, ratio):
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(train_set, loss, ratio):
     torch.manual_seed(0)
-    ds = FaceParsingDataset(prepared, 'train', transform=eval_transform(SIZE))
+    ds = FaceParsingDataset(train_set, 'train', transform=eval_transform(SIZE))
     x = torch.stack([ds[i][0] for i in range(4)]); y = torch.stack([ds[i][1] for i in range(4)])
     model = create_model('Unet', 'resnet18', None)
     cfg = train.resolved(TrainConfig(lr=1e-3, loss=loss))
@@ -146,8 +110,8 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(prepared, loss, ratio):
     assert after < ratio * before, (before, after)
 
 
-def test_fit_writes_run_folder_and_loadable_checkpoints(prepared, tmp_path):
-    run = fit(tiny(prepared, tmp_path, epochs=2, max_steps=2, name='r'))
+def test_fit_writes_run_folder_and_loadable_checkpoints(train_set, tmp_path):
+    run = fit(tiny(train_set, tmp_path, epochs=2, max_steps=2, name='r'))
     assert sorted(p.name for p in run.iterdir()) == ['best.pt', 'config.json', 'history.csv', 'last.pt']
     fields = train.config_fields()
     config = json.loads((run / 'config.json').read_text())
@@ -160,7 +124,7 @@ def test_fit_writes_run_folder_and_loadable_checkpoints(prepared, tmp_path):
         assert list(ckpt['config']) == fields and ckpt['classes'] == list(CLASSES)
     best_epoch = int(h['val_mean_f1'].fillna(-1).idxmax()) + 1  # first best (ties keep the earlier epoch)
     # the rebuilt best model reproduces, on the whole val split, exactly the scores the run recorded for that epoch
-    m, ckpt = evaluate_checkpoint(run / 'best.pt', prepared)
+    m, ckpt = evaluate_checkpoint(run / 'best.pt', train_set)
     assert ckpt['metrics']['epoch'] == best_epoch
     assert ckpt['metrics']['pixels'] == m.sum() == 5 * SIZE * SIZE
     row = h.iloc[best_epoch - 1]
@@ -170,16 +134,16 @@ def test_fit_writes_run_folder_and_loadable_checkpoints(prepared, tmp_path):
     assert {'optimizer', 'scheduler', 'scaler'} <= set(last) and last['extra']['epoch'] == 2
 
 
-def test_existing_run_is_never_overwritten(prepared, tmp_path):
+def test_existing_run_is_never_overwritten(train_set, tmp_path):
     run = tmp_path / 'runs' / 'taken'; run.mkdir(parents=True); (run / 'notes.txt').write_text('mine')
     with pytest.raises(DataError, match='resume'):
-        fit(tiny(prepared, tmp_path, name='taken'))
+        fit(tiny(train_set, tmp_path, name='taken'))
     assert [p.name for p in run.iterdir()] == ['notes.txt']
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(prepared, tmp_path, monkeypatch):
+def test_resume_after_interruption_equals_uninterrupted_run(train_set, tmp_path, monkeypatch):
     kw = dict(epochs=2, max_steps=2, warmup_epochs=0.5)
-    straight = fit(tiny(prepared, tmp_path, name='straight', **kw))
+    straight = fit(tiny(train_set, tmp_path, name='straight', **kw))
 
     save = train.save_checkpoint
     def save_then_die(path, *args, **kwargs):  # the process dies right after epoch 1's last.pt is on disk
@@ -187,26 +151,26 @@ def test_resume_after_interruption_equals_uninterrupted_run(prepared, tmp_path, 
         if path.name == 'last.pt': raise KeyboardInterrupt
     monkeypatch.setattr(train, 'save_checkpoint', save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny(prepared, tmp_path, name='killed', **kw))
+        fit(tiny(train_set, tmp_path, name='killed', **kw))
     monkeypatch.setattr(train, 'save_checkpoint', save)
     assert len(load_history(tmp_path / 'runs' / 'killed')) == 1
 
     with pytest.raises(DataError, match='lr: run has'):  # a changed config is refused
-        fit(tiny(prepared, tmp_path, name='killed', resume=True, lr=0.1, **kw))
+        fit(tiny(train_set, tmp_path, name='killed', resume=True, lr=0.1, **kw))
     # workers may change on resume: augmentation is seeded per item, not per worker
-    resumed = fit(tiny(prepared, tmp_path, name='killed', resume=True, **{**kw, 'workers': 1}))
+    resumed = fit(tiny(train_set, tmp_path, name='killed', resume=True, **{**kw, 'workers': 1}))
     a, b = load_history(straight), load_history(resumed)
     assert a['epoch'].tolist() == b['epoch'].tolist() == [1, 2]
     np.testing.assert_allclose(a.drop(columns='seconds').to_numpy(float), b.drop(columns='seconds').to_numpy(float), rtol=1e-6, atol=1e-7)
     for name in ('last.pt', 'best.pt'):
         wa, wb = (torch.load(r / name, weights_only=True)['state_dict'] for r in (straight, resumed))
         assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa), name
-    assert fit(tiny(prepared, tmp_path, name='killed', resume=True, **kw)) == resumed  # finished: nothing more to do
+    assert fit(tiny(train_set, tmp_path, name='killed', resume=True, **kw)) == resumed  # finished: nothing more to do
 
 
-def test_seeded_runs_repeat_and_seeds_differ(prepared, tmp_path):
+def test_seeded_runs_repeat_and_seeds_differ(train_set, tmp_path):
     kw = dict(epochs=1, max_steps=2)
-    a, b, c = (load_history(fit(tiny(prepared, tmp_path, name=n, seed=s, **kw))) for n, s in (('a', 0), ('b', 0), ('c', 1)))
+    a, b, c = (load_history(fit(tiny(train_set, tmp_path, name=n, seed=s, **kw))) for n, s in (('a', 0), ('b', 0), ('c', 1)))
     assert a['train_loss'][0] == b['train_loss'][0] and a['val_loss'][0] == b['val_loss'][0]
     assert a['train_loss'][0] != c['train_loss'][0]
 
@@ -222,8 +186,8 @@ def test_dice_charges_absent_classes_and_losses_are_registered():
     assert extra_ours > extra_smp + 0.9 / NUM_CLASSES
 
 
-def _epoch_setup(prepared, **kw):
-    c = train.resolved(TrainConfig(data_dir=str(prepared), **{**TINY, 'batch_size': 2, **kw}))
+def _epoch_setup(train_set, **kw):
+    c = train.resolved(TrainConfig(data_dir=str(train_set), **{**TINY, 'batch_size': 2, **kw}))
     torch.manual_seed(0)
     model = create_model(c.arch, c.encoder, None)
     opt = train.make_optimizer(model, c)
@@ -231,9 +195,9 @@ def _epoch_setup(prepared, **kw):
     return c, model, opt, train.make_scheduler(opt, c, len(dl)), torch.amp.GradScaler('cpu', enabled=False), dl
 
 
-def test_losses_read_back_in_groups_add_up_as_read_one_by_one(prepared, monkeypatch):
+def test_losses_read_back_in_groups_add_up_as_read_one_by_one(train_set, monkeypatch):
     """train_epoch reads losses from the device SYNC_EVERY steps at a time; the epoch's sum must be the per-step one."""
-    c, model, opt, sched, scaler, dl = _epoch_setup(prepared)
+    c, model, opt, sched, scaler, dl = _epoch_setup(train_set)
     seen_losses = []
     def recording(logits, y):
         loss = train.LOSSES[c.loss](logits, y); seen_losses.append((loss.item(), len(y))); return loss
@@ -245,8 +209,8 @@ def test_losses_read_back_in_groups_add_up_as_read_one_by_one(prepared, monkeypa
     assert vn == 14 and math.isfinite(vl) and cm.tensor.sum() == 14 * SIZE * SIZE
 
 
-def test_a_non_finite_loss_stops_training_naming_its_step(prepared, monkeypatch):
-    c, model, opt, sched, scaler, dl = _epoch_setup(prepared)
+def test_a_non_finite_loss_stops_training_naming_its_step(train_set, monkeypatch):
+    c, model, opt, sched, scaler, dl = _epoch_setup(train_set)
     calls = []
     def blows_up_at_step_5(logits, y):
         calls.append(1); loss = train.LOSSES[c.loss](logits, y)

@@ -7,7 +7,9 @@ import pytest
 
 from conftest import REPO
 from faceseg_lib.train import TrainConfig, config_fields, load_history
-from test_train import SIZE, one_thread, prepared  # noqa: F401  (fixtures)
+from helpers import SIZE
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 NOTEBOOK = REPO / 'notebooks' / '02_train.ipynb'
 
@@ -38,10 +40,10 @@ def test_parameters_cell_comments_are_the_config_comments():
 
 
 @pytest.mark.slow
-def test_papermill_run_writes_run_folder_with_figures(prepared, tmp_path, monkeypatch):
+def test_papermill_run_writes_run_folder_with_figures(train_set, tmp_path, monkeypatch):
     from faceseg_lib.pipeline import run_notebook
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')  # the kernel's torch: one thread (see test_train.one_thread)
-    params = dict(data_dir=str(prepared), out_dir=str(tmp_path / 'runs'), name='nb', arch='FPN', encoder='resnet18',
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')  # the kernel's torch: one thread (see conftest.one_thread)
+    params = dict(data_dir=str(train_set), out_dir=str(tmp_path / 'runs'), name='nb', arch='FPN', encoder='resnet18',
                   encoder_weights=None, size=SIZE, epochs=1, batch_size=4, max_steps=2, workers=0)
     out = run_notebook('02_train', tmp_path / '02_train.ipynb', params, progress=False)
     run = tmp_path / 'runs' / 'nb'

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from faceseg_lib import dataset as D
 from faceseg_lib import viz as V
 from faceseg_lib.labels import CLASSES, CLASS_INDEX, NUM_CLASSES, PALETTE
-from test_dataset import face_label, make_prepared
+from helpers import face_label, make_prepared
 
 C = CLASS_INDEX
 

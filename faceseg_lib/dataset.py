@@ -73,7 +73,7 @@ def load_meta(root: str | Path) -> dict:
     if not isinstance(meta, dict) or meta.get('format') != PREPARED_FORMAT:
         raise DataError.from_problem(path, f"no \"format\": \"{PREPARED_FORMAT}\" in it", _PREPARE_FIX)
     if meta.get('classes', list(CLASSES)) != list(CLASSES):
-        raise DataError.from_problem(path, f'its classes differ from the 19 CelebAMask-HQ classes',
+        raise DataError.from_problem(path, f'its classes differ from the {NUM_CLASSES} CelebAMask-HQ classes',
                                      'prepare the dataset again with this version of faceseg')
     return meta
 

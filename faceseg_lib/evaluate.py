@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/evaluate.html.md"""
 
 # %% ../notebooks/lib/10_evaluate.ipynb #1bac2f13
 from __future__ import annotations
-import json, math, os, re, time
+import json, math, re, time
 from pathlib import Path
 from typing import Mapping, Sequence
 

@@ -110,7 +110,8 @@ class FolderStore:
 
 class ZipStore:
     "The raw tree inside a zip, under `prefix` (e.g. 'CelebAMask-HQ/')."
-    def __init__(self, path: Path, prefix: str): self.path, self.prefix, self._zf, self._pid = Path(path), prefix, None, None
+    def __init__(self, path: Path, prefix: str, zf: zipfile.ZipFile | None = None):  # zf: already open on `path`, reused
+        self.path, self.prefix, self._zf, self._pid = Path(path), prefix, zf, os.getpid() if zf else None
     def __getstate__(self): return {**self.__dict__, '_zf': None, '_pid': None}
     def _zip(self) -> zipfile.ZipFile:
         if self._zf is None or self._pid != os.getpid(): self._zf, self._pid = zipfile.ZipFile(self.path), os.getpid()
@@ -195,12 +196,18 @@ class RawCelebAMask:
 
 # %% ../notebooks/lib/02_celebamask.ipynb #fa152700
 @patch
+def _decode_image(self: RawCelebAMask, id: int, min_size: int | None = None) -> tuple[np.ndarray | None, Problem | None]:
+    "(HxWx3 uint8 RGB image, None), or (None, the problem naming the file) when it cannot be decoded."
+    im = decode(self.store.read(self._images[id]), min_size=min_size)
+    return im, None if im is not None else Problem(self.image_file(id), _corrupt(self._images[id]), _CORRUPT_FIX)
+
+@patch
 def read_image(self: RawCelebAMask, id: int,
                min_size: int | None = None,  # JPEG decoding may shrink the image while both sides stay >= this
               ) -> np.ndarray:
     "HxWx3 uint8 RGB image of `id`."
-    im = decode(self.store.read(self._images[id]), min_size=min_size)
-    if im is None: raise DataError.from_problem(self.image_file(id), _corrupt(self._images[id]), _CORRUPT_FIX)
+    im, problem = self._decode_image(id, min_size)
+    if problem: raise DataError.from_problem(problem.file, problem.problem, problem.fix)
     return im
 
 @patch
@@ -227,12 +234,10 @@ def read_pair(self: RawCelebAMask, id: int,
               ) -> tuple[tuple[np.ndarray | None, dict[str, np.ndarray]], list[Problem]]:
     "((image or None, {part: bool mask}), problems) of one id: every problem it has, nothing raised."
     problems = [p for i, p in self._problems if i == id]
-    im = None
-    if image:
-        im = decode(self.store.read(self._images[id]), min_size=min_size)
-        if im is None: problems.append(Problem(self.image_file(id), _corrupt(self._images[id]), _CORRUPT_FIX))
-    masks, sizes = {}, {}
-    for part, file in self.part_files(id).items():
+    im, problem = self._decode_image(id, min_size) if image else (None, None)
+    if problem: problems.append(problem)
+    masks, sizes, files = {}, {}, self.part_files(id)
+    for part, file in files.items():
         m = decode(self.store.read(mask_name(id, part)), gray=True)
         if m is None: problems.append(Problem(file, _corrupt(file), _CORRUPT_FIX)); continue
         masks[part], sizes[part] = m > 127, m.shape
@@ -240,7 +245,7 @@ def read_pair(self: RawCelebAMask, id: int,
         (h, w), _ = Counter(sizes.values()).most_common(1)[0]
         for part, s in sizes.items():
             if s != (h, w):
-                problems.append(Problem(self.part_files(id)[part], f"is {s[1]}x{s[0]} but the other masks of id {id} are {w}x{h}",
+                problems.append(Problem(files[part], f"is {s[1]}x{s[0]} but the other masks of id {id} are {w}x{h}",
                                         'replace it with the original mask (all masks of one image share one size)'))
         if im is not None:
             ih, iw = im.shape[:2]
@@ -271,14 +276,16 @@ def open_raw(path: str | Path,  # extracted folder (holding CelebA-HQ-img/, or C
     "Open raw CelebAMask-HQ in a folder or in the official zip."
     path = Path(path).expanduser()
     if path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf: names = zf.namelist()
+        zf = zipfile.ZipFile(path)  # reading its directory takes a while for the real zip: the store keeps it open
+        names = zf.namelist()
         prefixes = sorted({n[:n.index(IMG_DIR + '/')] for n in names if IMG_DIR + '/' in n
                            and (n.startswith(IMG_DIR + '/') or f"/{IMG_DIR}/" in n)}, key=len)
-        if not prefixes: raise DataError.from_problem(path, f"the zip holds no {IMG_DIR}/ folder", FETCH_FIX)
-        prefix = prefixes[0]
-        if not any(n.startswith(f"{prefix}{ANNO_DIR}/") for n in names):
-            raise DataError.from_problem(path, f"the zip holds no {prefix}{ANNO_DIR}/ folder", FETCH_FIX)
-        return RawCelebAMask(ZipStore(path, prefix), path)
+        missing = (IMG_DIR if not prefixes else
+                   f"{prefixes[0]}{ANNO_DIR}" if not any(n.startswith(f"{prefixes[0]}{ANNO_DIR}/") for n in names) else None)
+        if missing:
+            zf.close()
+            raise DataError.from_problem(path, f"the zip holds no {missing}/ folder", FETCH_FIX)
+        return RawCelebAMask(ZipStore(path, prefixes[0], zf), path)
     if not path.exists(): raise DataError.from_problem(path, 'does not exist', FETCH_FIX)
     root = _find_root(path)
     if root is None:
@@ -411,7 +418,7 @@ def resolve_split(spec: str | Path,         # 'auto', 'official', 'seed[:N]', 'f
         if not Path(partition).is_file():
             raise DataError.from_problem(partition, 'does not exist', "point at CelebA's list_eval_partition.txt")
         part_text = Path(partition).read_text()
-    elif raw.has_file(PARTITION_FILE): part_text = raw.read_text(PARTITION_FILE)
+    else: part_text = raw.read_text(PARTITION_FILE)  # None where the file is absent
     part_name = str(partition) if partition is not None else raw.store.where(PARTITION_FILE)
     if s == 'auto':
         if raw.has_file(MAPPING_FILE) and part_text is not None: s = 'official'

@@ -22,13 +22,15 @@ from tqdm import tqdm
 
 from .errors import DataError
 from .labels import CLASSES, NUM_CLASSES, FLIP_LUT
+from .celebamask import SPLITS
+from .prepare import FORMAT as PREPARED_FORMAT, class_pixels
 
 # %% auto #0
-__all__ = ['SPLITS', 'PREPARED_FORMAT', 'IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'find_repo_root', 'resolve_path',
-           'check_prepared', 'load_meta', 'load_splits', 'split_ids', 'read_image', 'read_label', 'swap_lr',
-           'HorizontalFlipLR', 'augmentations', 'train_transform', 'eval_transform', 'denormalize',
-           'FaceParsingDataset', 'normalize_images', 'model_batch', 'usable_cores', 'loader_workers', 'label_stats',
-           'split_sizes', 'class_summary', 'mask_areas', 'meta_summary']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'find_repo_root', 'resolve_path', 'check_prepared', 'load_meta',
+           'load_splits', 'split_ids', 'read_image', 'read_label', 'swap_lr', 'HorizontalFlipLR', 'augmentations',
+           'train_transform', 'eval_transform', 'denormalize', 'FaceParsingDataset', 'normalize_images', 'model_batch',
+           'usable_cores', 'loader_workers', 'label_stats', 'split_sizes', 'class_summary', 'mask_areas',
+           'meta_summary']
 
 # %% ../notebooks/lib/05_dataset.ipynb #db76929c
 def find_repo_root(start: str | Path | None = None,  # folder to start from; default: the working directory
@@ -47,8 +49,6 @@ def resolve_path(path: str | Path,           # absolute, or relative to the repo
     return Path(root or find_repo_root() or Path.cwd()).resolve() / path
 
 # %% ../notebooks/lib/05_dataset.ipynb #2e0c14af
-SPLITS: tuple[str, ...] = ('train', 'val', 'test')
-PREPARED_FORMAT = 'faceseg-prepared'
 _PREPARE_FIX = 'point at the output folder of `faceseg prepare RAW OUT` (or run it to create one)'
 
 def _missing(path: Path, what: str) -> DataError:
@@ -190,13 +190,14 @@ def eval_transform(size: int, normalize: bool = True) -> A.Compose:
 
 def denormalize(image: torch.Tensor | np.ndarray) -> np.ndarray:
     "A normalised (3, H, W) image (tensor or array) back to uint8 (H, W, 3) for showing; uint8 images are only transposed."
-    if image.dtype in (torch.uint8, np.uint8):
-        x = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if x.ndim != 3 or x.shape[0] != 3: raise ValueError(f'expected a (3, H, W) image, got shape {x.shape}')
-        return np.ascontiguousarray(x.transpose(1, 2, 0))
-    x = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, np.float32)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        image = image if image.dtype == torch.uint8 else image.float()  # numpy has no bfloat16
+    x = np.asarray(image)
     if x.ndim != 3 or x.shape[0] != 3: raise ValueError(f'expected a (3, H, W) image, got shape {x.shape}')
-    x = x.transpose(1, 2, 0) * np.array(IMAGENET_STD, np.float32) + np.array(IMAGENET_MEAN, np.float32)
+    x = x.transpose(1, 2, 0)
+    if x.dtype == np.uint8: return np.ascontiguousarray(x)
+    x = x.astype(np.float32) * np.array(IMAGENET_STD, np.float32) + np.array(IMAGENET_MEAN, np.float32)
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 # %% ../notebooks/lib/05_dataset.ipynb #08c57282
@@ -304,7 +305,7 @@ def label_stats(root: str | Path,                   # a prepared dataset
     if ids is None: ids = split_ids(root, split)
     split_of = dict(zip(splits['id'], splits['split']))
     def count(id):
-        return np.bincount(read_label(root / 'labels' / f'{id}.png').ravel(), minlength=NUM_CLASSES)
+        return class_pixels(read_label(root / 'labels' / f'{id}.png'))
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         counts = list(tqdm(pool.map(count, ids), total=len(ids), desc='label stats', disable=not progress))

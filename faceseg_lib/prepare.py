@@ -147,7 +147,6 @@ def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip 
         if workers == 1:
             _init_worker(raw, out, size)
             results = map(prepare_one, work)
-            pool = None
         else:
             pool = mp.get_context('spawn').Pool(workers, initializer=_init_worker, initargs=(raw, out, size))
             results = pool.imap_unordered(prepare_one, work, chunksize=chunksize or max(1, min(32, len(work) // (workers * 8))))

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from .labels import PARTS, CLASS_INDEX, NUM_CLASSES, LR_PAIRS
 from .errors import DataError
-from .celebamask import IMG_DIR, ANNO_DIR, mask_name, combine_parts
-from .prepare import write_atomic
+from .celebamask import IMG_DIR, ANNO_DIR, anno_folder, mask_name, combine_parts
+from .prepare import JPEG_QUALITY, write_atomic
 
 # %% auto #0
 __all__ = ['SKIN_TONES', 'HAIR_COLOURS', 'HAIR_WEIGHTS', 'IRIS_COLOURS', 'HIDDEN_UNDER', 'MARKER', 'INDEX', 'GENERATOR_VERSION',
@@ -557,7 +557,7 @@ def _check_out(out: Path, seed: int, image_size: int, mask_size: int):
 
 # %% ../notebooks/lib/04_synthetic.ipynb #87b7b495
 def _encode(ext: str, im: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(ext, im, [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == '.jpg' else [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, buf = cv2.imencode(ext, im, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext == '.jpg' else [cv2.IMWRITE_PNG_COMPRESSION, 3])
     assert ok, ext
     return buf.tobytes()
 
@@ -585,7 +585,7 @@ def _read_index(out: Path) -> dict[int, list[str]]:
 def _existing(out: Path, ids) -> set[str]:
     "Relative paths of the files present in the folders that faces `ids` use (one directory listing per folder)."
     have = set()
-    for rel in [IMG_DIR] + [f"{ANNO_DIR}/{k}" for k in sorted({i // 2000 for i in ids})]:
+    for rel in [IMG_DIR] + [f"{ANNO_DIR}/{k}" for k in sorted({anno_folder(i) for i in ids})]:
         if (out / rel).is_dir(): have |= {f"{rel}/{e.name}" for e in os.scandir(out / rel)}
     return have
 

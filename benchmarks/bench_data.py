@@ -167,7 +167,7 @@ def bench_memory(ctx: dict) -> list[dict]:
         total = len(open_raw(raw).ids())
         big = min(total, a.mem_images if name == 'synthetic' else total)
         small = max(1, big // 4)
-        if big < 4 * small or small < 1: continue
+        if big < 4 * small: continue
         p1 = _probe(raw, ctx['tmp'] / f'mem-{name}-1', a.prepare_size, small)
         p4 = _probe(raw, ctx['tmp'] / f'mem-{name}-4', a.prepare_size, 4 * small)
         per_image = max(0.0, (p4['traced_peak'] - p1['traced_peak']) / (3 * small))
@@ -233,7 +233,8 @@ def bench_loader(ctx: dict) -> list[dict]:
     src = ensure_prepared(ctx)
     root = expand_prepared(src, ctx['tmp'] / 'loader-set', a.loader_images)
     ids = list(range(a.loader_images))
-    cores = os.cpu_count() or 1
+    from faceseg_lib.dataset import usable_cores
+    cores = usable_cores()  # what make_loaders caps the workers at
     threads = torch.get_num_threads()
     for workers in sorted({0, 1, cores}):
         per_core = workers <= 1

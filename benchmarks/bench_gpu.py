@@ -7,12 +7,10 @@ the test suite does that, so the section's code is exercised on machines without
 from __future__ import annotations
 
 import gc
-import os
 import traceback
 
+from bench_model import _model  # FPN/mobilenet_v2, seeded, as the train section uses
 from bench_util import now, row
-
-ARCH, ENCODER = 'FPN', 'mobilenet_v2'
 
 
 def _sync(dev):
@@ -24,7 +22,6 @@ def _sync(dev):
 def _train_rate(variant: str, size: int, batch: int, warmup: int, steps: int, device: str = 'cuda') -> dict:
     "Images/s and peak memory of train.train_epoch on device-resident random batches (no loader: the step's appetite)."
     import torch
-    from faceseg_lib.models import create_model
     from faceseg_lib.train import LOSSES, TrainConfig, amp_dtype, make_optimizer, make_scheduler, resolved, train_epoch
     dev = torch.device(device)
     cuda = dev.type == 'cuda'
@@ -32,8 +29,7 @@ def _train_rate(variant: str, size: int, batch: int, warmup: int, steps: int, de
     fp32 = variant == 'fp32'
     dtype = None if fp32 else amp_dtype(c.amp, dev)         # kit default: 'auto' -> bf16 where supported, else fp16
     channels_last = not fp32 and c.channels_last and cuda   # as fit: channels_last on CUDA only
-    torch.manual_seed(0)
-    model = create_model(ARCH, ENCODER, None).to(dev)
+    model = _model().to(dev)
     if channels_last: model = model.to(memory_format=torch.channels_last)
     if cuda: torch.backends.cudnn.benchmark = not fp32  # fit turns it on; plain PyTorch leaves it off
     if fp32:  # plain PyTorch: AdamW as it comes (not fused), same param groups and lr
@@ -78,7 +74,6 @@ def bench_gpu(ctx: dict) -> list[dict]:
     size, batch = a.gpu_size, a.gpu_batch
     rows, res = [], {}
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{device.type} (a dry run: figures compare nothing)'
-
     for variant in ('fp32', 'default', 'compile'):
         if variant == 'compile' and a.no_compile:
             res[variant] = {'error': 'skipped (--no-compile)'}; continue
@@ -104,9 +99,9 @@ def bench_gpu(ctx: dict) -> list[dict]:
         rows.append(row('gpu', f'train, best kit setting ({best})', speeds[best], 'fp32 (no AMP, NCHW)', base,
                         target='>= 2x', holds=speeds[best] / base >= 2, compile_helps=speeds.get('compile', 0) > speeds.get('default', 0)))
     # the loader (the kit's default workers, and all the machine's cores) vs what the training step eats
-    from faceseg_lib.dataset import loader_workers
+    from faceseg_lib.dataset import loader_workers, usable_cores
     from faceseg_lib.train import TrainConfig
-    cores = os.cpu_count() or 1
+    cores = usable_cores()  # what make_loaders caps the workers at
     appetite = speeds[best] if best else base
     for workers in sorted({loader_workers(TrainConfig.workers), cores}):
         try:

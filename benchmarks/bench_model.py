@@ -1,23 +1,20 @@
 """Sections 3 and 4: the kit's training step vs a bare smp + torch loop, and CPU inference (PyTorch eager, ONNX Runtime, predict)."""
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from bench_util import interleaved, now, row
+from bench_util import best_time, interleaved, now, row
 
 ARCH, ENCODER = 'FPN', 'mobilenet_v2'
 
 
-def _batches(root: Path, size: int, batch: int, n: int, seed: int = 0):
+def _batches(root: Path, size: int, batch: int, n: int):
     "`n` training batches from the kit's loader (default augmentation), held in memory so no loader is timed."
-    import torch
     from faceseg_lib.dataset import model_batch
-    from faceseg_lib.train import TrainConfig, make_loaders, resolved
-    c = resolved(TrainConfig(data_dir=str(root), size=size, batch_size=batch, workers=0, encoder_weights=None, seed=seed))
-    dl, _ = make_loaders(c)
+    from bench_data import kit_loader
+    dl, _ = kit_loader(root, size, batch, workers=0)
     out = []
     while len(out) < n:
         for x, y in dl:
@@ -126,11 +123,7 @@ def bench_infer(ctx: dict) -> list[dict]:
             def go(): predict(model_file, [str(f) for f in files], out, detect=False, batch_size=b, device='cpu',
                               backend=backend, overwrite=True, progress=False, log=lambda m: None)
             go()  # warm-up (also loads the model, which each call does again, as the CLI would)
-            tp = min(_timed(go) for _ in range(a.repeat))
+            tp = best_time(go, a.repeat)
             rows.append(row('infer', f'predict --no-detect ({backend}), {size}px', n / tp, f'{backend} model alone', alone,
                             size=size, batch=b, images=n, note='includes loading the model, reading and writing the files'))
     return rows
-
-
-def _timed(fn) -> float:
-    t = now(); fn(); return now() - t

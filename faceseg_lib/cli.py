@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', help="'auto' (cuda if available) | cpu | cuda | cuda:N")
     p.add_argument('--tta', action='store_true', help='horizontal-flip test-time augmentation (left/right channels swapped back)')
     p.add_argument('--batch-size', type=int, default=8, help='images per forward pass')
-    p.add_argument('--workers', type=int, default=None, help='DataLoader worker processes; None: up to 4')
+    p.add_argument('--workers', type=int, default=None, help='DataLoader worker processes; None: up to 4; -1: all cores but one')
     p.add_argument('--out', type=Path, default=None, help='results folder; None: <checkpoint folder>/eval-<split>[-tta]')
     p.add_argument('--vis-dir', type=Path, default=None, help='figures folder; None: <results folder>/figures')
     p.add_argument('--n-examples', type=int, default=8, help='images in the worst/best/overlay figures (0: none)')

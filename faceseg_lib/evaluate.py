@@ -22,7 +22,7 @@ from .labels import CLASSES, DISPLAY_NAMES, FLIP_LUT, NUM_CLASSES
 from .dataset import (FaceParsingDataset, denormalize, eval_transform, load_meta, loader_workers, model_batch,
                                  resolve_path)
 from .models import load_checkpoint, model_from_checkpoint
-from .metrics import ConfusionMatrix, confusion_counts, per_image_scores
+from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
 from .train import resolve_device
 
 # %% auto #0
@@ -46,15 +46,13 @@ def predict_probs(model: nn.Module,     # returns logits (N, 19, H, W)
     return (probs + unflip(model(x.flip(-1)).float().softmax(1))) / 2 if tta else probs
 
 # %% ../notebooks/lib/10_evaluate.ipynb #afb690e6
-def image_rows(ids: Sequence[int], pred: torch.Tensor, target: torch.Tensor) -> list[dict]:
+def image_rows(ids: Sequence[int],
+               counts: np.ndarray  # per-image confusion counts (N, 19, 19): `confusion_counts(..., per_image=True)`
+              ) -> list[dict]:
     "One per_image.csv row per image: id, mean F1 over its present parts, pixel accuracy and F1 of each class (NaN: absent)."
-    counts = confusion_counts(pred, target, per_image=True).cpu().numpy().astype(np.float64)
-    tp = np.diagonal(counts, axis1=1, axis2=2)
-    den = counts.sum(1) + counts.sum(2)  # 2TP + FP + FN
-    f1 = np.divide(2 * tp, den, out=np.full_like(tp, np.nan), where=den > 0)
-    mean = per_image_scores(pred, target)
-    return [{'id': int(i), 'mean_f1': float(m), 'pixel_acc': float(t.sum() / c.sum()),
-             **{f'f1_{n}': float(v) for n, v in zip(CLASSES, row)}} for i, m, t, c, row in zip(ids, mean, tp, counts, f1)]
+    f1 = per_image_f1(counts)
+    return [{'id': int(i), 'mean_f1': float(m), 'pixel_acc': float(np.trace(c) / c.sum()),
+             **{f'f1_{n}': float(v) for n, v in zip(CLASSES, row)}} for i, m, c, row in zip(ids, image_means(f1), counts, f1)]
 
 def evaluate_model(model: nn.Module,             # returns logits (N, 19, H, W)
                    dataset,                      # map-style dataset of (image, label); its `.ids` name the rows
@@ -72,9 +70,9 @@ def evaluate_model(model: nn.Module,             # returns logits (N, 19, H, W)
     cm, rows = ConfusionMatrix(NUM_CLASSES, device), []
     for x, y in tqdm(loader, desc='evaluate', disable=not progress, leave=False):
         x, y = model_batch(x, y, device)
-        pred = predict_probs(model, x, tta).argmax(1)
-        cm.update(pred, y)
-        rows += image_rows(ids[len(rows):len(rows) + len(x)], pred, y)
+        counts = confusion_counts(predict_probs(model, x, tta).argmax(1), y, per_image=True)  # counted once per batch
+        cm.add(counts.sum(0))
+        rows += image_rows(ids[len(rows):len(rows) + len(x)], counts.cpu().numpy())
     return cm, pd.DataFrame(rows, columns=['id', 'mean_f1', 'pixel_acc', *(f'f1_{c}' for c in CLASSES)])
 
 # %% ../notebooks/lib/10_evaluate.ipynb #81a934e6

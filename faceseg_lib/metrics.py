@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from .labels import CLASSES, DISPLAY_NAMES, NUM_CLASSES
 
 # %% auto #0
-__all__ = ['confusion_counts', 'ConfusionMatrix', 'per_image_scores']
+__all__ = ['confusion_counts', 'ConfusionMatrix', 'per_image_f1', 'image_means', 'per_image_scores']
 
 # %% ../notebooks/lib/07_metrics.ipynb #52c08a85
 def _as_labels(x, num_classes: int, what: str) -> torch.Tensor:
@@ -68,7 +68,10 @@ class ConfusionMatrix:
 
     def update(self, pred, target) -> 'ConfusionMatrix':
         "Add one batch: `pred` labels (N,H,W) or logits (N,C,H,W), `target` labels (N,H,W)."
-        counts = confusion_counts(pred, target, self.num_classes, self.ignore_index)
+        return self.add(confusion_counts(pred, target, self.num_classes, self.ignore_index))
+
+    def add(self, counts: torch.Tensor) -> 'ConfusionMatrix':
+        "Add counts already made by `confusion_counts` (C, C) with this matrix's classes and ignore_index."
         if self._m is None: self._m, self.device = torch.zeros_like(counts), counts.device
         self._m += counts.to(self._m.device)
         return self
@@ -206,13 +209,19 @@ def to_frame(self: ConfusionMatrix, display: bool = False):
     return df
 
 # %% ../notebooks/lib/07_metrics.ipynb #1ff654c0
+def per_image_f1(counts: np.ndarray) -> np.ndarray:
+    "F1 of each class in each image, (N, C) float64, from per-image confusion counts (N, C, C); NaN: neither present nor predicted."
+    tp = np.diagonal(counts, axis1=1, axis2=2)
+    return _ratio(2 * tp, counts.sum(1) + counts.sum(2))  # 2TP + FP + FN = column sum + row sum
+
+def image_means(f1: np.ndarray, include_background: bool = False) -> np.ndarray:
+    "Each image's mean F1 over the classes present in (or predicted for) it, from a `per_image_f1` array, as float64 (N,)."
+    return np.array([_nanmean(row) for row in (f1 if include_background else f1[:, 1:])])
+
 def per_image_scores(pred, target,
                      num_classes: int = NUM_CLASSES,       # number of labels, 0 = background
                      ignore_index: int | None = None,      # truth label to leave out
                      include_background: bool = False) -> np.ndarray:
     "Mean F1 of each image over its present (or predicted) foreground classes, as a float64 array (N,)."
-    m = confusion_counts(pred, target, num_classes, ignore_index, per_image=True).cpu().numpy()
-    tp = np.diagonal(m, axis1=1, axis2=2)
-    f1 = _ratio(2 * tp, m.sum(1) + m.sum(2))  # 2TP + FP + FN = column sum + row sum
-    if not include_background: f1 = f1[:, 1:]
-    return np.array([_nanmean(row) for row in f1])
+    counts = confusion_counts(pred, target, num_classes, ignore_index, per_image=True).cpu().numpy()
+    return image_means(per_image_f1(counts), include_background)

@@ -140,10 +140,6 @@ def _data_dir(ckpt: dict, data_dir) -> Path:
                                      'pass the prepared dataset to evaluate on: data_dir=... / --data DIR') from None
     return path
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
 def result_files(out: Path) -> dict:
     "The files of an evaluation folder by name: metrics, per_image, table, confusion."
     return {'metrics': out / 'metrics.json', 'per_image': out / 'per_image.csv', 'table': out / 'metrics.md',
@@ -176,7 +172,7 @@ def evaluate(checkpoint: str | Path,              # a faceseg checkpoint, e.g. o
     model, ckpt = load_for_eval(checkpoint, dev)
     data = _data_dir(ckpt, data_dir)
     out = resolve_path(out_dir) if out_dir is not None else default_out_dir(checkpoint, split, tta)
-    if _inside(out, data):
+    if out.resolve().is_relative_to(data.resolve()):
         raise DataError.from_problem(out, f'is inside the dataset {data}; evaluation never writes into a dataset',
                                      'choose an output folder outside it (the default is beside the checkpoint)')
     size = int(ckpt['config'].get('size') or load_meta(data)['size'])

@@ -14,7 +14,6 @@ import numpy as np
 
 from . import __version__
 from .errors import DataError
-from .labels import CLASSES
 from .predict import IMAGE_EXTENSIONS, ONNX_FORMAT, OnnxParser, Region, extract, normalize_batch, read_photo
 
 # %% auto #0

@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/pipeline.html.md"""
 
 # %% ../notebooks/lib/11_pipeline.ipynb #3ff37a1d
 from __future__ import annotations
-import json, shutil, time
+import shutil, time
 from pathlib import Path
 
 from .errors import DataError

@@ -79,14 +79,12 @@ def prepare_one(id: int) -> tuple[int, np.ndarray | None, list[Problem], bool]:
     return id, class_pixels(label), [], True
 
 # %% ../notebooks/lib/03_prepare.ipynb #84f64182
-def _inside(a: Path, b: Path) -> bool: return a == b or b in a.parents
-
 def check_out(raw: RawCelebAMask, out: Path, size: int):
     "Raise DataError when `out` lies inside the raw dataset or already holds another size."
     out = Path(out).expanduser().resolve()
     roots = {Path(raw.source).expanduser().resolve()} | ({raw.store.root.resolve()} if hasattr(raw.store, 'root') else set())
     for root in roots:
-        if _inside(out, root):
+        if out.is_relative_to(root):
             raise DataError.from_problem(out, f"is inside the raw dataset {root}; prepare never writes there",
                                          f"choose an output folder outside it, e.g. data/prepared/{size}")
     other = None

@@ -161,9 +161,9 @@ def read_status(run: str | Path) -> dict:
     try: return json.loads((Path(run) / STATUS_FILE).read_text())
     except (OSError, ValueError): return {}
 
-def run_state(run: str | Path) -> str:
-    "'done', 'failed', 'running' (started, never finished) or 'pending' (never started)."
-    s = read_status(run).get('status')
+def run_state(run: str | Path, status: Mapping | None = None) -> str:
+    "'done', 'failed', 'running' (started, never finished) or 'pending' (never started); `status`: its status.json if read already."
+    s = (read_status(run) if status is None else status).get('status')
     if s == 'done' and not (Path(run) / 'metrics.json').is_file(): return 'running'  # its evaluation never finished
     return s if s in ('done', 'failed', 'running') else 'pending'
 
@@ -357,7 +357,7 @@ def _config_order(sweep_dir: Path) -> list[str]:
 def run_rows(sweep_dir: str | Path, name: str) -> list[dict]:
     "The tidy rows (one per class) of one configuration of a sweep."
     run = Path(sweep_dir) / name
-    st, state = read_status(run), run_state(run)
+    st = read_status(run); state = run_state(run, st)
     m = json.loads((run / 'metrics.json').read_text()) if state == 'done' else {}
     meas = st.get('measures', {})
     arch, _, encoder = name.partition('-')

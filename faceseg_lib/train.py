@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/train.html.md"""
 
 # %% ../notebooks/lib/09_train.ipynb #dc27384f
 from __future__ import annotations
-import argparse, csv, inspect, io, json, math, os, random, re, sys, tempfile, time
+import argparse, csv, inspect, io, json, math, os, random, re, sys, time
 from dataclasses import dataclass, fields, asdict, replace
 from pathlib import Path
 from typing import Callable, Mapping
@@ -300,7 +300,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 def init_distributed(device: str = 'auto') -> tuple[int, int, torch.device, bool]:
     "(rank, world size, device, whether we started the process group) from torchrun's RANK/WORLD_SIZE/LOCAL_RANK."
-    world, rank = int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('RANK', 0))
+    world = int(os.environ.get('WORLD_SIZE', 1))  # the rank comes from the process group
     dev = resolve_device(device, int(os.environ.get('LOCAL_RANK', 0)))
     if world == 1: return 0, 1, dev, False
     if dev.type == 'cuda': torch.cuda.set_device(dev)

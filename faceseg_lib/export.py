@@ -59,19 +59,21 @@ def check_onnx(path: str | Path,          # .onnx file written by export_onnx
                images=None,               # see check_images; None: synthetic faces
                n: int = 8,                # images to compare on
                batch_size: int = 4,       # images per call (checks the dynamic batch axis too)
-               min_agreement: float = 0.999  # raise when fewer pixels agree
+               min_agreement: float = 0.999,  # raise when fewer pixels agree
+               model=None                  # the checkpoint's model if loaded already (export_onnx's)
               ) -> dict:
     "Compare an ONNX file with its checkpoint's PyTorch model on real inputs; DataError when they disagree."
     from faceseg_lib.models import model_from_checkpoint
     onnx = OnnxParser(path, device='cpu')
-    model, _ = model_from_checkpoint(checkpoint, map_location='cpu')
+    if model is None: model, _ = model_from_checkpoint(checkpoint, map_location='cpu')
     batch = check_images(images, onnx.size, n)
-    parts = [compare(onnx, model, batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)]
+    chunks = [batch[i:i + batch_size] for i in range(0, len(batch), batch_size)]
+    parts = [compare(onnx, model, chunk) for chunk in chunks]
     bad = next((p['problem'] for p in parts if 'problem' in p), None)
     pixels = sum(p.get('pixels', 0) for p in parts)
     report = {'max_abs_diff': max(p['max_abs_diff'] for p in parts), 'images': len(batch),
               'agreement': sum(p['agreement'] * p.get('pixels', 0) for p in parts) / max(pixels, 1) if not bad else 0.0,
-              'min_agreement': min_agreement, 'batch_sizes': sorted({len(batch[i:i + batch_size]) for i in range(0, len(batch), batch_size)})}
+              'min_agreement': min_agreement, 'batch_sizes': sorted({len(chunk) for chunk in chunks})}
     if bad or report['agreement'] < min_agreement:
         raise DataError.from_problem(path, bad or f"disagrees with {checkpoint}: argmax agreement {report['agreement']:.4%} < {min_agreement:.1%} "
                                      f"(max |logit difference| {report['max_abs_diff']:.3g})",
@@ -145,7 +147,7 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
         _add_metadata(tmp, props)
         report = {'path': str(path), 'size': size, 'opset': opset, 'exporter': used, 'checked': check}
         if check:
-            report.update(check_onnx(tmp, checkpoint, images, n_check, min_agreement=min_agreement))
+            report.update(check_onnx(tmp, checkpoint, images, n_check, min_agreement=min_agreement, model=model))
             _add_metadata(tmp, {'parity': json.dumps({k: report[k] for k in ('max_abs_diff', 'agreement', 'images')})})
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)

@@ -18,7 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .errors import DataError, Problem
-from .labels import CLASSES, NUM_CLASSES
+from .labels import CLASSES
+from .prepare import class_pixels
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_SUFFIXES', 'DETECTORS', 'DEFAULT_DETECTOR', 'ONNX_FORMAT', 'SUMMARY_FORMAT', 'to_uint8',
@@ -258,6 +259,7 @@ class TorchParser:
             raise DataError.from_problem(checkpoint, 'its config has no input size', 'use a checkpoint written by faceseg train')
         self.size, self.classes, self.mean, self.std = size, list(ckpt['classes']), IMAGENET_MEAN, IMAGENET_STD
         self.name = f"{ckpt['model']['arch']}/{ckpt['model']['encoder']}"
+        self._mean, self._std = (torch.tensor(v, device=self.device).view(1, 3, 1, 1) for v in (self.mean, self.std))  # once, not per batch
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         "Raw logits (N, C, H, W) of normalised float32 inputs (N, 3, H, W)."
@@ -268,7 +270,7 @@ class TorchParser:
         t = self.torch
         with t.inference_mode():
             x = t.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-            x = (x - t.tensor(self.mean, device=self.device).view(1, 3, 1, 1)) / t.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+            x = (x - self._mean) / self._std
             return self.model(x).float().softmax(1).cpu().numpy()
 
 class OnnxParser:
@@ -308,20 +310,21 @@ def load_parser(checkpoint: str | Path,  # a faceseg .pt checkpoint, or an .onnx
                 device: str = 'auto'     # 'auto' | 'cpu' | 'cuda' | 'cuda:1'
                ):
     "The model that parses crops: TorchParser for a checkpoint, OnnxParser for an exported .onnx file."
-    if backend == 'auto': backend = 'onnx' if str(checkpoint).lower().endswith('.onnx') else 'torch'
+    is_onnx = str(checkpoint).lower().endswith('.onnx')
+    if backend == 'auto': backend = 'onnx' if is_onnx else 'torch'
     if backend not in ('torch', 'onnx'):
         raise DataError.from_problem(f'backend {backend!r}', 'unknown backend', "use 'torch', 'onnx' or 'auto'")
-    if backend == 'onnx' and not str(checkpoint).lower().endswith('.onnx'):
+    if backend == 'onnx' and not is_onnx:
         raise DataError.from_problem(checkpoint, "--backend onnx takes the .onnx file, not a checkpoint",
                                      f"export it first: faceseg export {checkpoint} model.onnx, then predict with model.onnx")
-    if backend == 'torch' and str(checkpoint).lower().endswith('.onnx'):
+    if backend == 'torch' and is_onnx:
         raise DataError.from_problem(checkpoint, 'is an ONNX file', 'use --backend onnx (or auto) for it, or pass the .pt checkpoint')
     return OnnxParser(checkpoint, device) if backend == 'onnx' else TorchParser(checkpoint, device)
 
 # %% ../notebooks/lib/13_predict.ipynb #5f8ae036
 def area_shares(labels: np.ndarray) -> dict[str, float]:
     "Each class's share of the label map's pixels, by class name."
-    counts = np.bincount(labels.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    counts = class_pixels(labels)
     return {c: round(float(n) / max(labels.size, 1), 6) for c, n in zip(CLASSES, counts)}
 
 def _write(path: Path, ext: str, image: np.ndarray, params: Sequence[int] = ()) -> None:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 import segmentation_models_pytorch as smp
 
 from .errors import DataError, Problem
-from .labels import CLASSES, NUM_CLASSES, DISPLAY_NAMES
+from .labels import CLASSES, NUM_CLASSES, class_names
 from .dataset import (AUGMENTATIONS, FaceParsingDataset, train_transform, eval_transform, load_meta,
                                  loader_workers, model_batch, split_ids, resolve_path)
 from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
@@ -592,7 +592,7 @@ def per_class_table(metrics: Mapping):
     "Per-class F1, IoU and pixel count from a metrics summary (e.g. `load_checkpoint(best)['metrics']`), with the mean."
     import pandas as pd
     nan = lambda v: math.nan if v is None else v
-    df = pd.DataFrame({'class': [DISPLAY_NAMES[c] for c in CLASSES],
+    df = pd.DataFrame({'class': class_names(display=True),
                        'f1': [nan(metrics['f1'].get(c)) for c in CLASSES], 'iou': [nan(metrics['iou'].get(c)) for c in CLASSES],
                        'pixels': [metrics.get('support', {}).get(c, 0) for c in CLASSES]}, index=list(CLASSES))
     df.loc['mean (foreground)'] = ['mean of 18 parts (absent left out)', nan(metrics['mean_f1']), nan(metrics['mean_iou']),

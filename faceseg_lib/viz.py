@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
-from .labels import CLASSES, CLASS_INDEX, DISPLAY_NAMES, NUM_CLASSES, PALETTE
+from .labels import CLASSES, CLASS_INDEX, DISPLAY_NAMES, NUM_CLASSES, PALETTE, class_names
 from .dataset import class_summary, denormalize, mask_areas, split_sizes
 
 # %% auto #0
@@ -89,9 +89,8 @@ def show_samples(images: Sequence,                     # uint8 (H, W, 3) images 
     if titles is not None and len(titles) != len(images): raise ValueError(f'{len(titles)} titles for {len(images)} images')
     n = len(images); ncols = max(1, min(ncols, n)); nrows = max(1, -(-n // ncols))
     fig = new_figure(figsize=(2 * 2.2 * ncols, 2.3 * nrows + 0.8), layout='constrained')
-    axes = np.atleast_1d(fig.subplots(nrows, 2 * ncols, squeeze=False)).reshape(nrows, 2 * ncols)
     present = set()
-    for k, ax in enumerate(axes.flat):
+    for k, ax in enumerate(fig.subplots(nrows, 2 * ncols, squeeze=False).flat):
         ax.set_axis_off()
         i = k // 2  # sample index: pairs fill the rows left to right
         if i >= n: continue
@@ -121,7 +120,8 @@ def plot_split_sizes(splits: pd.DataFrame,              # `load_splits` frame (i
     "Bar chart of images per split, each bar labelled with its count and share."
     sizes = split_sizes(splits)
     fig = new_figure(figsize=(4.5, 3), layout='constrained'); ax = fig.subplots()
-    ax.bar(sizes['split'], sizes['images'], color=[_split_palette(sizes['split'])[s] for s in sizes['split']])
+    pal = _split_palette(sizes['split'])
+    ax.bar(sizes['split'], sizes['images'], color=[pal[s] for s in sizes['split']])
     for x, (n, share) in enumerate(zip(sizes['images'], sizes['share'])):
         ax.annotate(f'{n:,} ({share:.0%})', (x, n), ha='center', va='bottom', fontsize=9, xytext=(0, 2), textcoords='offset points')
     ax.set_ylabel('images'); ax.set_title('Images per split'); ax.margins(y=0.15); sns.despine(ax=ax)
@@ -134,10 +134,10 @@ def plot_class_share(stats: pd.DataFrame,               # `label_stats` frame
     cs = class_summary(stats).assign(name=lambda d: d['class'].map(DISPLAY_NAMES))
     pal = _split_palette(cs['split'])
     fig = new_figure(figsize=(11, 6.5), layout='constrained'); ax1, ax2 = fig.subplots(1, 2, sharey=True)
-    sns.barplot(cs[cs['pixel_share'] > 0], y='name', x='pixel_share', hue='split', palette=pal, order=[DISPLAY_NAMES[c] for c in CLASSES], ax=ax1)
+    sns.barplot(cs[cs['pixel_share'] > 0], y='name', x='pixel_share', hue='split', palette=pal, order=class_names(display=True), ax=ax1)
     ax1.set_xscale('log'); ax1.xaxis.set_major_formatter(FuncFormatter(_log_percent))
     ax1.set(title='Share of pixels (log scale)', xlabel='pixels of the class / all pixels', ylabel='')
-    sns.barplot(cs, y='name', x='image_share', hue='split', palette=pal, order=[DISPLAY_NAMES[c] for c in CLASSES], ax=ax2, legend=False)
+    sns.barplot(cs, y='name', x='image_share', hue='split', palette=pal, order=class_names(display=True), ax=ax2, legend=False)
     ax2.xaxis.set_major_formatter(PercentFormatter(1.0)); ax2.set_xlim(0, 1.02)
     ax2.set(title='Images containing the class', xlabel='share of images', ylabel='')
     for ax in (ax1, ax2): ax.grid(axis='x', alpha=0.3); sns.despine(ax=ax)
@@ -148,7 +148,7 @@ def plot_mask_areas(stats: pd.DataFrame,                # `label_stats` frame
                    ) -> Figure:
     "Box plots of each class's share of the image (log scale), over the images that contain it, in class colours."
     areas = mask_areas(stats).assign(name=lambda d: d['class'].map(DISPLAY_NAMES))
-    order = [DISPLAY_NAMES[c] for c in CLASSES]
+    order = class_names(display=True)
     fig = new_figure(figsize=(7, 6.5), layout='constrained'); ax = fig.subplots()
     pal = {DISPLAY_NAMES[c]: PALETTE[i] / 255 for i, c in enumerate(CLASSES)}
     with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib's deprecated `vert` to boxplot
@@ -242,7 +242,7 @@ def plot_confusion(matrix,                          # (19, 19) pixel counts, row
     "Row-normalised confusion matrix heatmap with readable class names, percentages in the notable cells."
     share = row_normalize(matrix)
     if share.shape != (NUM_CLASSES, NUM_CLASSES): raise ValueError(f'expected a ({NUM_CLASSES}, {NUM_CLASSES}) matrix, got {share.shape}')
-    names = [DISPLAY_NAMES[c] for c in CLASSES]
+    names = class_names(display=True)
     text = np.where(np.nan_to_num(share) >= annotate_above, np.char.mod('%.0f', np.nan_to_num(100 * share)), '')
     fig = new_figure(figsize=(10, 8.5), layout='constrained'); ax = fig.subplots()
     sns.heatmap(pd.DataFrame(share, index=names, columns=names), vmin=0, vmax=1, cmap='viridis', square=True,
@@ -267,7 +267,7 @@ def plot_per_class_f1(f1: dict,                          # class name -> F1 (Non
         ax.text(0.01 if np.isnan(v) else v + 0.01, yi, 'absent' if np.isnan(v) else f'{v:.3f}', va='center', fontsize=8)
     if mean is not None and not np.isnan(mean):
         ax.axvline(mean, ls='--', color='0.3', lw=1); ax.text(mean, NUM_CLASSES - 0.4, f' mean {mean:.3f}', fontsize=8)
-    ax.set_yticks(y, [DISPLAY_NAMES[c] for c in CLASSES]); ax.set_xlim(0, 1.12); ax.set_ylim(-0.6, NUM_CLASSES)
+    ax.set_yticks(y, class_names(display=True)); ax.set_xlim(0, 1.12); ax.set_ylim(-0.6, NUM_CLASSES)
     ax.set(xlabel='F1 (= Dice) over the whole split', title=title); ax.grid(axis='x', alpha=0.3); sns.despine(ax=ax)
     return save_figure(fig, save)
 

@@ -8,7 +8,6 @@ Docs: https://faceseg.github.io/faceseg/lib/models.html.md"""
 from __future__ import annotations
 import difflib
 import os
-import tempfile
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -218,14 +217,8 @@ def save_checkpoint(path: str | Path,              # the .pt file to write (its 
     for key, value in (('extra', extra), ('optimizer', optimizer_state), ('scheduler', scheduler_state), ('scaler', scaler_state)):
         if value is not None: ckpt[key] = _loadable(value, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(ckpt, f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
+    from faceseg_lib.prepare import write_atomic  # the kit's one atomic writer (imported here: it brings OpenCV)
+    return write_atomic(path, lambda f: torch.save(ckpt, f), fsync=True)
 
 # %% ../notebooks/lib/08_models.ipynb #b9957d34
 def _first_line(e: BaseException) -> str:

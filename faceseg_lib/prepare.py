@@ -9,6 +9,7 @@ from __future__ import annotations
 import json, multiprocessing as mp, os, tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import cv2
 import numpy as np
@@ -27,12 +28,18 @@ __all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'write_atomic', 'resize_image', 
 JPEG_QUALITY = 95
 FORMAT, VERSION = 'faceseg-prepared', 1
 
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
+def write_atomic(path: str | Path,
+                 data: bytes | str | Callable[[BinaryIO], object],  # the content, or a function writing it to a binary file
+                 fsync: bool = False  # force it to disk before the rename (worth it for large, costly files: checkpoints)
+                ) -> Path:
     "Write `data` to `path` through a hidden temp file and a rename: readers see the old or the new file, never half."
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)  # hidden: folder listings skip it
     try:
-        with os.fdopen(fd, 'wb') as f: f.write(data.encode() if isinstance(data, str) else data)
+        with os.fdopen(fd, 'wb') as f:
+            if callable(data): data(f)
+            else: f.write(data.encode() if isinstance(data, str) else data)
+            if fsync: f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise

@@ -459,7 +459,7 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
     try: model = create_model(c.arch, c.encoder, c.encoder_weights).to(device)
     except OSError as e:  # offline: the pretrained weights cannot be downloaded
         raise DataError.from_problem(f'config.encoder_weights={c.encoder_weights!r}', f"{c.encoder}'s pretrained weights cannot be "
-                                     f"loaded ({str(e).strip().splitlines()[0][:200]})", 'go online once (they are cached), or '
+                                     f"loaded ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})", 'go online once (they are cached), or '
                                      'pass encoder_weights=None (--encoder-weights None) to train from random weights') from e
     if channels_last: model = model.to(memory_format=torch.channels_last)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True  # one input size: let cuDNN time its algorithms once

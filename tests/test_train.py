@@ -218,3 +218,14 @@ def test_a_non_finite_loss_stops_training_naming_its_step(train_set, monkeypatch
     monkeypatch.setattr(train, 'SYNC_EVERY', 4)  # the nan is read back in the second group, at the epoch's end
     with pytest.raises(FloatingPointError, match=r'the loss became nan at step 5\. Fix: lower lr'):
         train.train_epoch(model, dl, opt, sched, scaler, blows_up_at_step_5, len(dl), torch.device('cpu'), desc='epoch 1/1')
+
+
+@pytest.mark.parametrize('error, shown', [(OSError('Cannot reach huggingface.co\nretry later'), 'Cannot reach huggingface.co'),
+                                          (OSError(), 'OSError')])  # an empty message once raised IndexError
+def test_weights_that_cannot_be_downloaded_name_the_setting_and_fix(train_set, tmp_path, monkeypatch, error, shown):
+    def offline(*args, **kwargs): raise error
+    monkeypatch.setattr(train, 'create_model', offline)
+    with pytest.raises(DataError) as e:
+        fit(tiny(train_set, tmp_path, encoder_weights='imagenet', epochs=1))
+    msg = str(e.value)
+    assert "config.encoder_weights='imagenet'" in msg and f'cannot be loaded ({shown})' in msg and 'encoder_weights=None' in msg

@@ -56,6 +56,8 @@ def cmd_test(args) -> None:
                    batch_size=args.batch_size, device=args.device, workers=args.workers, out_dir=absolute(args.out),
                    progress=not args.quiet)
     print(Path(res['files']['table']).read_text())
+    if res.get('dead_parts'):
+        print(f"WARNING: dead parts (present in the {args.split!r} split, F1 0): {', '.join(res['dead_parts'])}", file=sys.stderr)
     vis = absolute(args.vis_dir) or Path(res['out_dir']) / 'figures'
     figs = evaluation_figures(res, n_examples=args.n_examples, save_dir=vis, device=args.device)
     print(f"results in {res['out_dir']}: " + ', '.join(Path(f).name for f in res['files'].values()))

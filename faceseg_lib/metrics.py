@@ -184,6 +184,13 @@ def pixel_accuracy(self: ConfusionMatrix) -> float:
     m = self.matrix
     return float(_ratio(np.trace(m), m.sum()))
 
+# %% ../notebooks/lib/07_metrics.ipynb #92d9e895
+@patch
+def dead_parts(self: ConfusionMatrix) -> list[str]:
+    "Face parts (label 0 left out) present in the truth with no pixel predicted right: F1 exactly 0."
+    tp, _, fn = self.stats()
+    return [n for n, t, f in list(zip(self.names, tp, fn))[1:] if t == 0 and f > 0]
+
 # %% ../notebooks/lib/07_metrics.ipynb #c53711d6
 def _none_if_nan(x: float) -> float | None:
     x = float(x)
@@ -198,7 +205,8 @@ def summary(self: ConfusionMatrix) -> dict:
             'pixels': int(support.sum()),
             'f1': {n: _none_if_nan(v) for n, v in zip(self.names, f1)},
             'iou': {n: _none_if_nan(v) for n, v in zip(self.names, iou)},
-            'support': {n: int(v) for n, v in zip(self.names, support)}}
+            'support': {n: int(v) for n, v in zip(self.names, support)},
+            'dead_parts': self.dead_parts()}
 
 @patch
 def to_frame(self: ConfusionMatrix, display: bool = False):

@@ -23,7 +23,8 @@ from .errors import DataError
 from .labels import CLASSES, NUM_CLASSES
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'resolve_arch', 'list_encoders', 'resolve_encoder',
+__all__ = ['ARCHITECTURES', 'WEIGHT_FILE_EXTS', 'HEAD_PREFIXES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'resolve_arch',
+           'list_encoders', 'resolve_encoder', 'is_weights_path', 'read_state_dict', 'load_encoder_weights',
            'create_model', 'count_parameters', 'check_input_size', 'to_jsonable', 'save_checkpoint', 'load_checkpoint',
            'model_from_checkpoint']
 
@@ -81,6 +82,52 @@ def _smp_kwargs(arch: str, encoder: str, encoder_weights, kwargs: dict) -> tuple
     if encoder.startswith('tu-') and isinstance(encoder_weights, str): encoder_weights = True
     return encoder_weights, kwargs
 
+WEIGHT_FILE_EXTS: tuple[str, ...] = ('.pth', '.pt', '.bin', '.safetensors')  # local encoder weight files we read
+HEAD_PREFIXES: tuple[str, ...] = ('classifier.', 'fc.', 'head.', '_fc.', 'last_linear.')  # ImageNet classifier keys, dropped
+
+def is_weights_path(weights) -> bool:
+    "Whether an `encoder_weights` value names a local file or folder (not a weights name such as 'imagenet')."
+    if not isinstance(weights, (str, os.PathLike)): return False
+    w = str(weights)
+    return w.lower().endswith(WEIGHT_FILE_EXTS) or '/' in w or os.sep in w or Path(w).expanduser().is_dir()
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    "The tensors of a state dict in a .pth/.pt/.bin (read weights-only) or .safetensors file, or the one such file in a folder."
+    path = Path(path).expanduser()
+    fix = f"pass a state dict file ({', '.join(WEIGHT_FILE_EXTS)}) or a folder holding exactly one"
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in WEIGHT_FILE_EXTS)
+        if len(found) != 1: raise DataError.from_problem(path, f'holds {len(found)} weight files {[p.name for p in found][:5]}, not one', fix)
+        path = found[0]
+    if not path.is_file(): raise DataError.from_problem(path, 'no such encoder weights file', fix)
+    try:
+        if path.suffix.lower() == '.safetensors':
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else: sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e: raise DataError.from_problem(path, f'cannot be read as a state dict ({_first_line(e)})', fix) from e
+    for key in ('state_dict', 'model'):  # training checkpoints often nest the weights
+        if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping): sd = sd[key]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise DataError.from_problem(path, 'does not hold a state dict (names -> tensors)', fix)
+    return dict(sd)
+
+def load_encoder_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    "Load a local state dict into `model.encoder`, checked key by key; DataError listing missing and unexpected keys."
+    sd, own = read_state_dict(path), model.encoder.state_dict()
+    if not set(sd) & set(own) and any(k.startswith('encoder.') for k in sd):  # a whole smp model's weights
+        sd = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own and not k.startswith(HEAD_PREFIXES)]
+    resized = [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or resized:
+        spec = getattr(model, 'faceseg_spec', {})
+        raise DataError.from_problem(path, f"does not fit the {spec.get('encoder', 'model')!r} encoder: {len(missing)} missing keys "
+                                     f"{missing[:6]}, {len(unexpected)} unexpected keys {unexpected[:6]}, {len(resized)} of another shape {resized[:3]}",
+                                     "pass weights saved from this encoder (its ImageNet classifier keys may be left in), or choose the encoder they belong to")
+    model.encoder.load_state_dict({k: sd[k] for k in own}, strict=True)
+    return model
+
 def create_model(arch: str,                         # architecture, one of ARCHITECTURES (any case)
                  encoder: str = 'resnet34',          # encoder, see list_encoders()
                  encoder_weights: str | bool | None = 'imagenet',  # pretrained encoder weights; None: random (offline)
@@ -89,16 +136,17 @@ def create_model(arch: str,                         # architecture, one of ARCHI
     "An smp segmentation model by name, returning raw logits (N, num_classes, H, W)."
     arch = resolve_arch(arch)
     encoder = resolve_encoder(encoder, arch)
-    weights, smp_kwargs = _smp_kwargs(arch, encoder, encoder_weights, kwargs)
+    local = is_weights_path(encoder_weights)
+    weights, smp_kwargs = _smp_kwargs(arch, encoder, None if local else encoder_weights, kwargs)
     try:
         model = smp.create_model(arch, encoder_name=encoder, encoder_weights=weights, classes=num_classes, **smp_kwargs)
     except (ValueError, KeyError, TypeError, AssertionError) as e:
         fix = 'pick another encoder or other options for this architecture'
         if encoder_weights is not None: fix += '; offline, pass encoder_weights=None'
         raise DataError.from_problem('model', f"smp cannot build {arch} with encoder {encoder!r} and {smp_kwargs}: {e}", fix) from e
-    model.faceseg_spec = {'arch': arch, 'encoder': encoder, 'encoder_weights': encoder_weights,
+    model.faceseg_spec = {'arch': arch, 'encoder': encoder, 'encoder_weights': None if encoder_weights is None else str(encoder_weights),
                           'num_classes': num_classes, 'kwargs': kwargs}
-    return model
+    return load_encoder_weights(model, encoder_weights) if local else model
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     "Number of parameters (only those with requires_grad if `trainable_only`)."

@@ -60,7 +60,7 @@ LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
 
 # %% ../notebooks/lib/09_train.ipynb #2d83c5d8
 PRESETS: dict[str, dict] = {  # recipe name -> values of the recipe fields
-    'default': dict(loss='dice', optimizer='adamw', lr=5e-4, weight_decay=1e-4, scheduler='cosine',
+    'default': dict(loss='dice_ce', optimizer='adamw', lr=5e-4, weight_decay=1e-4, scheduler='cosine',
                     warmup_epochs=1.0, augmentation='default'),
     'original': dict(loss='dice', optimizer='adam', lr=1e-4, weight_decay=0.0, scheduler='none',
                      warmup_epochs=0.0, augmentation='none'),
@@ -75,7 +75,7 @@ class TrainConfig:
     size: int = 512                      # side of the square model input in pixels (many archs need a multiple of 32)
     arch: str = 'FPN'                    # smp architecture: Unet, UnetPlusPlus, MAnet, Linknet, FPN, PSPNet, DeepLabV3, DeepLabV3Plus, PAN, UPerNet, Segformer, DPT
     encoder: str = 'mobilenet_v2'        # smp encoder (e.g. resnet34, efficientnet-b4, mit_b2) or 'tu-<timm model>'
-    encoder_weights: str | None = 'imagenet'  # pretrained encoder weights; None: random init (no download)
+    encoder_weights: str | None = 'imagenet'  # pretrained encoder weights: 'imagenet' (from the hub), a local .pth/.safetensors file or folder; None: random init
     preset: str = 'default'              # recipe the None fields below come from: 'default' or 'original'
     loss: str | None = None              # 'dice' | 'ce' | 'dice_ce' | 'focal' | 'dice_smp' (None: from preset)
     optimizer: str | None = None         # 'adamw' | 'adam' | 'sgd' (None: from preset)
@@ -395,14 +395,15 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, dev
 
 # %% ../notebooks/lib/09_train.ipynb #92a25b2c
 HISTORY_COLUMNS: tuple[str, ...] = ('epoch', 'train_loss', 'val_loss', 'val_mean_f1', 'val_mean_iou', 'val_micro_fscore',
-                                    *(f'f1_{c}' for c in CLASSES), 'lr', 'seconds')
+                                    *(f'f1_{c}' for c in CLASSES), 'dead_parts', 'lr', 'seconds')
 
 def history_row(epoch: int, train_loss: float, val_loss: float, cm: ConfusionMatrix, lr: float, seconds: float) -> dict:
-    "One history.csv row: losses, validation scores (per-class F1 NaN for absent classes), lr and seconds."
+    "One history.csv row: losses, validation scores (per-class F1 NaN for absent classes), dead parts, lr and seconds."
     f1 = cm.per_class_f1()
     return {'epoch': epoch, 'train_loss': train_loss, 'val_loss': val_loss, 'val_mean_f1': cm.mean_f1(),
             'val_mean_iou': cm.mean_iou(), 'val_micro_fscore': cm.micro_fscore(),
-            **{f'f1_{c}': float(v) for c, v in zip(CLASSES, f1)}, 'lr': lr, 'seconds': seconds}
+            **{f'f1_{c}': float(v) for c, v in zip(CLASSES, f1)}, 'dead_parts': ' '.join(cm.dead_parts()),
+            'lr': lr, 'seconds': seconds}
 
 def write_history(run: Path, history: list[dict]) -> Path:
     "Write history.csv (all rows so far)."
@@ -442,6 +443,12 @@ def _resume_state(run: Path, c: TrainConfig, steps: int, world: int) -> dict | N
     return ckpt
 
 # %% ../notebooks/lib/09_train.ipynb #697b2e93
+def _dead_warning(row: Mapping, split: str, final: bool = False) -> str:
+    "The loud note for an epoch whose validation has dead parts (present, F1 0); '' when there are none."
+    if not row.get('dead_parts'): return ''
+    note = f"  WARNING: dead parts (present in {split!r}, F1 0): {', '.join(str(row['dead_parts']).split())}"
+    return note + ('. Fix: train longer, lower lr, or use a loss with a per-pixel term (loss=dice_ce)' if final else '')
+
 def fit(config: TrainConfig | Mapping | None = None, **overrides) -> Path:
     "Train the model `config` describes (fields may also be given as keywords); returns the run folder."
     config = config if isinstance(config, TrainConfig) else TrainConfig(**dict(config or {}))
@@ -510,9 +517,9 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
                                    'steps_per_epoch': steps, 'world_size': world})
         log(f"epoch {epoch + 1}/{c.epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
             f"val_mean_f1 {row['val_mean_f1']:.4f}  val_micro_fscore {row['val_micro_fscore']:.4f}  lr {lr:.2e}  "
-            f"{row['seconds']:.1f}s" + ('  *best' if improved else ''))
+            f"{row['seconds']:.1f}s" + ('  *best' if improved else '') + _dead_warning(row, c.val_split))
     if dist.is_available() and dist.is_initialized(): dist.barrier()  # nobody leaves before rank 0 has written
-    log(f'done: best val_mean_f1 {best_score:.4f} at epoch {best_epoch}; {run}')
+    log(f'done: best val_mean_f1 {best_score:.4f} at epoch {best_epoch}; {run}' + _dead_warning(history[-1], c.val_split, final=True))
     return run
 
 # %% ../notebooks/lib/09_train.ipynb #3b7db565

@@ -223,6 +223,25 @@ def test_faceseg_test_command(run, tmp_path, capsys):
     assert all(p.stat().st_size > 5000 for p in vis.iterdir())
 
 
+def test_faceseg_test_flags_dead_parts(run, tmp_path, capsys):
+    from faceseg_lib.cli import main
+    ckpt = torch.load(run / 'best.pt', weights_only=True)
+    ckpt['state_dict']['segmentation_head.0.bias'][CLASS_INDEX['nose']] = -1e4  # the nose can never win the argmax
+    torch.save(ckpt, tmp_path / 'no-nose.pt')
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        rc = main(['test', str(tmp_path / 'no-nose.pt'), '--device', 'cpu', '--out', str(tmp_path / 'out'),
+                   '--n-examples', '1', '--workers', '0', '-q'])
+    finally:
+        torch.set_num_threads(n)
+    printed = capsys.readouterr()
+    metrics = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+    expected = [c for c in CLASSES[1:] if metrics['support'][c] > 0 and metrics['f1'][c] == 0]
+    assert rc == 0 and 'nose' in expected and metrics['dead_parts'] == expected
+    warning = next(l for l in printed.err.splitlines() if l.startswith('WARNING: dead parts'))
+    assert "present in the 'test' split, F1 0" in warning and all(c in warning for c in expected)
+
+
 def test_notebook_parameters_are_evaluate_arguments():
     nb = json.loads((REPO / 'notebooks' / '04_test_and_visualize.ipynb').read_text())
     cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))

@@ -68,7 +68,7 @@ def test_presets_fill_only_unset_recipe_fields():
     c = train.resolved(TrainConfig(preset='original', lr=3e-4))
     assert (c.loss, c.optimizer, c.lr, c.scheduler, c.augmentation) == ('dice', 'adam', 3e-4, 'none', 'none')
     d = train.resolved(TrainConfig())
-    assert (d.loss, d.optimizer, d.scheduler, d.augmentation) == ('dice', 'adamw', 'cosine', 'default')
+    assert (d.loss, d.optimizer, d.scheduler, d.augmentation) == ('dice_ce', 'adamw', 'cosine', 'default')
     assert set(train.RECIPE_FIELDS) == set(train.PRESETS['original']) <= set(train.config_fields())
     e = train.resolved(train.config_from_args(['--scheduler', 'none', '--augmentation', 'none', '--optimizer', 'None']))
     assert (e.scheduler, e.augmentation, e.optimizer) == ('none', 'none', 'adamw')  # 'none' is a value, 'None' means unset
@@ -115,7 +115,7 @@ def test_fit_writes_run_folder_and_loadable_checkpoints(train_set, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ['best.pt', 'config.json', 'history.csv', 'last.pt']
     fields = train.config_fields()
     config = json.loads((run / 'config.json').read_text())
-    assert list(config) == fields and config['loss'] == 'dice' and config['name'] == 'r'
+    assert list(config) == fields and config['loss'] == 'dice_ce' and config['name'] == 'r'
     h = load_history(run)
     assert list(h.columns) == list(train.HISTORY_COLUMNS) and h['epoch'].tolist() == [1, 2]
     assert (h['train_loss'] > 0).all() and h['lr'].gt(0).all() and h['seconds'].gt(0).all()
@@ -161,7 +161,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(train_set, tmp_path,
     resumed = fit(tiny(train_set, tmp_path, name='killed', resume=True, **{**kw, 'workers': 1}))
     a, b = load_history(straight), load_history(resumed)
     assert a['epoch'].tolist() == b['epoch'].tolist() == [1, 2]
-    np.testing.assert_allclose(a.drop(columns='seconds').to_numpy(float), b.drop(columns='seconds').to_numpy(float), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a.drop(columns=['seconds', 'dead_parts']).to_numpy(float),
+                               b.drop(columns=['seconds', 'dead_parts']).to_numpy(float), rtol=1e-6, atol=1e-7)
+    assert a['dead_parts'].tolist() == b['dead_parts'].tolist()
     for name in ('last.pt', 'best.pt'):
         wa, wb = (torch.load(r / name, weights_only=True)['state_dict'] for r in (straight, resumed))
         assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa), name
@@ -229,3 +231,44 @@ def test_weights_that_cannot_be_downloaded_name_the_setting_and_fix(train_set, t
         fit(tiny(train_set, tmp_path, encoder_weights='imagenet', epochs=1))
     msg = str(e.value)
     assert "config.encoder_weights='imagenet'" in msg and f'cannot be loaded ({shown})' in msg and 'encoder_weights=None' in msg
+
+
+# --- no silent dead classes ----------------------------------------------------------------------------------------
+
+def _collapsed_class_f1(loss_name: str) -> float:
+    """F1 of 'nose' after 300 AdamW steps of a 1x1-conv parser whose nose logit starts collapsed (bias -16)."""
+    torch.manual_seed(0)
+    nose = CLASSES.index('nose')
+    target = torch.zeros(4, 16, 16, dtype=torch.long); target[:, 2:14, 2:14] = CLASSES.index('skin'); target[:, 6:10, 7:9] = nose
+    x = torch.randn(4, 8, 16, 16); x[:, 0] = (target == nose).float() * 2 - 1  # one feature says where the nose is
+    model = torch.nn.Conv2d(8, NUM_CLASSES, 1)
+    with torch.no_grad(): model.bias[nose] = -16.0  # what a too-fast warm-up leaves behind: p(nose) ~ 1e-7 everywhere
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad(); train.LOSSES[loss_name](model(x), target).backward(); opt.step()
+    from faceseg_lib.metrics import ConfusionMatrix
+    return float(ConfusionMatrix().update(model(x).detach(), target).per_class_f1()[nose])
+
+
+def test_the_default_loss_revives_a_collapsed_class_where_pure_dice_leaves_it_dead():
+    """Softmax Dice gives a collapsed class a gradient ~ p(1-p), below Adam's eps: it stays dead (measured F1 0.0).
+    The default's per-pixel cross-entropy term pulls every pixel of it with a gradient of about -1 (measured F1 1.0)."""
+    assert _collapsed_class_f1('dice') == 0.0                       # the old default
+    assert _collapsed_class_f1(train.PRESETS['default']['loss']) > 0.9
+
+
+def test_fit_reports_a_dead_part_in_the_epoch_line_history_and_checkpoint(train_set, tmp_path, monkeypatch, capsys):
+    nose = CLASSES.index('nose')
+    class NoNose(torch.nn.Module):  # a model that can never predict the nose
+        def __init__(self, m): super().__init__(); self.m = m; self.faceseg_spec = m.faceseg_spec
+        def forward(self, x):
+            out = self.m(x).clone(); out[:, nose] = -1e4; return out
+    build = train.create_model
+    monkeypatch.setattr(train, 'create_model', lambda *a, **k: NoNose(build(*a, **k)))
+    run = fit(tiny(train_set, tmp_path, epochs=1, max_steps=1, name='dead'))
+    out = capsys.readouterr().out
+    epoch_line = next(l for l in out.splitlines() if l.startswith('epoch 1/1'))
+    assert "WARNING: dead parts (present in 'val', F1 0)" in epoch_line and 'nose' in epoch_line
+    assert 'loss=dice_ce' in next(l for l in out.splitlines() if l.startswith('done:'))
+    assert 'nose' in load_history(run)['dead_parts'][0].split()
+    assert 'nose' in torch.load(run / 'best.pt', weights_only=True)['metrics']['dead_parts']

@@ -233,7 +233,7 @@ def bench_loader(ctx: dict) -> list[dict]:
     src = ensure_prepared(ctx)
     root = expand_prepared(src, ctx['tmp'] / 'loader-set', a.loader_images)
     ids = list(range(a.loader_images))
-    from faceseg_lib.dataset import usable_cores
+    from faceseg_lib.core import usable_cores
     cores = usable_cores()  # what make_loaders caps the workers at
     threads = torch.get_num_threads()
     for workers in sorted({0, 1, cores}):

@@ -22,7 +22,8 @@ def _sync(dev):
 def _train_rate(variant: str, size: int, batch: int, warmup: int, steps: int, device: str = 'cuda') -> dict:
     "Images/s and peak memory of train.train_epoch on device-resident random batches (no loader: the step's appetite)."
     import torch
-    from faceseg_lib.train import LOSSES, TrainConfig, amp_dtype, make_optimizer, make_scheduler, resolved, train_epoch
+    from faceseg_lib.core import amp_dtype
+    from faceseg_lib.train import LOSSES, TrainConfig, make_optimizer, make_scheduler, resolved, train_epoch
     dev = torch.device(device)
     cuda = dev.type == 'cuda'
     c = resolved(TrainConfig(size=size, batch_size=batch, encoder_weights=None, device=device))
@@ -99,7 +100,7 @@ def bench_gpu(ctx: dict) -> list[dict]:
         rows.append(row('gpu', f'train, best kit setting ({best})', speeds[best], 'fp32 (no AMP, NCHW)', base,
                         target='>= 2x', holds=speeds[best] / base >= 2, compile_helps=speeds.get('compile', 0) > speeds.get('default', 0)))
     # the loader (the kit's default workers, and all the machine's cores) vs what the training step eats
-    from faceseg_lib.dataset import loader_workers, usable_cores
+    from faceseg_lib.core import loader_workers, usable_cores
     from faceseg_lib.train import TrainConfig
     cores = usable_cores()  # what make_loaders caps the workers at
     appetite = speeds[best] if best else base

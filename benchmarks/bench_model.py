@@ -34,7 +34,8 @@ def bench_train(ctx: dict) -> list[dict]:
     """Images/s of `fit`'s training step (train.train_epoch with the default recipe's optimizer, schedule and loss) vs a
     bare loop (model, loss, backward, optimizer step) on the same model, batches and loss, alternating rounds."""
     import torch
-    from faceseg_lib.train import (LOSSES, TrainConfig, amp_dtype, make_optimizer, make_scheduler, resolved, train_epoch)
+    from faceseg_lib.core import amp_dtype
+    from faceseg_lib.train import (LOSSES, TrainConfig, make_optimizer, make_scheduler, resolved, train_epoch)
     from bench_data import ensure_prepared, expand_prepared
     a = ctx['args']
     root = expand_prepared(ensure_prepared(ctx), ctx['tmp'] / 'train-set', max(a.train_batch * 4, 16))

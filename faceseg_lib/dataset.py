@@ -26,27 +26,10 @@ from .celebamask import SPLITS
 from .prepare import FORMAT as PREPARED_FORMAT, class_pixels
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'find_repo_root', 'resolve_path', 'check_prepared', 'load_meta',
-           'load_splits', 'split_ids', 'read_image', 'read_label', 'swap_lr', 'HorizontalFlipLR', 'augmentations',
-           'train_transform', 'eval_transform', 'denormalize', 'FaceParsingDataset', 'normalize_images', 'model_batch',
-           'usable_cores', 'loader_workers', 'label_stats', 'split_sizes', 'class_summary', 'mask_areas',
-           'meta_summary']
-
-# %% ../notebooks/lib/05_dataset.ipynb #db76929c
-def find_repo_root(start: str | Path | None = None,  # folder to start from; default: the working directory
-                   marker: str = 'pyproject.toml'    # file that marks the root
-                  ) -> Path | None:
-    "The nearest folder at or above `start` that holds `marker`, or None."
-    start = Path(start or Path.cwd()).resolve()
-    return next((p for p in (start, *start.parents) if (p / marker).is_file()), None)
-
-def resolve_path(path: str | Path,           # absolute, or relative to the repository root
-                 root: str | Path | None = None  # default: `find_repo_root()`, else the working directory
-                ) -> Path:
-    "`path` made absolute: relative paths are taken from the repository root, wherever the caller runs."
-    path = Path(path).expanduser()
-    if path.is_absolute(): return path
-    return Path(root or find_repo_root() or Path.cwd()).resolve() / path
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'check_prepared', 'load_meta', 'load_splits', 'split_ids',
+           'read_image', 'read_label', 'swap_lr', 'HorizontalFlipLR', 'augmentations', 'train_transform',
+           'eval_transform', 'denormalize', 'FaceParsingDataset', 'normalize_images', 'model_batch', 'label_stats',
+           'split_sizes', 'class_summary', 'mask_areas', 'meta_summary']
 
 # %% ../notebooks/lib/05_dataset.ipynb #2e0c14af
 _PREPARE_FIX = 'point at the output folder of `faceseg prepare RAW OUT` (or run it to create one)'
@@ -277,20 +260,6 @@ def model_batch(x: torch.Tensor,               # (N, 3, H, W) images: uint8 (com
     x = normalize_images(x.to(device, non_blocking=True))
     y = y.to(device, non_blocking=True).long()
     return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y
-
-# %% ../notebooks/lib/05_dataset.ipynb #010b9caf
-def usable_cores() -> int:
-    "The CPU cores this process may run on (its affinity mask, which containers and job schedulers narrow), at least 1."
-    try: return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError: return os.cpu_count() or 1  # macOS and Windows have no affinity mask
-
-def loader_workers(requested: int,   # worker processes asked for; -1: automatic
-                   world: int = 1    # processes sharing the cores
-                  ) -> int:
-    "DataLoader workers per process: `requested` capped at the cores; -1: this process's share of the cores less its own."
-    cores = usable_cores()
-    if requested < 0: return max(1, cores // max(world, 1) - 1)
-    return min(requested, cores)
 
 # %% ../notebooks/lib/05_dataset.ipynb #a054a790
 def label_stats(root: str | Path,                   # a prepared dataset

@@ -17,18 +17,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .core import loader_workers, resolve_device, resolve_path
 from .errors import DataError
 from .labels import CLASSES, DISPLAY_NAMES, FLIP_LUT, NUM_CLASSES
-from .dataset import (FaceParsingDataset, denormalize, eval_transform, load_meta, loader_workers, model_batch,
-                                 resolve_path)
+from .dataset import FaceParsingDataset, denormalize, eval_transform, load_meta, model_batch
 from .models import load_checkpoint, model_from_checkpoint
 from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
-from .train import resolve_device
 
 # %% auto #0
 __all__ = ['unflip', 'predict_probs', 'image_rows', 'evaluate_model', 'markdown_table', 'parse_markdown_table', 'load_for_eval',
-           'default_out_dir', 'eval_device', 'result_files', 'write_results', 'evaluate', 'load_evaluation',
-           'pick_examples', 'top_confusions', 'predict_examples', 'evaluation_figures']
+           'default_out_dir', 'result_files', 'write_results', 'evaluate', 'load_evaluation', 'pick_examples',
+           'top_confusions', 'predict_examples', 'evaluation_figures']
 
 # %% ../notebooks/lib/10_evaluate.ipynb #df82de0b
 def unflip(probs: torch.Tensor) -> torch.Tensor:
@@ -121,13 +120,7 @@ def default_out_dir(checkpoint: str | Path, split: str = 'test', tta: bool = Fal
     "Where `evaluate` writes by default: `<checkpoint folder>/eval-<split>[-tta]`."
     return Path(checkpoint).resolve().parent / (f'eval-{split}' + ('-tta' if tta else ''))
 
-def eval_device(device: str = 'auto') -> torch.device:
-    "The torch device for 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'; DataError when it is not available."
-    if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', str(device)):
-        raise DataError.from_problem(f'device {device!r}', 'unknown device', "use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    if str(device).startswith('cuda') and not torch.cuda.is_available():
-        raise DataError.from_problem(f'device {device!r}', 'CUDA is not available here', "use --device auto or cpu")
-    return resolve_device(device)
+
 
 # %% ../notebooks/lib/10_evaluate.ipynb #7932ee6a
 def _data_dir(ckpt: dict, data_dir) -> Path:
@@ -168,7 +161,7 @@ def evaluate(checkpoint: str | Path,              # a faceseg checkpoint, e.g. o
              progress: bool = True                # show a progress bar
             ) -> dict:
     "Evaluate a checkpoint on a split in order, write metrics.json, per_image.csv, metrics.md, confusion.csv; return the metrics."
-    started, dev = time.time(), eval_device(device)
+    started, dev = time.time(), resolve_device(device)
     model, ckpt = load_for_eval(checkpoint, dev)
     data = _data_dir(ckpt, data_dir)
     out = resolve_path(out_dir) if out_dir is not None else default_out_dir(checkpoint, split, tta)
@@ -246,7 +239,7 @@ def evaluation_figures(result: Mapping | str | Path,   # evaluate()'s result, or
                                                   f"{'n/a' if mean is None else f'{mean:.3f}'})", save=save('per_class_f1')),
             'confusion': viz.plot_confusion(res['confusion'], title=f'Confusion matrix, rows normalised ({what})', save=save('confusion'))}
     if n_examples <= 0: return figs
-    dev = eval_device(device)
+    dev = resolve_device(device)
     model, _ = load_for_eval(res['checkpoint'], dev)
     scores = res['per_image'].set_index('id')['mean_f1']
     for name, ids in (('worst', pick_examples(res['per_image'], n_examples, worst=True)),

@@ -6,13 +6,14 @@ Docs: https://faceseg.github.io/faceseg/lib/export.html.md"""
 
 # %% ../notebooks/lib/14_export.ipynb #16fd145b
 from __future__ import annotations
-import argparse, json, os, tempfile, time, warnings
+import argparse, json, os, time, warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from . import __version__
+from .core import atomic_path
 from .errors import DataError
 from .predict import IMAGE_EXTENSIONS, ONNX_FORMAT, OnnxParser, Region, extract, normalize_batch, read_photo
 
@@ -136,8 +137,7 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
     size = int(size or (ckpt.get('config') or {}).get('size') or 0)
     if size <= 0: raise DataError.from_problem(checkpoint, 'its config has no input size', 'pass size=')
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.onnx', dir=path.parent); os.close(fd); tmp = Path(tmp)
-    try:
+    with atomic_path(path, suffix='.onnx') as tmp:  # the kit's one atomic writer: nothing lands unless it passes the check
         used = _torch_export(model, torch.zeros(2, 3, size, size), tmp, opset, exporter)
         spec = ckpt['model']
         props = {'format': ONNX_FORMAT, 'faceseg_version': __version__, 'classes': json.dumps(list(ckpt['classes'])),
@@ -149,8 +149,6 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
         if check:
             report.update(check_onnx(tmp, checkpoint, images, n_check, min_agreement=min_agreement, model=model))
             _add_metadata(tmp, {'parity': json.dumps({k: report[k] for k in ('max_abs_diff', 'agreement', 'images')})})
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
     report.update(bytes=path.stat().st_size, seconds=round(time.time() - started, 2))
     return report
 

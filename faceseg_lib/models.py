@@ -19,6 +19,7 @@ from torch import nn
 import segmentation_models_pytorch as smp
 
 from . import __version__
+from .core import write_atomic
 from .errors import DataError
 from .labels import CLASSES, NUM_CLASSES
 
@@ -265,7 +266,6 @@ def save_checkpoint(path: str | Path,              # the .pt file to write (its 
     for key, value in (('extra', extra), ('optimizer', optimizer_state), ('scheduler', scheduler_state), ('scaler', scaler_state)):
         if value is not None: ckpt[key] = _loadable(value, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from faceseg_lib.prepare import write_atomic  # the kit's one atomic writer (imported here: it brings OpenCV)
     return write_atomic(path, lambda f: torch.save(ckpt, f), fsync=True)
 
 # %% ../notebooks/lib/08_models.ipynb #b9957d34

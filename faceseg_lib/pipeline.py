@@ -10,22 +10,12 @@ import shutil, time
 from pathlib import Path
 
 from .errors import DataError
-from .dataset import find_repo_root
+from .core import repo_root
 
 # %% auto #0
-__all__ = ['repo_root', 'notebook_path', 'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'write_summary',
-           'summary_lines', 'demo']
+__all__ = ['notebook_path', 'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'write_summary', 'summary_lines', 'demo']
 
 # %% ../notebooks/lib/11_pipeline.ipynb #c9f309a5
-def repo_root() -> Path:
-    "The clone this package was installed from (the folder holding pyproject.toml and notebooks/)."
-    here = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
-    root = find_repo_root(here)
-    if root is None or not (root / 'notebooks').is_dir():
-        raise DataError.from_problem(here, 'the faceseg notebooks are not next to the installed package',
-                                     'clone the repository and install it with `pip install -e .` from the clone')
-    return root
-
 def notebook_path(name: str) -> Path:
     "Path of the pipeline notebook `name` (e.g. '01_data_exploration')."
     path = repo_root() / 'notebooks' / f"{name.removesuffix('.ipynb')}.ipynb"

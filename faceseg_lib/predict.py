@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .colors import blend, colorize
+from .core import resolve_device, write_atomic
 from .errors import DataError, Problem
 from .labels import CLASSES
 from .prepare import class_pixels
@@ -251,7 +253,6 @@ class TorchParser:
         import torch
         from faceseg_lib.models import model_from_checkpoint
         from faceseg_lib.dataset import IMAGENET_MEAN, IMAGENET_STD
-        from faceseg_lib.train import resolve_device
         self.torch, self.device = torch, resolve_device(device)
         self.model, ckpt = model_from_checkpoint(checkpoint, map_location=self.device)
         size = (ckpt.get('config') or {}).get('size')
@@ -330,15 +331,14 @@ def area_shares(labels: np.ndarray) -> dict[str, float]:
 def _write(path: Path, ext: str, image: np.ndarray, params: Sequence[int] = ()) -> None:
     ok, buf = cv2.imencode(ext, image, list(params))
     if not ok: raise OSError(f'{path}: cannot encode as {ext}')
-    path.write_bytes(buf.tobytes())
+    write_atomic(path, buf.tobytes())
 
 def write_outputs(out: Path, name: str, image: np.ndarray, labels: np.ndarray, record: dict | None = None) -> list[Path]:
     "Write the label map, colour map, overlay (and JSON when `record` is given) of one photo; return the paths."
-    from faceseg_lib.viz import colorize, overlay
     paths = [out / f'{name}.png', out / f'{name}_color.png', out / f'{name}_overlay.jpg']
     _write(paths[0], '.png', labels)
     _write(paths[1], '.png', colorize(labels)[..., ::-1])
-    _write(paths[2], '.jpg', overlay(image, labels)[..., ::-1], (cv2.IMWRITE_JPEG_QUALITY, 92))
+    _write(paths[2], '.jpg', blend(image, labels)[..., ::-1], (cv2.IMWRITE_JPEG_QUALITY, 92))
     if record is not None:
         paths.append(out / f'{name}.json')
         paths[-1].write_text(json.dumps({**record, 'area_share': area_shares(labels)}, indent=1))

@@ -6,10 +6,9 @@ Docs: https://faceseg.github.io/faceseg/lib/prepare.html.md"""
 
 # %% ../notebooks/lib/03_prepare.ipynb #c4ae8e9f
 from __future__ import annotations
-import json, multiprocessing as mp, os, tempfile
+import json, multiprocessing as mp, os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import cv2
 import numpy as np
@@ -17,33 +16,17 @@ from tqdm.auto import tqdm
 
 import faceseg_lib
 from .celebamask import RawCelebAMask, combine_parts, open_raw, resolve_split, split_counts, SPLITS
+from .core import write_atomic
 from .errors import DataError, Problem
 from .labels import CLASSES, NUM_CLASSES
 
 # %% auto #0
-__all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'write_atomic', 'resize_image', 'resize_label', 'class_pixels', 'prepare_one',
-           'check_out', 'prepare']
+__all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'resize_image', 'resize_label', 'class_pixels', 'prepare_one', 'check_out',
+           'prepare']
 
 # %% ../notebooks/lib/03_prepare.ipynb #48147572
 JPEG_QUALITY = 95
 FORMAT, VERSION = 'faceseg-prepared', 1
-
-def write_atomic(path: str | Path,
-                 data: bytes | str | Callable[[BinaryIO], object],  # the content, or a function writing it to a binary file
-                 fsync: bool = False  # force it to disk before the rename (worth it for large, costly files: checkpoints)
-                ) -> Path:
-    "Write `data` to `path` through a hidden temp file and a rename: readers see the old or the new file, never half."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)  # hidden: folder listings skip it
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            if callable(data): data(f)
-            else: f.write(data.encode() if isinstance(data, str) else data)
-            if fsync: f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
 
 # %% ../notebooks/lib/03_prepare.ipynb #f4935a70
 def resize_image(im: np.ndarray, size: int) -> np.ndarray:

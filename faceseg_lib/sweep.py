@@ -107,18 +107,13 @@ def check_settings(params: Mapping) -> None:
 def resolve_devices(devices: Sequence[str] | str | int | None = None  # None/'auto': all GPUs, else ['cpu']; n: the first n GPUs; 'cuda:0,cuda:1'
                    ) -> list[str]:
     "The devices to run on, one concurrent run each; DataError for a device this machine lacks."
-    import torch
-    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    from faceseg_lib.core import cuda_count, device_problems
+    n_gpus = cuda_count()
     if devices is None or devices == 'auto': return [f'cuda:{i}' for i in range(n_gpus)] or ['cpu']
     if isinstance(devices, int) and not isinstance(devices, bool): devices = [f'cuda:{i}' for i in range(devices)]
     if isinstance(devices, str): devices = [d for d in devices.split(',') if d.strip()]
-    devices, problems = [str(d).strip() for d in devices], []
-    for d in devices:
-        m = re.fullmatch(r'cpu|mps|cuda(?::(\d+))?', d)
-        if m is None: problems.append(Problem(f'device {d!r}', 'is not a device name', "use 'cpu', 'cuda' or 'cuda:N'"))
-        elif d.startswith('cuda') and int(m.group(1) or 0) >= n_gpus:
-            problems.append(Problem(f'device {d!r}', f'this machine has {n_gpus} CUDA device(s)',
-                                    f"use cuda:0..cuda:{n_gpus - 1}" if n_gpus else "use 'cpu' (or devices=None)"))
+    devices = [str(d).strip() for d in devices]
+    problems = [p for d in devices for p in device_problems(d, 'device')]  # the kit's one device rule
     if not devices: problems.append(Problem('devices', 'is empty', 'name at least one device, or pass None for all GPUs'))
     if problems: raise DataError.from_problems(problems, 'Bad sweep devices')
     return devices
@@ -169,7 +164,7 @@ def run_state(run: str | Path, status: Mapping | None = None) -> str:
 
 def write_status(run: str | Path, status: Mapping) -> Path:
     "Write status.json atomically (readers never see half a file)."
-    from faceseg_lib.prepare import write_atomic
+    from faceseg_lib.core import write_atomic
     Path(run).mkdir(parents=True, exist_ok=True)
     return write_atomic(Path(run) / STATUS_FILE, json.dumps(status, indent=2) + '\n')
 
@@ -194,7 +189,7 @@ def inference_speed(model,                      # a torch module in eval mode
                    ) -> float:
     "Images per second of `model` on random (batch_size, 3, size, size) inputs."
     import torch
-    from faceseg_lib.train import amp_dtype, resolve_device
+    from faceseg_lib.core import amp_dtype, resolve_device
     dev = resolve_device(device)
     dtype = amp_dtype(amp, dev)
     x = torch.randn(batch_size, 3, size, size, device=dev)
@@ -212,7 +207,8 @@ def measure_run(run: str | Path,          # a finished training run folder (best
                 size: int, batch_size: int, device: str = 'cpu') -> dict:
     "Parameters, training seconds and inference images/s of a run's best checkpoint."
     from faceseg_lib.models import count_parameters, model_from_checkpoint
-    from faceseg_lib.train import load_history, resolve_device
+    from faceseg_lib.core import resolve_device
+    from faceseg_lib.train import load_history
     model, ckpt = model_from_checkpoint(Path(run) / 'best.pt', map_location=resolve_device(device))
     return {'parameters': count_parameters(model), 'train_seconds': float(load_history(run)['seconds'].sum()),
             'images_per_s': inference_speed(model, size, batch_size, device, ckpt['config'].get('amp', 'auto')),
@@ -276,7 +272,7 @@ def record_sweep(out: Path, grid: list[tuple[str, str]], settings: Mapping) -> d
         entries = old['grid'] + [e for e in entries if e not in old['grid']]
     record = {'format': 'faceseg-sweep', 'version': 1, 'grid': entries,
               'settings': {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items() if k != 'log_output'}}
-    from faceseg_lib.prepare import write_atomic
+    from faceseg_lib.core import write_atomic
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(record, indent=2) + '\n')
     return record
@@ -299,7 +295,7 @@ def sweep(grid: Sequence | str = DEFAULT_GRID,   # 'Arch:encoder' strings or (ar
           progress: bool = True,                   # a progress bar over the configurations
          ):
     "Train, evaluate and measure every configuration of `grid` (skipping finished ones); the collected results (tidy DataFrame)."
-    from faceseg_lib.dataset import loader_workers, resolve_path
+    from faceseg_lib.core import loader_workers, resolve_path
     from faceseg_lib.train import TrainConfig
     pairs, devs, overrides = parse_grid(grid), resolve_devices(devices), check_overrides(overrides)
     if len(devs) > 1 and 'workers' not in overrides:  # runs side by side share the cores
@@ -373,7 +369,7 @@ def collect(sweep_dir: str | Path,   # a sweep folder (holds sweep.json and one 
            ):
     "The sweep's results as a tidy DataFrame (one row per configuration x class); with `write`, its tables and plots too."
     import pandas as pd
-    from faceseg_lib.dataset import resolve_path
+    from faceseg_lib.core import resolve_path
     sweep_dir = resolve_path(sweep_dir)
     if not sweep_dir.is_dir(): raise DataError.from_problem(sweep_dir, 'no such sweep folder', 'run the sweep first, or check the path')
     rows = [r for name in _config_order(sweep_dir) for r in run_rows(sweep_dir, name)]

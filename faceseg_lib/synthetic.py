@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from .labels import PARTS, CLASS_INDEX, NUM_CLASSES, LR_PAIRS
 from .errors import DataError
 from .celebamask import IMG_DIR, ANNO_DIR, anno_folder, mask_name, combine_parts
-from .prepare import JPEG_QUALITY, write_atomic
+from .core import write_atomic
+from .prepare import JPEG_QUALITY
 
 # %% auto #0
 __all__ = ['SKIN_TONES', 'HAIR_COLOURS', 'HAIR_WEIGHTS', 'IRIS_COLOURS', 'HIDDEN_UNDER', 'MARKER', 'INDEX', 'GENERATOR_VERSION',

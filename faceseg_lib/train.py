@@ -19,23 +19,23 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 import segmentation_models_pytorch as smp
 
+from .core import amp_dtype, device_problems, loader_workers, resolve_device, resolve_path, wants_cuda, write_atomic
 from .errors import DataError, Problem
 from .labels import CLASSES, NUM_CLASSES, class_names
 from .dataset import (AUGMENTATIONS, FaceParsingDataset, train_transform, eval_transform, load_meta,
-                                 loader_workers, model_batch, split_ids, resolve_path)
+                                 model_batch, split_ids)
 from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
                                 load_checkpoint)
 from .metrics import ConfusionMatrix
-from .prepare import write_atomic  # one atomic writer for the kit
 
 # %% auto #0
 __all__ = ['LOSSES', 'PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', 'SCHEDULERS', 'AMP_MODES', 'OPTIMIZERS', 'SYNC_EVERY',
            'HISTORY_COLUMNS', 'dice_loss', 'dice_ce_loss', 'TrainConfig', 'config_fields', 'resolved',
            'config_problems', 'data_problems', 'run_dir', 'validate', 'make_optimizer', 'lr_factor', 'make_scheduler',
-           'derive_seed', 'SeededSampler', 'SeededItems', 'SeededTransform', 'make_loaders', 'resolve_device',
-           'amp_dtype', 'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'history_row',
-           'write_history', 'load_history', 'fit', 'add_config_arguments', 'build_train_parser', 'config_from_args',
-           'config_from_params', 'main', 'plot_history', 'per_class_table', 'plot_per_class']
+           'derive_seed', 'SeededSampler', 'SeededItems', 'SeededTransform', 'make_loaders', 'init_distributed',
+           'seed_all', 'train_epoch', 'evaluate_loader', 'history_row', 'write_history', 'load_history', 'fit',
+           'add_config_arguments', 'build_train_parser', 'config_from_args', 'config_from_params', 'main',
+           'plot_history', 'per_class_table', 'plot_per_class']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -153,15 +153,11 @@ def config_problems(c: TrainConfig) -> list[Problem]:
         if not (isinstance(v, (int, float)) and v >= 0): bad(field, f'must be a number >= 0, got {v!r}', f'set {field} to 0 or more')
     if c.warmup_epochs and isinstance(c.epochs, int) and c.warmup_epochs > c.epochs:
         bad('warmup_epochs', f'{c.warmup_epochs} is longer than the run ({c.epochs} epochs)', 'use fewer warm-up epochs')
-    if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', str(c.device)): bad('device', f'unknown device {c.device!r}', "use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    elif str(c.device).startswith('cuda') and not torch.cuda.is_available():
-        bad('device', f'{c.device!r} asked for but CUDA is not available here', "use device='auto' or 'cpu'")
-    if c.amp == 'fp16' and not _wants_cuda(c.device): bad('amp', 'fp16 needs a CUDA device', "use amp='bf16' or 'off' on the CPU")
+    p += device_problems(c.device, 'config.device')  # the kit's one device rule
+    if c.amp == 'fp16' and not wants_cuda(c.device): bad('amp', 'fp16 needs a CUDA device', "use amp='bf16' or 'off' on the CPU")
     if not c.name or Path(c.name).name != c.name or c.name in ('.', '..'):
         bad('name', f'{c.name!r} is not a plain folder name', 'use a name without slashes, e.g. fpn-run1')
     return p
-
-def _wants_cuda(device: str) -> bool: return str(device).startswith('cuda') or (device == 'auto' and torch.cuda.is_available())
 
 # %% ../notebooks/lib/09_train.ipynb #b5e9fecc
 def _model_problems(c: TrainConfig) -> list[Problem]:
@@ -286,18 +282,6 @@ def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.de
     return train_dl, val_dl
 
 # %% ../notebooks/lib/09_train.ipynb #0d726897
-def resolve_device(device: str = 'auto', local_rank: int = 0) -> torch.device:
-    "The torch device for a config's `device` ('auto': this process's GPU if there is one, else the CPU)."
-    if device == 'auto': device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    d = torch.device(device)
-    return torch.device('cuda', local_rank) if d.type == 'cuda' and d.index is None else d
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    "The autocast dtype for `amp` on `device`, or None for full float32."
-    if amp == 'off' or (amp == 'auto' and device.type != 'cuda'): return None
-    if amp == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
-
 def init_distributed(device: str = 'auto') -> tuple[int, int, torch.device, bool]:
     "(rank, world size, device, whether we started the process group) from torchrun's RANK/WORLD_SIZE/LOCAL_RANK."
     world = int(os.environ.get('WORLD_SIZE', 1))  # the rank comes from the process group
@@ -443,11 +427,14 @@ def _resume_state(run: Path, c: TrainConfig, steps: int, world: int) -> dict | N
     return ckpt
 
 # %% ../notebooks/lib/09_train.ipynb #697b2e93
-def _dead_warning(row: Mapping, split: str, final: bool = False) -> str:
-    "The loud note for an epoch whose validation has dead parts (present, F1 0); '' when there are none."
-    if not row.get('dead_parts'): return ''
+def _dead_warning(row: Mapping, split: str, loss: str | None = None) -> str:
+    "The loud note for an epoch whose validation has dead parts (present, F1 0); with `loss`, the closing note and its fix."
+    if not row.get('dead_parts') or (isinstance(row['dead_parts'], float) and math.isnan(row['dead_parts'])): return ''
     note = f"  WARNING: dead parts (present in {split!r}, F1 0): {', '.join(str(row['dead_parts']).split())}"
-    return note + ('. Fix: train longer, lower lr, or use a loss with a per-pixel term (loss=dice_ce)' if final else '')
+    if loss is None: return note
+    fix = 'use a loss with a per-pixel term (loss=dice_ce), ' if loss in ('dice', 'dice_smp') else ''
+    return note + f'. Fix: {fix}train longer or lower lr; a rare part may need more training images that show it'
+
 
 def fit(config: TrainConfig | Mapping | None = None, **overrides) -> Path:
     "Train the model `config` describes (fields may also be given as keywords); returns the run folder."
@@ -519,7 +506,7 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
             f"val_mean_f1 {row['val_mean_f1']:.4f}  val_micro_fscore {row['val_micro_fscore']:.4f}  lr {lr:.2e}  "
             f"{row['seconds']:.1f}s" + ('  *best' if improved else '') + _dead_warning(row, c.val_split))
     if dist.is_available() and dist.is_initialized(): dist.barrier()  # nobody leaves before rank 0 has written
-    log(f'done: best val_mean_f1 {best_score:.4f} at epoch {best_epoch}; {run}' + _dead_warning(history[-1], c.val_split, final=True))
+    log(f'done: best val_mean_f1 {best_score:.4f} at epoch {best_epoch}; {run}' + _dead_warning(history[-1], c.val_split, c.loss))
     return run
 
 # %% ../notebooks/lib/09_train.ipynb #3b7db565

@@ -19,22 +19,16 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
+from .colors import blend, colorize
 from .labels import CLASSES, CLASS_INDEX, DISPLAY_NAMES, NUM_CLASSES, PALETTE, class_names
 from .dataset import class_summary, denormalize, mask_areas, split_sizes
 
 # %% auto #0
-__all__ = ['ERROR_RGB', 'CORRECT_GREY', 'colorize', 'as_rgb', 'overlay', 'legend_handles', 'new_figure', 'save_figure',
-           'show_samples', 'plot_split_sizes', 'plot_class_share', 'plot_mask_areas', 'error_map', 'render', 'pixel_of',
+__all__ = ['ERROR_RGB', 'CORRECT_GREY', 'as_rgb', 'overlay', 'legend_handles', 'new_figure', 'save_figure', 'show_samples',
+           'plot_split_sizes', 'plot_class_share', 'plot_mask_areas', 'error_map', 'render', 'pixel_of',
            'show_predictions', 'row_normalize', 'plot_confusion', 'plot_per_class_f1', 'show_overlays']
 
 # %% ../notebooks/lib/06_viz.ipynb #68ab3d5b
-def colorize(label) -> np.ndarray:
-    "A (H, W) label map (array or tensor, values 0..18) as a uint8 (H, W, 3) image in the official palette."
-    label = np.asarray(label)
-    if label.size and (label.min() < 0 or label.max() >= NUM_CLASSES):
-        raise ValueError(f'labels must lie in 0..{NUM_CLASSES - 1}, got {label.min()}..{label.max()}')
-    return PALETTE[label.astype(np.intp, copy=False)]
-
 def as_rgb(image) -> np.ndarray:
     "An image as uint8 (H, W, 3): uint8 arrays pass through, normalised (3, H, W) tensors are denormalised."
     if isinstance(image, torch.Tensor): image = image.detach().cpu().numpy()
@@ -48,12 +42,8 @@ def overlay(image,            # uint8 (H, W, 3) RGB image, or a normalised (3, H
             label,            # (H, W) label map of the same size
             alpha: float = 0.5  # weight of the class colour
            ) -> np.ndarray:
-    "The image with each labelled pixel blended towards its class colour; background pixels unchanged."
-    image, label = as_rgb(image), np.asarray(label)
-    if image.shape[:2] != label.shape: raise ValueError(f'image {image.shape[:2]} and label {label.shape} differ in size')
-    out = image.copy(); fg = label > 0
-    out[fg] = np.rint((1 - alpha) * image[fg] + alpha * colorize(label)[fg]).astype(np.uint8)
-    return out
+    "The image (array or dataset tensor) with each labelled pixel blended towards its class colour; background unchanged."
+    return blend(as_rgb(image), label, alpha)
 
 def legend_handles(classes: Sequence[str | int] | None = None  # class names or labels; default: all 19
                   ) -> list[Patch]:

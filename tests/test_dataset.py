@@ -193,14 +193,6 @@ def test_compact_training_items_keep_the_flip_label_swap(prepared):
     np.testing.assert_array_equal(flipped[0].numpy(), FLIP_LUT[np.fliplr(lab)])
 
 
-def test_loader_workers_share_the_cores(monkeypatch):
-    monkeypatch.setattr(D, 'usable_cores', lambda: 16)
-    assert D.loader_workers(-1) == 15          # all cores but the training process's own
-    assert D.loader_workers(-1, world=4) == 3  # four processes (DDP, or a sweep on four GPUs) split them
-    assert D.loader_workers(-1, world=32) == 1
-    assert D.loader_workers(4) == 4 and D.loader_workers(64) == 16 and D.loader_workers(0) == 0
-
-
 @pytest.mark.parametrize('missing', ['meta.json', 'splits.csv', 'images', 'labels'])
 def test_not_a_prepared_dataset_names_the_file_and_fix(prepared, missing):
     import shutil
@@ -284,14 +276,3 @@ def test_summaries(prepared):
     assert sizes['images'].tolist() == [2, 2, 2] and sizes['split'].tolist() == ['train', 'val', 'test']
     summary = D.meta_summary(D.load_meta(prepared))
     assert summary['size'] == 64 and summary['train images'] == 2
-
-
-# ---------------------------------------------------------------- paths for notebooks
-
-def test_resolve_path_uses_repo_root(tmp_path, monkeypatch):
-    (tmp_path / 'pyproject.toml').touch()
-    (tmp_path / 'notebooks').mkdir()
-    monkeypatch.chdir(tmp_path / 'notebooks')
-    assert D.find_repo_root() == tmp_path.resolve()
-    assert D.resolve_path('data/x') == tmp_path.resolve() / 'data/x'
-    assert D.resolve_path(tmp_path / 'abs') == tmp_path / 'abs'

@@ -269,6 +269,6 @@ def test_fit_reports_a_dead_part_in_the_epoch_line_history_and_checkpoint(train_
     out = capsys.readouterr().out
     epoch_line = next(l for l in out.splitlines() if l.startswith('epoch 1/1'))
     assert "WARNING: dead parts (present in 'val', F1 0)" in epoch_line and 'nose' in epoch_line
-    assert 'loss=dice_ce' in next(l for l in out.splitlines() if l.startswith('done:'))
+    assert 'Fix: train longer' in next(l for l in out.splitlines() if l.startswith('done:'))
     assert 'nose' in load_history(run)['dead_parts'][0].split()
     assert 'nose' in torch.load(run / 'best.pt', weights_only=True)['metrics']['dead_parts']

@@ -219,7 +219,8 @@ def loader_rate(dl, epochs: int = 1, device=None) -> float:
 def kit_loader(root: Path, size: int, batch: int, workers: int, device: str = 'cpu'):
     "The training loader `fit` builds (train.make_loaders with the default recipe's augmentation)."
     import torch
-    from faceseg_lib.train import TrainConfig, make_loaders, resolved
+    from faceseg_lib.config import TrainConfig
+    from faceseg_lib.train import make_loaders, resolved
     c = resolved(TrainConfig(data_dir=str(root), size=size, batch_size=batch, workers=workers, encoder_weights=None))
     train_dl, _ = make_loaders(c, device=torch.device(device))
     return train_dl, c.augmentation

@@ -22,27 +22,23 @@ def _sync(dev):
 def _train_rate(variant: str, size: int, batch: int, warmup: int, steps: int, device: str = 'cuda') -> dict:
     "Images/s and peak memory of train.train_epoch on device-resident random batches (no loader: the step's appetite)."
     import torch
-    from faceseg_lib.core import amp_dtype
-    from faceseg_lib.train import LOSSES, TrainConfig, make_optimizer, make_scheduler, resolved, train_epoch
+    from dataclasses import replace
+    from faceseg_lib.config import TrainConfig
+    from faceseg_lib.train import resolved, train_epoch, training_setup
     dev = torch.device(device)
     cuda = dev.type == 'cuda'
     c = resolved(TrainConfig(size=size, batch_size=batch, encoder_weights=None, device=device))
     fp32 = variant == 'fp32'
-    dtype = None if fp32 else amp_dtype(c.amp, dev)         # kit default: 'auto' -> bf16 where supported, else fp16
-    channels_last = not fp32 and c.channels_last and cuda   # as fit: channels_last on CUDA only
+    if fp32: c = replace(c, amp='off', channels_last=False)  # plain PyTorch: float32, NCHW
     model = _model().to(dev)
-    if channels_last: model = model.to(memory_format=torch.channels_last)
+    if cuda and c.channels_last: model = model.to(memory_format=torch.channels_last)  # as fit's build_model
     if cuda: torch.backends.cudnn.benchmark = not fp32  # fit turns it on; plain PyTorch leaves it off
-    if fp32:  # plain PyTorch: AdamW as it comes (not fused), same param groups and lr
-        from faceseg_lib.train import _param_groups
-        opt = torch.optim.AdamW(_param_groups(model, c.weight_decay), lr=c.lr)
-    else: opt = make_optimizer(model, c)                  # the kit's: fused on CUDA
-    sched = make_scheduler(opt, c, steps_per_epoch=warmup + steps)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    # the kit's setup, as fit uses it (fused AdamW on CUDA); the fp32 baseline: AdamW as it comes (not fused)
+    s = training_setup(c, dev, warmup + steps, model=model, fused=False if fp32 else None)
+    opt, sched, scaler, loss_fn, dtype, channels_last = s.optimizer, s.scheduler, s.scaler, s.loss_fn, s.dtype, s.channels_last
     net = torch.compile(model) if variant == 'compile' else model
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=dev)  # compact, as the loader gives them
     y = torch.randint(0, 19, (batch, size, size), dtype=torch.uint8, device=dev)
-    loss_fn = LOSSES[c.loss]
     try:
         _sync(dev)
         if cuda: torch.cuda.reset_peak_memory_stats(dev)
@@ -58,7 +54,7 @@ def _train_rate(variant: str, size: int, batch: int, warmup: int, steps: int, de
                 'amp': str(dtype).replace('torch.', '') if dtype else 'off', 'channels_last': channels_last,
                 'warmup_s': round(warm_s, 1)}
     finally:
-        del net, model, opt, sched, x, y
+        del net, model, s, opt, sched, x, y
         gc.collect()
         if cuda: torch.cuda.empty_cache()
         try: torch._dynamo.reset()
@@ -101,7 +97,7 @@ def bench_gpu(ctx: dict) -> list[dict]:
                         target='>= 2x', holds=speeds[best] / base >= 2, compile_helps=speeds.get('compile', 0) > speeds.get('default', 0)))
     # the loader (the kit's default workers, and all the machine's cores) vs what the training step eats
     from faceseg_lib.core import loader_workers, usable_cores
-    from faceseg_lib.train import TrainConfig
+    from faceseg_lib.config import TrainConfig
     cores = usable_cores()  # what make_loaders caps the workers at
     appetite = speeds[best] if best else base
     for workers in sorted({loader_workers(TrainConfig.workers), cores}):

@@ -34,21 +34,16 @@ def bench_train(ctx: dict) -> list[dict]:
     """Images/s of `fit`'s training step (train.train_epoch with the default recipe's optimizer, schedule and loss) vs a
     bare loop (model, loss, backward, optimizer step) on the same model, batches and loss, alternating rounds."""
     import torch
-    from faceseg_lib.core import amp_dtype
-    from faceseg_lib.train import (LOSSES, TrainConfig, make_optimizer, make_scheduler, resolved, train_epoch)
+    from faceseg_lib.config import TrainConfig
+    from faceseg_lib.train import resolved, train_epoch, training_setup
     from bench_data import ensure_prepared, expand_prepared
     a = ctx['args']
     root = expand_prepared(ensure_prepared(ctx), ctx['tmp'] / 'train-set', max(a.train_batch * 4, 16))
     batches = _batches(root, a.train_size, a.train_batch, a.steps_per_round)
     c = resolved(TrainConfig(data_dir=str(root), size=a.train_size, batch_size=a.train_batch, encoder_weights=None))
     device = torch.device('cpu')
-    dtype = amp_dtype(c.amp, device)                      # 'auto' -> off on the CPU, as fit does
-    channels_last = c.channels_last and device.type == 'cuda'
-    loss_fn = LOSSES[c.loss]
-
-    kit_model = _model(); opt = make_optimizer(kit_model, c)
-    sched = make_scheduler(opt, c, steps_per_epoch=max(1, a.steps_per_round * a.rounds))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    kit_setup = training_setup(c, device, max(1, a.steps_per_round * a.rounds), model=_model())  # what fit trains with
+    loss_fn = kit_setup.loss_fn
 
     bare_model = _model(); bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     def bare():
@@ -59,7 +54,8 @@ def bench_train(ctx: dict) -> list[dict]:
             loss.backward()
             bare_opt.step()
     def kit():
-        train_epoch(kit_model, batches, opt, sched, scaler, loss_fn, len(batches), device, dtype, channels_last, c.grad_clip)
+        s = kit_setup
+        train_epoch(s.model, batches, s.optimizer, s.scheduler, s.scaler, s.loss_fn, len(batches), device, s.dtype, s.channels_last, c.grad_clip)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core: the overhead ratio does not need more, and one thread does not collapse when shared
@@ -80,7 +76,8 @@ def bench_train(ctx: dict) -> list[dict]:
 def make_checkpoint(path: Path, size: int) -> Path:
     "A faceseg checkpoint of an FPN/mobilenet_v2 (random weights: speed does not depend on them)."
     from faceseg_lib.models import save_checkpoint
-    from faceseg_lib.train import TrainConfig, resolved
+    from faceseg_lib.config import TrainConfig
+    from faceseg_lib.train import resolved
     c = resolved(TrainConfig(size=size, arch=ARCH, encoder=ENCODER, encoder_weights=None))
     return save_checkpoint(path, _model(), asdict(c))
 

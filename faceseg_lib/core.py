@@ -13,9 +13,9 @@ from typing import BinaryIO, Callable, Iterator
 from .errors import DataError, Problem
 
 # %% auto #0
-__all__ = ['DEVICE_PATTERN', 'find_repo_root', 'repo_root', 'resolve_path', 'repo_path', 'cuda_count', 'device_problems',
-           'check_device', 'wants_cuda', 'resolve_device', 'amp_dtype', 'atomic_path', 'write_atomic', 'usable_cores',
-           'loader_workers']
+__all__ = ['DEVICE_PATTERN', 'AMP_MODES', 'find_repo_root', 'repo_root', 'resolve_path', 'repo_path', 'cuda_count',
+           'device_problems', 'check_device', 'wants_cuda', 'resolve_device', 'amp_dtype', 'atomic_path',
+           'write_atomic', 'usable_cores', 'loader_workers']
 
 # %% ../notebooks/lib/01a_core.ipynb #370c097b
 def find_repo_root(start: str | Path | None = None,  # folder to start from; default: the working directory
@@ -86,6 +86,8 @@ def resolve_device(device: str = 'auto',   # a device name (checked)
     if device == 'auto': device = 'cuda' if cuda_count() else 'cpu'
     d = torch.device(device)
     return torch.device('cuda', local_rank) if d.type == 'cuda' and d.index is None else d
+
+AMP_MODES: tuple[str, ...] = ('auto', 'bf16', 'fp16', 'off')  # mixed-precision settings
 
 def amp_dtype(amp: str, device):
     "The autocast dtype for `amp` ('auto' | 'bf16' | 'fp16' | 'off') on a torch `device`, or None for full float32."

@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/evaluate.html.md"""
 
 # %% ../notebooks/lib/10_evaluate.ipynb #1bac2f13
 from __future__ import annotations
-import json, math, re, time
+import json, time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -23,11 +23,12 @@ from .labels import CLASSES, DISPLAY_NAMES, FLIP_LUT, NUM_CLASSES
 from .dataset import FaceParsingDataset, denormalize, eval_transform, load_meta, model_batch
 from .models import load_checkpoint, model_from_checkpoint
 from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
+from .report import markdown_table, plot_per_class
 
 # %% auto #0
-__all__ = ['unflip', 'predict_probs', 'image_rows', 'evaluate_model', 'markdown_table', 'parse_markdown_table', 'load_for_eval',
-           'default_out_dir', 'result_files', 'write_results', 'evaluate', 'load_evaluation', 'pick_examples',
-           'top_confusions', 'predict_examples', 'evaluation_figures']
+__all__ = ['unflip', 'predict_probs', 'image_rows', 'evaluate_model', 'load_for_eval', 'default_out_dir', 'result_files',
+           'write_results', 'evaluate', 'load_evaluation', 'pick_examples', 'top_confusions', 'predict_examples',
+           'evaluation_figures']
 
 # %% ../notebooks/lib/10_evaluate.ipynb #df82de0b
 def unflip(probs: torch.Tensor) -> torch.Tensor:
@@ -73,35 +74,6 @@ def evaluate_model(model: nn.Module,             # returns logits (N, 19, H, W)
         cm.add(counts.sum(0))
         rows += image_rows(ids[len(rows):len(rows) + len(x)], counts.cpu().numpy())
     return cm, pd.DataFrame(rows, columns=['id', 'mean_f1', 'pixel_acc', *(f'f1_{c}' for c in CLASSES)])
-
-# %% ../notebooks/lib/10_evaluate.ipynb #81a934e6
-def _cell(v) -> str: return 'absent' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.4f}'
-
-def markdown_table(metrics: Mapping,      # a ConfusionMatrix.summary() (or metrics.json)
-                   title: str | None = None  # a line above the table
-                  ) -> str:
-    "The per-class F1/IoU table in Markdown (one column per class, a 'mean' column) and the micro F-score below it."
-    head = ['metric', *CLASSES, 'mean']
-    rows = [[name, *(_cell(metrics[name].get(c)) for c in CLASSES), _cell(metrics[f'mean_{name}'])] for name in ('f1', 'iou')]
-    lines = ([f'{title}', ''] if title else []) + ['| ' + ' | '.join(head) + ' |', '|:--|' + '--:|' * (len(head) - 1)]
-    lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
-    lines += ['', f"micro fscore (pixel accuracy): {_cell(metrics['micro_fscore'])} · mean F1 over the 18 face parts: "
-                  f"{_cell(metrics['mean_f1'])} (absent classes left out)"]
-    return '\n'.join(lines) + '\n'
-
-def parse_markdown_table(text: str) -> dict:
-    "The numbers of a `markdown_table` back: {'f1': {class: value or None}, 'iou': {...}, 'mean_f1', 'mean_iou', 'micro_fscore'}."
-    num = lambda s: None if s.strip() == 'absent' else float(s)
-    rows = [[c.strip() for c in line.strip().strip('|').split('|')] for line in text.splitlines() if line.startswith('|')]
-    head, body = rows[0], [r for r in rows[2:]]
-    out = {}
-    for r in body:
-        cells = dict(zip(head[1:], r[1:]))
-        out[r[0]] = {c: num(cells[c]) for c in CLASSES}
-        out[f'mean_{r[0]}'] = num(cells['mean'])
-    m = re.search(r'micro fscore \(pixel accuracy\): (\S+)', text)
-    out['micro_fscore'] = num(m.group(1)) if m else None
-    return out
 
 # %% ../notebooks/lib/10_evaluate.ipynb #63615a90
 def load_for_eval(checkpoint: str | Path,           # a faceseg checkpoint (best.pt)
@@ -235,8 +207,8 @@ def evaluation_figures(result: Mapping | str | Path,   # evaluate()'s result, or
     save = (lambda name: Path(save_dir) / f'{name}.png') if save_dir is not None else (lambda name: None)
     what = f"{res['arch']}/{res['encoder']}, {res['split']} split" + (', flip TTA' if res['tta'] else '')
     mean = res['mean_f1']
-    figs = {'per_class_f1': viz.plot_per_class_f1(res['f1'], mean, title=f"Per-class F1 ({what}; mean over parts "
-                                                  f"{'n/a' if mean is None else f'{mean:.3f}'})", save=save('per_class_f1')),
+    figs = {'per_class_f1': plot_per_class(res, title=f"Per-class F1 ({what}; mean over parts "
+                                           f"{'n/a' if mean is None else f'{mean:.3f}'})", save=save('per_class_f1'), split=f"the {res['split']} split"),
             'confusion': viz.plot_confusion(res['confusion'], title=f'Confusion matrix, rows normalised ({what})', save=save('confusion'))}
     if n_examples <= 0: return figs
     dev = resolve_device(device)

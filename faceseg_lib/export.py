@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/export.html.md"""
 
 # %% ../notebooks/lib/14_export.ipynb #16fd145b
 from __future__ import annotations
-import argparse, json, os, time, warnings
+import argparse, json, time, warnings
 from pathlib import Path
 from typing import Sequence
 

@@ -10,13 +10,12 @@ import math
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 
 from fastcore.basics import patch
 
-from .labels import CLASSES, DISPLAY_NAMES, NUM_CLASSES
+from .labels import CLASSES, NUM_CLASSES
 
 # %% auto #0
 __all__ = ['confusion_counts', 'ConfusionMatrix', 'per_image_f1', 'image_means', 'per_image_scores']
@@ -207,14 +206,6 @@ def summary(self: ConfusionMatrix) -> dict:
             'iou': {n: _none_if_nan(v) for n, v in zip(self.names, iou)},
             'support': {n: int(v) for n, v in zip(self.names, support)},
             'dead_parts': self.dead_parts()}
-
-@patch
-def to_frame(self: ConfusionMatrix, display: bool = False):
-    "Per-class F1 and IoU as a pandas DataFrame: rows = metrics, columns = classes (+ 'mean' over the foreground)."
-    cols = [DISPLAY_NAMES.get(n, n) for n in self.names] if display else list(self.names)
-    df = pd.DataFrame([self.per_class_f1(), self.per_class_iou()], index=['f1', 'iou'], columns=cols)
-    df['mean'] = [self.mean_f1(), self.mean_iou()]
-    return df
 
 # %% ../notebooks/lib/07_metrics.ipynb #1ff654c0
 def per_image_f1(counts: np.ndarray) -> np.ndarray:

@@ -74,7 +74,7 @@ SWEEP_FIELDS: tuple[str, ...] = ('arch', 'encoder', 'name', 'out_dir', 'data_dir
 
 def check_overrides(overrides: Mapping | None) -> dict:
     "`overrides` as a dict of TrainConfig fields the sweep does not set itself; DataError naming the bad keys."
-    from faceseg_lib.train import config_fields
+    from faceseg_lib.config import config_fields
     overrides, valid = dict(overrides or {}), config_fields()
     problems = [Problem(f'overrides[{k!r}]', 'is not a TrainConfig field', f"use one of {', '.join(f for f in valid if f not in SWEEP_FIELDS)}")
                 for k in overrides if k not in valid]
@@ -98,7 +98,8 @@ def run_parameters(arch: str, encoder: str,   # the configuration
 # %% ../notebooks/lib/12_sweep.ipynb #cdef16a1
 def check_settings(params: Mapping) -> None:
     "Raise DataError listing every bad value in one configuration's parameters, or a missing/incomplete dataset."
-    from faceseg_lib.train import TrainConfig, resolved, config_problems, data_problems
+    from faceseg_lib.config import TrainConfig
+    from faceseg_lib.train import resolved, config_problems, data_problems
     c = resolved(TrainConfig(**params))
     problems = config_problems(c) + data_problems(c)
     if problems: raise DataError.from_problems(problems, 'Bad sweep settings')
@@ -228,7 +229,7 @@ def run_config(arch: str, encoder: str,
                device: str = 'cpu') -> dict:
     "Train (papermill run of 02_train), evaluate and measure one configuration; its final status (also in status.json)."
     from faceseg_lib.pipeline import run_notebook
-    from faceseg_lib.train import TrainConfig
+    from faceseg_lib.config import TrainConfig
     s, run = settings, Path(settings['out']) / run_name(arch, encoder)
     params = run_parameters(arch, encoder, s['data_dir'], s['out'], s['epochs'], s['size'], device, s['overrides'])
     status = {'name': run.name, 'arch': arch, 'encoder': encoder, 'status': 'running', 'device': device,
@@ -255,7 +256,7 @@ SWEEP_FILE = 'sweep.json'
 def _result_settings(settings: Mapping) -> dict:
     "The settings that change results, overrides with TrainConfig's defaults filled in (not where data lies, nor workers)."
     from dataclasses import fields
-    from faceseg_lib.train import RUNTIME_FIELDS, TrainConfig
+    from faceseg_lib.config import RUNTIME_FIELDS, TrainConfig
     given = settings['overrides']
     recipe = {f.name: given.get(f.name, f.default) for f in fields(TrainConfig) if f.name not in SWEEP_FIELDS + RUNTIME_FIELDS}
     return {'epochs': settings['epochs'], 'size': settings['size'], 'split': settings['split'], **recipe}
@@ -296,7 +297,7 @@ def sweep(grid: Sequence | str = DEFAULT_GRID,   # 'Arch:encoder' strings or (ar
          ):
     "Train, evaluate and measure every configuration of `grid` (skipping finished ones); the collected results (tidy DataFrame)."
     from faceseg_lib.core import loader_workers, resolve_path
-    from faceseg_lib.train import TrainConfig
+    from faceseg_lib.config import TrainConfig
     pairs, devs, overrides = parse_grid(grid), resolve_devices(devices), check_overrides(overrides)
     if len(devs) > 1 and 'workers' not in overrides:  # runs side by side share the cores
         overrides = {**overrides, 'workers': loader_workers(-1, len(devs))}
@@ -478,7 +479,8 @@ def write_results(df, sweep_dir: str | Path) -> list[Path]:
 # %% ../notebooks/lib/12_sweep.ipynb #bf2e34eb
 def parse_overrides(items: Sequence[str]) -> dict:
     "TrainConfig values from 'field=value' strings, typed as the `faceseg train` flags type them."
-    from faceseg_lib.train import TrainConfig, build_train_parser, config_fields
+    from faceseg_lib.config import TrainConfig, config_fields
+    from faceseg_lib.train import build_train_parser
     out, parser = {}, None
     for item in items:
         key, sep, value = item.partition('=')
@@ -526,7 +528,7 @@ def _grid_from_args(args) -> list[str]:
 
 def run_sweep_from_args(args: argparse.Namespace):
     "Run (or with --collect-only, collect) the sweep the parsed `faceseg sweep` flags describe; the tidy results."
-    from faceseg_lib.train import TrainConfig
+    from faceseg_lib.config import TrainConfig
     given = [f'{k}={getattr(args, k)}' for k in ('encoder_weights', 'batch_size', 'max_steps', 'preset') if hasattr(args, k)]
     overrides = parse_overrides(args.overrides + given)  # flags not given stay out: TrainConfig's defaults apply
     out = args.out or default_out(args.size or TrainConfig.size, args.epochs or TrainConfig.epochs)

@@ -1,4 +1,4 @@
-"""One config dataclass (the notebook's parameters, the CLI's flags, every checkpoint's config), the losses, and `fit`: a plain training loop with AMP, resume and DDP.
+"""`fit`: the training loop you read top to bottom (loaders, optimizer and schedule, AMP, resume, DDP), the checks it runs before any work, and `python -m faceseg_lib.train`.
 
 Docs: https://faceseg.github.io/faceseg/lib/train.html.md"""
 
@@ -6,22 +6,22 @@ Docs: https://faceseg.github.io/faceseg/lib/train.html.md"""
 
 # %% ../notebooks/lib/09_train.ipynb #dc27384f
 from __future__ import annotations
-import argparse, csv, inspect, io, json, math, os, random, re, sys, time
-from dataclasses import dataclass, fields, asdict, replace
+import argparse, csv, io, json, math, os, random, re, sys, time
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-import segmentation_models_pytorch as smp
 
-from .core import amp_dtype, device_problems, loader_workers, resolve_device, resolve_path, wants_cuda, write_atomic
+from .core import amp_dtype, loader_workers, resolve_device, resolve_path, write_atomic
+from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
-from .labels import CLASSES, NUM_CLASSES, class_names
+from .labels import CLASSES, NUM_CLASSES
+from .losses import LOSSES
 from .dataset import (AUGMENTATIONS, FaceParsingDataset, train_transform, eval_transform, load_meta,
                                  model_batch, split_ids)
 from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
@@ -29,134 +29,28 @@ from .models import (create_model, check_input_size, resolve_arch, resolve_encod
 from .metrics import ConfusionMatrix
 
 # %% auto #0
-__all__ = ['LOSSES', 'PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', 'SCHEDULERS', 'AMP_MODES', 'OPTIMIZERS', 'SYNC_EVERY',
-           'HISTORY_COLUMNS', 'dice_loss', 'dice_ce_loss', 'TrainConfig', 'config_fields', 'resolved',
-           'config_problems', 'data_problems', 'run_dir', 'validate', 'make_optimizer', 'lr_factor', 'make_scheduler',
-           'derive_seed', 'SeededSampler', 'SeededItems', 'SeededTransform', 'make_loaders', 'init_distributed',
-           'seed_all', 'train_epoch', 'evaluate_loader', 'history_row', 'write_history', 'load_history', 'fit',
-           'add_config_arguments', 'build_train_parser', 'config_from_args', 'config_from_params', 'main',
-           'plot_history', 'per_class_table', 'plot_per_class']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'HISTORY_COLUMNS', 'resolved', 'config_problems', 'data_problems', 'run_dir',
+           'validate', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'derive_seed', 'SeededSampler',
+           'SeededItems', 'SeededTransform', 'make_loaders', 'init_distributed', 'seed_all', 'train_epoch',
+           'evaluate_loader', 'history_row', 'write_history', 'load_history', 'TrainingSetup', 'build_model',
+           'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    "1 - soft Dice per class over the whole batch, averaged over all classes (absent classes pay for false positives)."
-    probs = logits.float().softmax(1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    dims = (0, 2, 3)
-    inter, card = (probs * onehot).sum(dims), probs.sum(dims) + onehot.sum(dims)
-    return 1 - ((2 * inter + smooth) / (card + smooth)).mean()
-
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    "Dice loss plus pixel-wise cross-entropy (the CE term gives well-scaled gradients early on)."
-    return dice_loss(logits, target) + F.cross_entropy(logits.float(), target)
-
-LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
-    'dice': dice_loss,
-    'ce': nn.CrossEntropyLoss(),
-    'dice_ce': dice_ce_loss,
-    'focal': smp.losses.FocalLoss(mode='multiclass'),
-    'dice_smp': smp.losses.DiceLoss(mode='multiclass', from_logits=True),  # smp's Dice: absent classes cost nothing
-}
-
-# %% ../notebooks/lib/09_train.ipynb #2d83c5d8
-PRESETS: dict[str, dict] = {  # recipe name -> values of the recipe fields
-    'default': dict(loss='dice_ce', optimizer='adamw', lr=5e-4, weight_decay=1e-4, scheduler='cosine',
-                    warmup_epochs=1.0, augmentation='default'),
-    'original': dict(loss='dice', optimizer='adam', lr=1e-4, weight_decay=0.0, scheduler='none',
-                     warmup_epochs=0.0, augmentation='none'),
-}
-
-@dataclass
-class TrainConfig:
-    "Everything a training run depends on."
-    data_dir: str = 'data/prepared/512'  # prepared dataset, the output of `faceseg prepare RAW OUT`
-    train_split: str = 'train'           # split of splits.csv to train on
-    val_split: str = 'val'               # split to validate on after each epoch (picks best.pt)
-    size: int = 512                      # side of the square model input in pixels (many archs need a multiple of 32)
-    arch: str = 'FPN'                    # smp architecture: Unet, UnetPlusPlus, MAnet, Linknet, FPN, PSPNet, DeepLabV3, DeepLabV3Plus, PAN, UPerNet, Segformer, DPT
-    encoder: str = 'mobilenet_v2'        # smp encoder (e.g. resnet34, efficientnet-b4, mit_b2) or 'tu-<timm model>'
-    encoder_weights: str | None = 'imagenet'  # pretrained encoder weights: 'imagenet' (from the hub), a local .pth/.safetensors file or folder; None: random init
-    preset: str = 'default'              # recipe the None fields below come from: 'default' or 'original'
-    loss: str | None = None              # 'dice' | 'ce' | 'dice_ce' | 'focal' | 'dice_smp' (None: from preset)
-    optimizer: str | None = None         # 'adamw' | 'adam' | 'sgd' (None: from preset)
-    lr: float | None = None              # peak learning rate (None: from preset)
-    weight_decay: float | None = None    # weight decay, not applied to biases and norm layers (None: from preset)
-    scheduler: str | None = None         # lr schedule per step: 'cosine' | 'onecycle' | 'none' (None: from preset)
-    warmup_epochs: float | None = None   # linear lr warm-up, in epochs (None: from preset)
-    augmentation: str | None = None      # training augmentation: 'default' | 'flip' | 'none' (None: from preset)
-    epochs: int = 30                     # passes over the training split
-    batch_size: int = 8                  # images per step and process (DDP: the global batch is this x processes)
-    grad_clip: float = 0.0               # clip the gradient norm to this; 0: no clipping
-    max_steps: int = 0                   # stop each epoch after this many steps (smoke tests); 0: the whole split
-    seed: int = 0                        # seeds weights, data order and augmentation: same seed, same run
-    device: str = 'auto'                 # 'auto' (cuda if available, else cpu) | 'cpu' | 'cuda' | 'cuda:1'
-    amp: str = 'auto'                    # mixed precision: 'auto' (bf16, else fp16 on CUDA; off on CPU) | 'bf16' | 'fp16' | 'off'
-    channels_last: bool = True           # channels_last memory format (used on CUDA only)
-    compile: bool = False                # torch.compile the model (needs a C++ compiler; pays off on long GPU runs)
-    workers: int = -1                    # DataLoader worker processes per GPU/process (capped at the CPU count); 0: none; -1: the process's share of the cores less one
-    out_dir: str = 'outputs/runs'        # runs are written to out_dir/name
-    name: str = ''                       # run folder name; '': '<arch>-<encoder>-<size>'
-    resume: bool = False                 # continue the run in out_dir/name from its last.pt
-
-# %% ../notebooks/lib/09_train.ipynb #954d8492
-RECIPE_FIELDS: tuple[str, ...] = tuple(PRESETS['default'])  # the fields a preset fills in
-RUNTIME_FIELDS: tuple[str, ...] = ('resume', 'workers', 'device', 'compile', 'out_dir', 'data_dir')  # may change on resume
-SCHEDULERS: tuple[str, ...] = ('cosine', 'onecycle', 'none')
-AMP_MODES: tuple[str, ...] = ('auto', 'bf16', 'fp16', 'off')
-
-def config_fields() -> list[str]:
-    "The names of the TrainConfig fields, in order."
-    return [f.name for f in fields(TrainConfig)]
-
-def _none(v):
-    "None where the CLI (or papermill) spelled it as a string: 'None', 'null' or '' (but not 'none', a valid scheduler/augmentation)."
-    return None if isinstance(v, str) and v.strip() in ('None', 'null', '') else v
-
-# %% ../notebooks/lib/09_train.ipynb #e045fe44
-_INTS = ('size', 'epochs', 'batch_size', 'max_steps', 'seed', 'workers')
-_FLOATS = ('lr', 'weight_decay', 'warmup_epochs', 'grad_clip')
-
 def resolved(config: TrainConfig) -> TrainConfig:
-    "A copy of `config` with the recipe fields filled from its preset and values normalised."
-    weights = None if str(config.encoder_weights).strip().lower() in ('none', 'null', '') else config.encoder_weights
-    c = replace(config, encoder_weights=weights, **{k: _none(getattr(config, k)) for k in RECIPE_FIELDS})
-    if c.preset not in PRESETS:
-        raise DataError.from_problem('config.preset', f'unknown preset {c.preset!r}', f"use one of {', '.join(PRESETS)}")
-    for k, v in PRESETS[c.preset].items():
-        if getattr(c, k) is None: setattr(c, k, v)
-    for k in _INTS:
-        v = getattr(c, k)
-        if isinstance(v, float) and v.is_integer(): setattr(c, k, int(v))
-    for k in _FLOATS:
-        v = getattr(c, k)
-        if isinstance(v, int) and not isinstance(v, bool): setattr(c, k, float(v))
+    "`config` with its preset filled in, values normalised, the architecture's canonical name and a default run name."
+    c = with_preset(config)
     try: c.arch = resolve_arch(c.arch)
     except DataError: pass  # validate() reports it with the others
     if not c.name: c.name = re.sub(r'[^\w.+-]+', '_', f'{c.arch}-{c.encoder}-{c.size}')
     return c
 
-# %% ../notebooks/lib/09_train.ipynb #1dfc5201
+# %% ../notebooks/lib/09_train.ipynb #5be8263f
 def config_problems(c: TrainConfig) -> list[Problem]:
-    "Everything wrong with the values of a resolved config (not the dataset)."
-    p = []
-    def bad(field, problem, fix): p.append(Problem(f'config.{field}', problem, fix))
-    def choice(field, valid):
-        if getattr(c, field) not in valid: bad(field, f'unknown value {getattr(c, field)!r}', f"use one of {', '.join(map(str, valid))}")
-    for field, valid in (('loss', LOSSES), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS),
-                         ('augmentation', AUGMENTATIONS), ('amp', AMP_MODES)): choice(field, list(valid))
-    if not (isinstance(c.lr, (int, float)) and c.lr > 0): bad('lr', f'must be a positive number, got {c.lr!r}', 'use e.g. lr=5e-4')
-    for field, low in (('size', 1), ('epochs', 1), ('batch_size', 1), ('max_steps', 0), ('workers', -1), ('seed', 0)):
-        v = getattr(c, field)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low: bad(field, f'must be a whole number >= {low}, got {v!r}', f'set {field} to a whole number >= {low}')
-    for field in ('weight_decay', 'warmup_epochs', 'grad_clip'):
-        v = getattr(c, field)
-        if not (isinstance(v, (int, float)) and v >= 0): bad(field, f'must be a number >= 0, got {v!r}', f'set {field} to 0 or more')
-    if c.warmup_epochs and isinstance(c.epochs, int) and c.warmup_epochs > c.epochs:
-        bad('warmup_epochs', f'{c.warmup_epochs} is longer than the run ({c.epochs} epochs)', 'use fewer warm-up epochs')
-    p += device_problems(c.device, 'config.device')  # the kit's one device rule
-    if c.amp == 'fp16' and not wants_cuda(c.device): bad('amp', 'fp16 needs a CUDA device', "use amp='bf16' or 'off' on the CPU")
-    if not c.name or Path(c.name).name != c.name or c.name in ('.', '..'):
-        bad('name', f'{c.name!r} is not a plain folder name', 'use a name without slashes, e.g. fpn-run1')
+    "Everything wrong with the values of a resolved config (not the dataset): numbers, device, and the registered names."
+    p = value_problems(c)
+    for field, valid in (('loss', LOSSES), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS), ('augmentation', AUGMENTATIONS)):
+        if getattr(c, field) not in valid:
+            p.append(Problem(f'config.{field}', f'unknown value {getattr(c, field)!r}', f"use one of {', '.join(map(str, valid))}"))
     return p
 
 # %% ../notebooks/lib/09_train.ipynb #b5e9fecc
@@ -190,15 +84,16 @@ def _run_dir_problems(c: TrainConfig) -> list[Problem]:
     return []
 
 def validate(config: TrainConfig) -> TrainConfig:
-    "The resolved config, once every value, the model/size pair, the dataset and the run folder check out; else DataError."
+    "The resolved config (paths made absolute), once every value, the model/size pair, the dataset and the run folder check out."
     c = resolved(config)
+    c = replace(c, data_dir=str(resolve_path(c.data_dir)), out_dir=str(resolve_path(c.out_dir)))  # relative: from the working directory
     problems = config_problems(c)
     problems += _model_problems(c) + data_problems(c) + _run_dir_problems(c)
     if problems: raise DataError.from_problems(problems, 'Bad training config')
     return c
 
 # %% ../notebooks/lib/09_train.ipynb #51ecfb86
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     "Two groups: tensors with >= 2 dims (decayed) and the rest (biases, norms: not decayed)."
     params = [p for p in model.parameters() if p.requires_grad]
     return [{'params': [p for p in params if p.ndim >= 2], 'weight_decay': weight_decay},
@@ -210,13 +105,15 @@ OPTIMIZERS: dict[str, Callable] = {  # name -> (param groups, lr, fused) -> opti
     'sgd': lambda groups, lr, fused: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True),
 }
 
-def make_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
-    "The optimizer `c.optimizer` over `model`'s parameters; Adam(W) fused into a few kernels when they all live on CUDA."
-    groups = _param_groups(model, c.weight_decay)
-    on_cuda = all(p.is_cuda for g in groups for p in g['params'])
-    return OPTIMIZERS[c.optimizer](groups, c.lr, on_cuda)
+def make_optimizer(model: nn.Module, c: TrainConfig, fused: bool | None = None) -> torch.optim.Optimizer:
+    "The optimizer `c.optimizer` over `model`'s parameters; Adam(W) fused into a few kernels (None: when all live on CUDA)."
+    groups = param_groups(model, c.weight_decay)
+    if fused is None: fused = all(p.is_cuda for g in groups for p in g['params'])
+    return OPTIMIZERS[c.optimizer](groups, c.lr, fused)
 
 # %% ../notebooks/lib/09_train.ipynb #a407048c
+SCHEDULERS: tuple[str, ...] = ('cosine', 'onecycle', 'none')  # lr schedules (after the warm-up)
+
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     "Multiplier of the peak lr at optimizer step `step` (0-based) of `total`, after `warmup` warm-up steps."
     if step < warmup: return (step + 1) / warmup
@@ -426,6 +323,42 @@ def _resume_state(run: Path, c: TrainConfig, steps: int, world: int) -> dict | N
                                      f'per epoch, now {world} x {steps}', 'resume with the same data and number of processes')
     return ckpt
 
+# %% ../notebooks/lib/09_train.ipynb #0fdebd41
+@dataclass
+class TrainingSetup:
+    "The pieces of one training run, as `fit` uses them."
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable
+    dtype: torch.dtype | None   # autocast dtype; None: float32
+    channels_last: bool
+
+def build_model(c: TrainConfig, device: torch.device) -> nn.Module:
+    "The model of config `c` on `device` (channels-last on CUDA); a DataError naming the setting when its weights cannot be had."
+    try: model = create_model(c.arch, c.encoder, c.encoder_weights).to(device)
+    except OSError as e:  # offline: the pretrained weights cannot be downloaded
+        raise DataError.from_problem(f'config.encoder_weights={c.encoder_weights!r}', f"{c.encoder}'s pretrained weights cannot be "
+                                     f"loaded ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})", 'go online once (they are cached), '
+                                     'pass a local weights file, or pass encoder_weights=None (--encoder-weights None) to train from random weights') from e
+    if device.type == 'cuda': model = model.to(memory_format=torch.channels_last) if c.channels_last else model
+    return model
+
+def training_setup(c: TrainConfig,            # a validated config
+                   device: torch.device,      # where to train
+                   steps_per_epoch: int,      # optimizer steps per epoch (sets the schedule's length)
+                   model: nn.Module | None = None,  # an already built model; None: build_model(c, device)
+                   fused: bool | None = None  # fuse Adam(W); None: on CUDA
+                  ) -> TrainingSetup:
+    "Model, optimizer, per-step lr schedule, grad scaler, loss, autocast dtype and memory layout of a run, as `fit` uses them."
+    model = build_model(c, device) if model is None else model
+    optimizer = make_optimizer(model, c, fused)
+    dtype = amp_dtype(c.amp, device)
+    return TrainingSetup(model, optimizer, make_scheduler(optimizer, c, steps_per_epoch),
+                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), LOSSES[c.loss], dtype,
+                         c.channels_last and device.type == 'cuda')
+
 # %% ../notebooks/lib/09_train.ipynb #697b2e93
 def _dead_warning(row: Mapping, split: str, loss: str | None = None) -> str:
     "The loud note for an epoch whose validation has dead parts (present, F1 0); with `loss`, the closing note and its fix."
@@ -448,24 +381,17 @@ def fit(config: TrainConfig | Mapping | None = None, **overrides) -> Path:
 def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
     run, main = run_dir(c), rank == 0
     log = (lambda msg: print(msg, flush=True)) if main else (lambda msg: None)
-    dtype, channels_last = amp_dtype(c.amp, device), c.channels_last and device.type == 'cuda'
     seed_all(c.seed)
-    try: model = create_model(c.arch, c.encoder, c.encoder_weights).to(device)
-    except OSError as e:  # offline: the pretrained weights cannot be downloaded
-        raise DataError.from_problem(f'config.encoder_weights={c.encoder_weights!r}', f"{c.encoder}'s pretrained weights cannot be "
-                                     f"loaded ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})", 'go online once (they are cached), or '
-                                     'pass encoder_weights=None (--encoder-weights None) to train from random weights') from e
-    if channels_last: model = model.to(memory_format=torch.channels_last)
+    model = build_model(c, device)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True  # one input size: let cuDNN time its algorithms once
-    optimizer = make_optimizer(model, c)
     train_dl, val_dl = make_loaders(c, rank, world, device)
     steps = min(len(train_dl), c.max_steps or len(train_dl))
     if steps == 0:
         raise DataError.from_problem(resolve_path(c.data_dir) / 'splits.csv', f'the {c.train_split!r} split has fewer images '
                                      f'than one batch ({c.batch_size} x {world} process(es))', 'use a smaller batch_size')
-    scheduler = make_scheduler(optimizer, c, steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    loss_fn, start, history, best_score, best_epoch = LOSSES[c.loss], 0, [], -math.inf, 0
+    s = training_setup(c, device, steps, model)
+    optimizer, scheduler, scaler, loss_fn, dtype, channels_last = s.optimizer, s.scheduler, s.scaler, s.loss_fn, s.dtype, s.channels_last
+    start, history, best_score, best_epoch = 0, [], -math.inf, 0
     state = _resume_state(run, c, steps, world) if c.resume and run.is_dir() else None
     if state:
         model.load_state_dict(state['state_dict']); optimizer.load_state_dict(state['optimizer'])
@@ -510,48 +436,15 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
     return run
 
 # %% ../notebooks/lib/09_train.ipynb #3b7db565
-def _field_help() -> dict[str, str]:
-    "Each TrainConfig field's inline comment (empty where the source cannot be read)."
-    try: src = inspect.getsource(TrainConfig)
-    except (OSError, TypeError): return {}
-    return dict(re.findall(r'^\s+(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$', src, flags=re.M))
-
-def _optional(base: type) -> Callable:
-    "An argparse type: `base`, or None for 'None'/'null'/''."
-    def parse(s: str): return _none(s) if _none(s) is None else base(s)
-    parse.__name__ = base.__name__
-    return parse
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add one flag per TrainConfig field (default: the field's default) to `parser`."
-    helps = _field_help()
-    for f in fields(TrainConfig):
-        flags = [f"--{f.name.replace('_', '-')}"] + ([f'--{f.name}'] if '_' in f.name else [])  # --data-dir or --data_dir
-        kind = str(f.type).replace(' ', '')
-        if kind == 'bool':
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
-            continue
-        base = {'int': int, 'float': float}.get(kind.split('|')[0], str)
-        parser.add_argument(*flags, dest=f.name, type=_optional(base) if 'None' in kind else base, default=f.default,
-                            help=helps.get(f.name))
-    return parser
-
 def build_train_parser(prog: str = 'python -m faceseg_lib.train') -> argparse.ArgumentParser:
-    "The training argument parser: one flag per TrainConfig field."
-    return add_config_arguments(argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    "The training argument parser: one flag per TrainConfig field (`config.add_arguments`)."
+    return add_arguments(argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description='Train a face parser on a prepared CelebAMask-HQ dataset. Runs under torchrun for several GPUs/nodes. '
-                    'Writes OUT_DIR/NAME/{config.json, history.csv, best.pt, last.pt}.'))
+                    'Writes OUT_DIR/NAME/{config.json, history.csv, best.pt, last.pt}. Relative paths start at the working directory.'), TrainConfig)
 
 def config_from_args(argv: list[str] | argparse.Namespace | None = None) -> TrainConfig:
     "A TrainConfig from command-line arguments (or an already parsed namespace)."
-    ns = argv if isinstance(argv, argparse.Namespace) else build_train_parser().parse_args(argv)
-    return TrainConfig(**{k: getattr(ns, k) for k in config_fields()})
-
-def config_from_params(namespace: Mapping) -> TrainConfig:
-    "A TrainConfig from a namespace holding one variable per field (the 02_train notebook's globals())."
-    missing = [k for k in config_fields() if k not in namespace]
-    if missing: raise ValueError(f'the parameters lack {missing}; the notebook parameters cell must define every TrainConfig field')
-    return TrainConfig(**{k: namespace[k] for k in config_fields()})
+    return from_namespace(TrainConfig, argv if isinstance(argv, argparse.Namespace) else build_train_parser().parse_args(argv))
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `python -m faceseg_lib.train` (and `torchrun -m faceseg_lib.train`)."
@@ -563,51 +456,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say('faceseg train: interrupted; run the same command with --resume to continue'); return 130
     return 0
-
-# %% ../notebooks/lib/09_train.ipynb #30730bd7
-def plot_history(history, save: str | Path | None = None):
-    "Loss, validation F1 and lr per epoch from a run's history (DataFrame or run folder); saved as PNG if `save`."
-    import matplotlib.pyplot as plt
-    from faceseg_lib.viz import save_figure
-    h = load_history(history) if isinstance(history, (str, Path)) else history
-    fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
-    for col, style in (('train_loss', 'o-'), ('val_loss', 's-')): ax[0].plot(h['epoch'], h[col], style, label=col)
-    for col, style in (('val_mean_f1', 'o-'), ('val_mean_iou', 's--'), ('val_micro_fscore', '^:')):
-        ax[1].plot(h['epoch'], h[col], style, label=col)
-    ax[2].plot(h['epoch'], h['lr'], 'o-', label='lr (last step of the epoch)')
-    for a, title in zip(ax, ('loss', 'validation scores', 'learning rate')):
-        a.set_title(title); a.set_xlabel('epoch'); a.legend(fontsize=8); a.grid(alpha=0.3)
-        a.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax[1].set_ylim(0, 1)
-    fig.tight_layout()
-    return save_figure(fig, save)
-
-def per_class_table(metrics: Mapping):
-    "Per-class F1, IoU and pixel count from a metrics summary (e.g. `load_checkpoint(best)['metrics']`), with the mean."
-    import pandas as pd
-    nan = lambda v: math.nan if v is None else v
-    df = pd.DataFrame({'class': class_names(display=True),
-                       'f1': [nan(metrics['f1'].get(c)) for c in CLASSES], 'iou': [nan(metrics['iou'].get(c)) for c in CLASSES],
-                       'pixels': [metrics.get('support', {}).get(c, 0) for c in CLASSES]}, index=list(CLASSES))
-    df.loc['mean (foreground)'] = ['mean of 18 parts (absent left out)', nan(metrics['mean_f1']), nan(metrics['mean_iou']),
-                                   int(df['pixels'].iloc[1:].sum())]
-    return df
-
-def plot_per_class(metrics: Mapping, save: str | Path | None = None, title: str | None = None):
-    "Horizontal bars of per-class validation F1 in the official colours; absent classes are marked 'absent'."
-    import matplotlib.pyplot as plt
-    from faceseg_lib.labels import PALETTE
-    from faceseg_lib.viz import save_figure
-    t = per_class_table(metrics).iloc[:NUM_CLASSES]
-    fig, ax = plt.subplots(figsize=(6, 6))
-    y = np.arange(NUM_CLASSES)[::-1]
-    ax.barh(y, t['f1'].fillna(0), color=PALETTE / 255, edgecolor='0.5')
-    for yi, v in zip(y, t['f1']): ax.text(0.01 if math.isnan(v) else v + 0.01, yi, 'absent' if math.isnan(v) else f'{v:.3f}', va='center', fontsize=8)
-    ax.set_yticks(y, t['class']); ax.set_xlim(0, 1.1); ax.set_xlabel('F1 (= Dice) over the validation split')
-    mean = metrics.get('mean_f1')
-    ax.set_title(title or f"per-class validation F1 (mean over parts: {'n/a' if mean is None else f'{mean:.3f}'})")
-    fig.tight_layout()
-    return save_figure(fig, save)
 
 # %% ../notebooks/lib/09_train.ipynb #18f29284
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

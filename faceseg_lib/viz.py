@@ -26,7 +26,7 @@ from .dataset import class_summary, denormalize, mask_areas, split_sizes
 # %% auto #0
 __all__ = ['ERROR_RGB', 'CORRECT_GREY', 'as_rgb', 'overlay', 'legend_handles', 'new_figure', 'save_figure', 'show_samples',
            'plot_split_sizes', 'plot_class_share', 'plot_mask_areas', 'error_map', 'render', 'pixel_of',
-           'show_predictions', 'row_normalize', 'plot_confusion', 'plot_per_class_f1', 'show_overlays']
+           'show_predictions', 'row_normalize', 'plot_confusion', 'show_overlays']
 
 # %% ../notebooks/lib/06_viz.ipynb #68ab3d5b
 def as_rgb(image) -> np.ndarray:
@@ -240,25 +240,6 @@ def plot_confusion(matrix,                          # (19, 19) pixel counts, row
                 cbar_kws={'label': 'share of the true class', 'format': PercentFormatter(1.0), 'shrink': 0.7}, ax=ax)
     ax.set(xlabel='predicted class', ylabel='true class', title=title)
     ax.tick_params(axis='x', labelrotation=60); ax.tick_params(axis='y', labelrotation=0)
-    return save_figure(fig, save)
-
-# %% ../notebooks/lib/06_viz.ipynb #d6ceef43
-def plot_per_class_f1(f1: dict,                          # class name -> F1 (None/NaN: absent), e.g. metrics['f1']
-                      mean: float | None = None,         # the mean F1 over the 18 parts, drawn as a line
-                      title: str = 'Per-class F1',
-                      save: str | Path | None = None     # also write a PNG here
-                     ) -> Figure:
-    "Horizontal bars of per-class F1 in the official colours, absent classes marked, the mean as a dashed line."
-    vals = np.array([np.nan if f1.get(c) is None else float(f1[c]) for c in CLASSES])
-    fig = new_figure(figsize=(6.5, 6.5), layout='constrained'); ax = fig.subplots()
-    y = np.arange(NUM_CLASSES)[::-1]
-    ax.barh(y, np.nan_to_num(vals), color=PALETTE / 255, edgecolor='0.4', linewidth=0.6)
-    for yi, v in zip(y, vals):
-        ax.text(0.01 if np.isnan(v) else v + 0.01, yi, 'absent' if np.isnan(v) else f'{v:.3f}', va='center', fontsize=8)
-    if mean is not None and not np.isnan(mean):
-        ax.axvline(mean, ls='--', color='0.3', lw=1); ax.text(mean, NUM_CLASSES - 0.4, f' mean {mean:.3f}', fontsize=8)
-    ax.set_yticks(y, class_names(display=True)); ax.set_xlim(0, 1.12); ax.set_ylim(-0.6, NUM_CLASSES)
-    ax.set(xlabel='F1 (= Dice) over the whole split', title=title); ax.grid(axis='x', alpha=0.3); sns.despine(ax=ax)
     return save_figure(fig, save)
 
 # %% ../notebooks/lib/06_viz.ipynb #274880bb

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import faceseg_lib.evaluate as E
+from faceseg_lib.report import parse_markdown_table
 from conftest import REPO
 from faceseg_lib.dataset import FaceParsingDataset, eval_transform, split_ids
 from faceseg_lib.errors import DataError
@@ -119,7 +120,7 @@ def test_markdown_table_parses_back_to_metrics_json(run):
     text = (run / 'eval-val-tta' / 'metrics.md').read_text()
     header = next(line for line in text.splitlines() if line.startswith('| metric'))
     assert header.split('|')[2:-2] == [f' {c} ' for c in CLASSES]  # one column per class, then 'mean'
-    back = E.parse_markdown_table(text)
+    back = parse_markdown_table(text)
     for metric in ('f1', 'iou'):
         for c in CLASSES:
             if saved[metric][c] is None: assert back[metric][c] is None, (metric, c)

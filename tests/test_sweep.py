@@ -220,7 +220,7 @@ def _parameters():
 
 def test_compare_archs_parameters_default_to_the_original_grid_and_train_config():
     from faceseg_lib.sweep import DEFAULT_ARCHS, DEFAULT_ENCODERS
-    from faceseg_lib.train import TrainConfig
+    from faceseg_lib.config import TrainConfig
     p = _parameters()
     assert (tuple(p['archs']), tuple(p['encoders']), p['grid']) == (DEFAULT_ARCHS, DEFAULT_ENCODERS, None)
     for field in ('data_dir', 'epochs', 'size', 'encoder_weights', 'batch_size', 'max_steps'):

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+import faceseg_lib.config as settings
+import faceseg_lib.losses as losses
 import faceseg_lib.train as train
 from faceseg_lib.dataset import FaceParsingDataset, eval_transform
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASSES, NUM_CLASSES
 from faceseg_lib.models import create_model
-from faceseg_lib.train import TrainConfig, fit, load_history
+from faceseg_lib.config import TrainConfig
+from faceseg_lib.train import fit, load_history
 from helpers import SIZE, evaluate_checkpoint, f1_from_counts
 
 TINY = dict(arch='Unet', encoder='resnet18', encoder_weights=None, size=SIZE, batch_size=4, workers=0)
@@ -69,7 +72,7 @@ def test_presets_fill_only_unset_recipe_fields():
     assert (c.loss, c.optimizer, c.lr, c.scheduler, c.augmentation) == ('dice', 'adam', 3e-4, 'none', 'none')
     d = train.resolved(TrainConfig())
     assert (d.loss, d.optimizer, d.scheduler, d.augmentation) == ('dice_ce', 'adamw', 'cosine', 'default')
-    assert set(train.RECIPE_FIELDS) == set(train.PRESETS['original']) <= set(train.config_fields())
+    assert set(settings.RECIPE_FIELDS) == set(settings.PRESETS['original']) <= set(settings.config_fields())
     e = train.resolved(train.config_from_args(['--scheduler', 'none', '--augmentation', 'none', '--optimizer', 'None']))
     assert (e.scheduler, e.augmentation, e.optimizer) == ('none', 'none', 'adamw')  # 'none' is a value, 'None' means unset
 
@@ -77,9 +80,9 @@ def test_presets_fill_only_unset_recipe_fields():
 def test_cli_flags_are_the_config_fields():
     p = train.build_train_parser()
     dests = {a.dest for a in p._actions} - {'help'}
-    assert dests == set(train.config_fields())
+    assert dests == set(settings.config_fields())
     flags = {s for a in p._actions for s in a.option_strings}
-    assert all(f"--{f.replace('_', '-')}" in flags and f'--{f}' in flags for f in train.config_fields())
+    assert all(f"--{f.replace('_', '-')}" in flags and f'--{f}' in flags for f in settings.config_fields())
     assert train.config_from_args([]) == TrainConfig()
     help_text = p.format_help()
     assert "output of `faceseg prepare" in help_text and 'mixed precision' in help_text  # help = the fields' comments
@@ -101,7 +104,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(train_set, loss, ratio):
     x = torch.stack([ds[i][0] for i in range(4)]); y = torch.stack([ds[i][1] for i in range(4)])
     model = create_model('Unet', 'resnet18', None)
     cfg = train.resolved(TrainConfig(lr=1e-3, loss=loss))
-    opt, loss_fn = train.make_optimizer(model, cfg), train.LOSSES[cfg.loss]
+    opt, loss_fn = train.make_optimizer(model, cfg), losses.LOSSES[cfg.loss]
     model.train()
     with torch.no_grad(): before = loss_fn(model(x), y).item()
     for _ in range(15):
@@ -113,7 +116,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(train_set, loss, ratio):
 def test_fit_writes_run_folder_and_loadable_checkpoints(train_set, tmp_path):
     run = fit(tiny(train_set, tmp_path, epochs=2, max_steps=2, name='r'))
     assert sorted(p.name for p in run.iterdir()) == ['best.pt', 'config.json', 'history.csv', 'last.pt']
-    fields = train.config_fields()
+    fields = settings.config_fields()
     config = json.loads((run / 'config.json').read_text())
     assert list(config) == fields and config['loss'] == 'dice_ce' and config['name'] == 'r'
     h = load_history(run)
@@ -178,13 +181,13 @@ def test_seeded_runs_repeat_and_seeds_differ(train_set, tmp_path):
 
 
 def test_dice_charges_absent_classes_and_losses_are_registered():
-    assert set(train.LOSSES) == {'dice', 'ce', 'dice_ce', 'focal', 'dice_smp'}
+    assert set(losses.LOSSES) == {'dice', 'ce', 'dice_ce', 'focal', 'dice_smp'}
     target = torch.zeros(2, 8, 8, dtype=torch.long); target[:, 2:5, 2:5] = CLASSES.index('skin')
     right = torch.nn.functional.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2) * 10.0
     wrong = right.clone(); wrong[:, CLASSES.index('hat'), :2] = 20.0  # a hat where there is none
-    assert train.dice_loss(right, target) < 0.01
-    extra_ours = train.dice_loss(wrong, target) - train.dice_loss(right, target)
-    extra_smp = train.LOSSES['dice_smp'](wrong, target) - train.LOSSES['dice_smp'](right, target)
+    assert losses.dice_loss(right, target) < 0.01
+    extra_ours = losses.dice_loss(wrong, target) - losses.dice_loss(right, target)
+    extra_smp = losses.LOSSES['dice_smp'](wrong, target) - losses.LOSSES['dice_smp'](right, target)
     assert extra_ours > extra_smp + 0.9 / NUM_CLASSES
 
 
@@ -202,12 +205,12 @@ def test_losses_read_back_in_groups_add_up_as_read_one_by_one(train_set, monkeyp
     c, model, opt, sched, scaler, dl = _epoch_setup(train_set)
     seen_losses = []
     def recording(logits, y):
-        loss = train.LOSSES[c.loss](logits, y); seen_losses.append((loss.item(), len(y))); return loss
+        loss = losses.LOSSES[c.loss](logits, y); seen_losses.append((loss.item(), len(y))); return loss
     monkeypatch.setattr(train, 'SYNC_EVERY', 3)  # 7 steps: read after steps 3 and 6, and the last one at the end
     total, seen, lr = train.train_epoch(model, dl, opt, sched, scaler, recording, len(dl), torch.device('cpu'))
     assert len(dl) == 7 and seen == 14 == sum(n for _, n in seen_losses)
     assert total == pytest.approx(sum(v * n for v, n in seen_losses), rel=1e-12)
-    vl, vn, cm = train.evaluate_loader(model, dl, train.LOSSES[c.loss], torch.device('cpu'))
+    vl, vn, cm = train.evaluate_loader(model, dl, losses.LOSSES[c.loss], torch.device('cpu'))
     assert vn == 14 and math.isfinite(vl) and cm.tensor.sum() == 14 * SIZE * SIZE
 
 
@@ -215,7 +218,7 @@ def test_a_non_finite_loss_stops_training_naming_its_step(train_set, monkeypatch
     c, model, opt, sched, scaler, dl = _epoch_setup(train_set)
     calls = []
     def blows_up_at_step_5(logits, y):
-        calls.append(1); loss = train.LOSSES[c.loss](logits, y)
+        calls.append(1); loss = losses.LOSSES[c.loss](logits, y)
         return loss * float('nan') if len(calls) == 5 else loss
     monkeypatch.setattr(train, 'SYNC_EVERY', 4)  # the nan is read back in the second group, at the epoch's end
     with pytest.raises(FloatingPointError, match=r'the loss became nan at step 5\. Fix: lower lr'):
@@ -245,7 +248,7 @@ def _collapsed_class_f1(loss_name: str) -> float:
     with torch.no_grad(): model.bias[nose] = -16.0  # what a too-fast warm-up leaves behind: p(nose) ~ 1e-7 everywhere
     opt = torch.optim.AdamW(model.parameters(), lr=0.05)
     for _ in range(300):
-        opt.zero_grad(); train.LOSSES[loss_name](model(x), target).backward(); opt.step()
+        opt.zero_grad(); losses.LOSSES[loss_name](model(x), target).backward(); opt.step()
     from faceseg_lib.metrics import ConfusionMatrix
     return float(ConfusionMatrix().update(model(x).detach(), target).per_class_f1()[nose])
 
@@ -254,7 +257,7 @@ def test_the_default_loss_revives_a_collapsed_class_where_pure_dice_leaves_it_de
     """Softmax Dice gives a collapsed class a gradient ~ p(1-p), below Adam's eps: it stays dead (measured F1 0.0).
     The default's per-pixel cross-entropy term pulls every pixel of it with a gradient of about -1 (measured F1 1.0)."""
     assert _collapsed_class_f1('dice') == 0.0                       # the old default
-    assert _collapsed_class_f1(train.PRESETS['default']['loss']) > 0.9
+    assert _collapsed_class_f1(settings.PRESETS['default']['loss']) > 0.9
 
 
 def test_fit_reports_a_dead_part_in_the_epoch_line_history_and_checkpoint(train_set, tmp_path, monkeypatch, capsys):

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from conftest import REPO
-from faceseg_lib.train import TrainConfig, config_fields, load_history
+from faceseg_lib.config import TrainConfig, config_fields, field_help
+from faceseg_lib.train import load_history
 from helpers import SIZE
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -31,8 +32,7 @@ def test_parameters_are_the_config_fields_with_their_defaults():
 
 def test_parameters_cell_comments_are_the_config_comments():
     """Each parameter carries the comment of its TrainConfig field, word for word (it is the CLI's --help too)."""
-    from faceseg_lib.train import _field_help
-    helps = _field_help()
+    helps = field_help(TrainConfig)
     assert list(helps) == config_fields()
     for line in parameters_cell().splitlines():
         name, comment = line.split('=')[0].strip(), line.split('#', 1)[1].strip()

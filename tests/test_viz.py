@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from faceseg_lib import dataset as D
 from faceseg_lib import viz as V
 from faceseg_lib.labels import CLASSES, CLASS_INDEX, NUM_CLASSES, PALETTE
+from faceseg_lib.report import plot_per_class
 from helpers import face_label, make_prepared
 
 C = CLASS_INDEX
@@ -177,7 +178,7 @@ def test_confusion_heatmap_is_row_normalised_with_display_names(tmp_path):
 
 def test_per_class_f1_bars_in_class_colours():
     f1 = {c: 0.1 * (i % 10) for i, c in enumerate(CLASSES)}; f1['neck_l'] = None
-    fig = V.plot_per_class_f1(f1, mean=0.4)
+    fig = plot_per_class({'f1': f1, 'iou': f1, 'mean_f1': 0.4, 'mean_iou': 0.4})
     bars = fig.axes[0].patches
     assert [round(b.get_width(), 6) for b in bars] == [0 if f1[c] is None else round(f1[c], 6) for c in CLASSES]
     for i in range(NUM_CLASSES):
@@ -201,5 +202,5 @@ def test_evaluation_plots_leave_no_open_pyplot_figures():
     before = plt.get_fignums()
     lab = halves('skin', 'nose')
     V.show_predictions([PALETTE[lab]], [lab], [lab]); V.plot_confusion(np.eye(NUM_CLASSES))
-    V.plot_per_class_f1({c: 0.5 for c in CLASSES}); V.show_overlays([PALETTE[lab]], [lab])
+    plot_per_class({'f1': {c: 0.5 for c in CLASSES}, 'iou': {}, 'mean_f1': 0.5, 'mean_iou': 0.5}); V.show_overlays([PALETTE[lab]], [lab])
     assert plt.get_fignums() == before

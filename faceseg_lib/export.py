@@ -28,7 +28,7 @@ def check_images(images: str | Path | Sequence[str | Path] | None,  # prepared d
                 ) -> np.ndarray:
     "Up to `n` uint8 (size, size, 3) images to compare the models on."
     if images is None:
-        from faceseg_lib.synthetic import render_face
+        from faceseg_lib.faces import render_face
         rng = np.random.default_rng(seed)
         faces = [render_face(rng, image_size=max(size, 64), mask_size=64)[0] for _ in range(n)]
     else:

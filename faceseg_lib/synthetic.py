@@ -1,4 +1,4 @@
-"""Procedural face-like images with all 18 part masks, written in the official CelebAMask-HQ layout: the kit's embedded default dataset.
+"""A synthetic dataset in the official CelebAMask-HQ raw layout, drawn by `faces` (resumable, in parallel): the kit's embedded default dataset.
 
 Docs: https://faceseg.github.io/faceseg/lib/synthetic.html.md"""
 
@@ -9,521 +9,25 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from .labels import PARTS, CLASS_INDEX, NUM_CLASSES, LR_PAIRS
+from .labels import PARTS
 from .errors import DataError
-from .celebamask import IMG_DIR, ANNO_DIR, anno_folder, mask_name, combine_parts
+from .celebamask import IMG_DIR, ANNO_DIR, anno_folder, mask_name
 from .core import write_atomic
 from .prepare import JPEG_QUALITY
+from .faces import render_face
 
 # %% auto #0
-__all__ = ['SKIN_TONES', 'HAIR_COLOURS', 'HAIR_WEIGHTS', 'IRIS_COLOURS', 'HIDDEN_UNDER', 'MARKER', 'INDEX', 'GENERATOR_VERSION',
-           'FaceParams', 'face_params', 'render_face', 'label_map', 'face_files', 'synthesize']
+__all__ = ['MARKER', 'INDEX', 'GENERATOR_VERSION', 'face_files', 'synthesize']
 
 # %% ../notebooks/lib/04_synthetic.ipynb #2aa68da3
-SKIN_TONES = np.array([[250, 222, 200], [234, 192, 160], [214, 160, 124], [178, 122, 86], [128, 84, 58],
-                       [88, 58, 42]], np.float32)  # light to dark; a face's skin is drawn between two neighbours
-HAIR_COLOURS = np.array([[22, 18, 16], [48, 34, 26], [92, 62, 40], [140, 96, 58], [196, 160, 104], [150, 64, 34],
-                         [150, 148, 146], [218, 214, 206], [70, 40, 120], [200, 80, 130]], np.float32)
-HAIR_WEIGHTS = np.array([26, 24, 18, 10, 8, 4, 5, 2, 1.5, 1.5])  # black and brown most often, dyed rarely
-IRIS_COLOURS = np.array([[70, 45, 30], [110, 75, 45], [70, 110, 150], [90, 120, 80], [120, 120, 125]], np.float32)
-
-@dataclass
-class FaceParams:
-    "Everything that decides one synthetic face (pose, shapes, colours, accessories)."
-    roll: float          # in-plane rotation, radians (positive turns the face clockwise on screen)
-    yaw: float           # head turn, radians (positive moves nose and eyes to the image's right)
-    scale: float         # half the face width, as a fraction of the image size
-    centre: tuple        # (x, y) of the point between the eyes, as fractions of the image size
-    skin: tuple          # RGB
-    hair: tuple          # RGB
-    hair_style: str      # 'bald' | 'short' | 'medium' | 'long'
-    hair_size: float     # how far the hair reaches around the head
-    hairline: float      # face-unit y of the hairline's middle (larger: lower, a fringe)
-    parting: float       # -1..1, tilt of the hairline
-    bangs: bool          # a straight, jagged fringe
-    side_locks: int      # 0 none, 1 image-left, 2 image-right, 3 both: locks down the cheeks (they may hide the ears)
-    eye_sep: float       # half the distance between the eye centres
-    eye_width: float     # half an eye's width
-    eye_open: float      # 0.3 (squint) .. 1.2 (wide)
-    gaze: float          # -1..1 iris shift
-    iris: tuple          # RGB
-    brow_thick: float    # brow thickness at its inner end
-    brow_arch: float     # how high the brow arches
-    nose_width: float    # relative width of the nose
-    nose_len: float      # relative length of the nose
-    mouth_y: float       # face-unit y of the mouth line
-    mouth_width: float   # half the mouth's width
-    mouth_open: float    # 0 closed, else the gap between the lips (face units)
-    smile: float         # -0.5..1, lift of the mouth corners
-    lips: tuple          # RGB
-    lip_thick: float     # relative lip thickness
-    ear_size: float      # relative ear size
-    jaw: float           # 0.15..0.45, how much the face narrows to the chin
-    face_len: float      # relative length of the lower face
-    neck_width: float    # half the neck's width
-    hat: str             # '' none, or 'beanie' | 'cap' | 'brim'
-    hat_colour: tuple    # RGB
-    hat_y: float         # face-unit y of the hat's lower edge
-    glasses: str         # '' none, or 'clear' | 'sun' (sunglasses hide the eyes)
-    frame_colour: tuple  # RGB
-    earrings: str        # '' none, or 'stud' | 'hoop'
-    necklace: str        # '' none, or 'chain' | 'pearls'
-    jewel_colour: tuple  # RGB
-    cloth: str           # '' (bare shoulders, cut off) or 'crew' | 'vee' | 'scoop' | 'collar'
-    cloth_colour: tuple  # RGB
-    cloth_pattern: str   # 'plain' | 'stripes'
-    shoulder_y: float    # face-unit y where the shoulders start
-    background: tuple    # (RGB, RGB, RGB): base colour and two blob colours
-    light: tuple         # (dx, dy): direction and strength of the light across the image
-
-# %% ../notebooks/lib/04_synthetic.ipynb #6498401f
-def _colour(rng, base, jitter: float = 12.) -> tuple:
-    "`base` RGB with a little random jitter, as a tuple of floats."
-    return tuple(float(v) for v in np.clip(np.asarray(base, np.float32) + rng.normal(0, jitter, 3), 0, 255))
-
-def _pick(rng, options, p=None):
-    "One of `options` (with probabilities `p`), as a plain Python value."
-    return options[int(rng.choice(len(options), p=None if p is None else np.asarray(p) / np.sum(p)))]
-
-def face_params(rng: np.random.Generator, **overrides) -> FaceParams:
-    "Draw the parameters of one random face from `rng`; keyword arguments fix fields."
-    u = rng.uniform
-    t = u(0, len(SKIN_TONES) - 1); i = int(t)
-    skin = SKIN_TONES[i] + (SKIN_TONES[min(i + 1, len(SKIN_TONES) - 1)] - SKIN_TONES[i]) * (t - i)
-    hair = HAIR_COLOURS[rng.choice(len(HAIR_COLOURS), p=HAIR_WEIGHTS / HAIR_WEIGHTS.sum())]
-    hat = _pick(rng, ['', 'beanie', 'cap', 'brim'], [90, 4, 3, 3])
-    style = _pick(rng, ['bald', 'short', 'medium', 'long'], [0 if hat else 4, 34, 30, 32])
-    lips = skin * 0.55 + np.array([200, 70, 80]) * 0.45 if u() < 0.8 else np.array(_pick(rng, [[190, 30, 50], [150, 40, 80], [210, 90, 100]]))
-    cloth = _pick(rng, ['', 'crew', 'vee', 'scoop', 'collar'], [22, 26, 20, 18, 14])
-    bg_kind = u()
-    bg = (rng.uniform(20, 235, 3) if bg_kind < 0.7 else  # any colour; sometimes skin- or hair-like on purpose
-          skin + rng.normal(0, 25, 3) if bg_kind < 0.85 else hair + rng.normal(0, 25, 3))
-    ang = u(0, 2 * np.pi)
-    p = FaceParams(
-        roll=float(np.clip(rng.normal(0, 0.09), -0.3, 0.3)), yaw=float(np.clip(rng.normal(0, 0.16), -0.42, 0.42)),
-        scale=u(0.22, 0.29), centre=(u(0.46, 0.54), u(0.42, 0.48)),
-        skin=_colour(rng, skin, 8), hair=_colour(rng, hair, 10), hair_style=style, hair_size=u(0.95, 1.12),
-        hairline=u(-1.0, -0.72), parting=u(-1, 1), bangs=bool(u() < 0.2),
-        side_locks=int(_pick(rng, [0, 1, 2, 3], [40, 12, 12, 36])) if style in ('medium', 'long') else 0,
-        eye_sep=u(0.44, 0.52), eye_width=u(0.17, 0.22), eye_open=u(0.45, 1.15), gaze=u(-1, 1),
-        iris=_colour(rng, _pick(rng, list(IRIS_COLOURS), [40, 25, 15, 10, 10]), 10),
-        brow_thick=u(0.06, 0.12), brow_arch=u(0.02, 0.09), nose_width=u(0.8, 1.25), nose_len=u(0.9, 1.1),
-        mouth_y=u(0.95, 1.05), mouth_width=u(0.3, 0.43), mouth_open=u(0.05, 0.16) if u() < 0.3 else 0.,
-        smile=u(-0.3, 1.0), lips=_colour(rng, lips, 10), lip_thick=u(0.7, 1.3), ear_size=u(0.85, 1.15),
-        jaw=u(0.15, 0.42), face_len=u(0.92, 1.08), neck_width=u(0.52, 0.68),
-        hat=hat, hat_colour=_colour(rng, rng.uniform(20, 235, 3), 0), hat_y=u(-1.05, -0.7),
-        glasses=_pick(rng, ['', 'clear', 'sun'], [85, 10, 5]), frame_colour=_colour(rng, _pick(rng, [[20, 20, 22], [90, 60, 40], [170, 170, 175], [150, 30, 40]]), 10),
-        earrings=_pick(rng, ['', 'stud', 'hoop'], [80, 10, 10]), necklace=_pick(rng, ['', 'chain', 'pearls'], [89, 6, 5]),
-        jewel_colour=_colour(rng, _pick(rng, [[212, 175, 55], [200, 200, 205], [235, 230, 215]]), 8),
-        cloth=cloth, cloth_colour=_colour(rng, rng.uniform(10, 245, 3), 0), cloth_pattern=_pick(rng, ['plain', 'stripes'], [75, 25]),
-        shoulder_y=u(1.45, 1.95),
-        background=tuple(_colour(rng, c, 0) for c in (bg, rng.uniform(0, 255, 3), rng.uniform(0, 255, 3))),
-        light=(float(np.cos(ang) * u(0, 0.35)), float(np.sin(ang) * u(0, 0.35))))
-    p = replace(p, **overrides)
-    if p.hat and p.hair_style == 'bald' and 'hair_style' not in overrides: p = replace(p, hair_style='short')  # hair under a hat
-    return p
-
-# %% ../notebooks/lib/04_synthetic.ipynb #083c1704
-def _ellipse(cx, cy, rx, ry, angle: float = 0., n: int = 40, power: float = 2.) -> np.ndarray:
-    "Points of a (super)ellipse in face units; `power` > 2 squares it off."
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    c, s = np.cos(t), np.sin(t)
-    x, y = rx * np.sign(c) * np.abs(c) ** (2 / power), ry * np.sign(s) * np.abs(s) ** (2 / power)
-    ca, sa = np.cos(angle), np.sin(angle)
-    return np.stack([cx + ca * x - sa * y, cy + sa * x + ca * y], 1)
-
-def _band(x, y, thick) -> np.ndarray:
-    "Polygon of a band of thickness `thick` (per point) around the curve (x, y)."
-    return np.concatenate([np.stack([x, y - thick / 2], 1), np.stack([x, y + thick / 2], 1)[::-1]])
-
-def _face_depth(x) -> np.ndarray:
-    "How far a point on the front of the face stands out (face units), given its x."
-    return 0.85 * np.sqrt(np.clip(1 - (np.asarray(x) / 1.05) ** 2, 0, None))
-
-# %% ../notebooks/lib/04_synthetic.ipynb #88e5f58e
-class _Canvas:
-    "Material map of one face at `size` pixels, plus the material table and the whole outlines of some parts."
-    def __init__(self, p: FaceParams, size: int):
-        self.p, self.size = p, size
-        self.M = np.zeros((size, size), np.uint8)
-        self.mats: list[dict] = []
-        self.outlines: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-
-    def mat(self, part: str | None, rgb, fine: float = 4., low: float = 5., streak: float = 0., face: float = 0.,
-            neck: float = 0.) -> int:
-        "Add a material: its part (None: background), colour and texture amplitudes; returns its value."
-        assert part is None or part in CLASS_INDEX and len(self.mats) < 255
-        self.mats.append(dict(part=part, rgb=np.clip(np.asarray(rgb, np.float32), 0, 255), fine=fine, low=low,
-                              streak=streak, face=face, neck=neck))
-        return len(self.mats) - 1
-
-    def px(self, pts, z, size: int | None = None) -> np.ndarray:
-        "Project face-unit points with depth `z` into pixel coordinates of an image of `size` pixels."
-        p, size = self.p, size or self.size
-        pts = np.asarray(pts, np.float64)
-        x = pts[:, 0] * np.cos(p.yaw) + np.broadcast_to(z, len(pts)) * np.sin(p.yaw)
-        y = pts[:, 1]
-        c, s, a = np.cos(p.roll), np.sin(p.roll), p.scale * size
-        return np.stack([p.centre[0] * size + a * (c * x - s * y), p.centre[1] * size + a * (s * x + c * y)], 1)
-
-    def fill(self, pts, z, mat: int, clip=None, outline: bool = False):
-        "Fill the polygon `pts` with material `mat` (only over materials `clip`, if given)."
-        if outline: self.outlines.setdefault(self.mats[mat]['part'], []).append((np.asarray(pts), z))
-        self._draw(self.px(pts, z), mat, clip, None)
-
-    def line(self, pts, z, mat: int, width: float, closed: bool = False, clip=None):
-        "Draw the polyline `pts` with material `mat`, `width` in face units."
-        self._draw(self.px(pts, z), mat, clip, (closed, max(1, int(round(width * self.p.scale * self.size)))))
-
-    def _draw(self, xy, mat, clip, line):
-        q = np.round(xy * 16).astype(np.int32)  # 4 bits of sub-pixel precision
-        draw = ((lambda im, q: cv2.polylines(im, [q], line[0], int(mat), line[1], cv2.LINE_8, 4)) if line else
-                (lambda im, q: cv2.fillPoly(im, [q], int(mat), cv2.LINE_8, 4)))
-        if clip is None: return draw(self.M, q)
-        pad = (line[1] if line else 0) + 2
-        x0, y0 = np.maximum((xy.min(0) - pad).astype(int), 0)
-        x1, y1 = np.minimum((xy.max(0) + pad).astype(int) + 1, self.size)
-        if x1 <= x0 or y1 <= y0: return
-        tmp = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        draw(tmp, q - np.array([x0 * 16, y0 * 16], np.int32))
-        roi = self.M[y0:y1, x0:x1]
-        roi[(tmp > 0) & np.isin(roi, clip)] = mat
-
-    def raster(self, part: str, size: int) -> np.ndarray:
-        "The whole outline of `part` (as registered by `fill(..., outline=True)`) as a bool image of `size` pixels."
-        im = np.zeros((size, size), np.uint8)
-        for pts, z in self.outlines.get(part, []):
-            cv2.fillPoly(im, [np.round(self.px(pts, z, size) * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
-        return im.astype(bool)
-
-# %% ../notebooks/lib/04_synthetic.ipynb #ca94425a
-def _background(cv: _Canvas, rng):
-    "Base colour with large soft gradients, plus a few blobs and slabs (walls, objects) in two other colours."
-    bg, c1, c2 = cv.p.background
-    cv.M[:] = cv.mat(None, bg, fine=5, low=35)
-    for _ in range(rng.integers(0, 5)):
-        cx, cy = rng.uniform(-4, 4), rng.uniform(-3.5, 4)
-        if rng.uniform() < 0.5: pts = _ellipse(cx, cy, rng.uniform(0.3, 2), rng.uniform(0.3, 2), rng.uniform(0, 3))
-        else: pts = _ellipse(cx, cy, rng.uniform(0.2, 3), rng.uniform(0.5, 5), rng.uniform(-0.3, 0.3), n=24, power=12)
-        cv.fill(pts, 0., cv.mat(None, c1 if rng.uniform() < 0.5 else c2, fine=6, low=35))
-
-def _hair_back(cv: _Canvas, rng) -> list[int]:
-    "The hair behind the head: a dome over it, down to the ears (short), the jaw (medium) or the shoulders (long)."
-    p = cv.p
-    if p.hair_style == 'bald': return []
-    m = cv.mat('hair', p.hair, fine=6, low=12, streak=22)
-    rx, ry, cy = 1.18 * p.hair_size, 1.3 * p.hair_size, -0.28
-    t = np.linspace(np.pi, 2 * np.pi, 33)
-    wob = 1 + 0.035 * np.sin(rng.uniform(3, 7) * t + rng.uniform(0, 6))
-    dome = np.stack([rx * np.cos(t) * wob, cy + ry * np.sin(t) * wob], 1)
-    length = {'short': 0.15, 'medium': rng.uniform(0.8, 1.4), 'long': rng.uniform(2.4, 3.6)}[p.hair_style]
-    flare = {'short': 0.92, 'medium': 1.05, 'long': rng.uniform(1.1, 1.35)}[p.hair_style]
-    right = np.array([[rx * 1.02, 0.45 * length], [rx * flare, length]])
-    bottom = np.stack([np.linspace(rx * flare, -rx * flare, 9), length + rng.uniform(-0.12, 0.12, 9)], 1)
-    pts = np.concatenate([dome, right, bottom, right[::-1] * [-1, 1]])
-    cv.fill(pts, -0.05, m, outline=True)   # the silhouette of the head barely moves when it turns
-    return [m]
-
-def _neck_and_cloth(cv: _Canvas, rng):
-    "Neck (widening into bare shoulders), maybe a necklace on it, maybe clothes over the shoulders."
-    p, skin = cv.p, np.asarray(cv.p.skin)
-    w, sy = p.neck_width, p.shoulder_y
-    neck = cv.mat('neck', skin * 0.9, fine=3, low=5, face=0.3, neck=1.0)
-    pts = [(w, 0.7), (w * 1.03, sy), (w * 1.7, sy + 0.35), (2.6, sy + 0.75), (4, sy + 1.1), (4, 8)]
-    pts = np.array(pts + [(-x, y) for x, y in pts[::-1]])
-    cv.fill(pts, -0.1, neck, outline=True)
-    if p.necklace:
-        jewel = cv.mat('neck_l', p.jewel_colour, fine=14, low=4)
-        x = np.linspace(-w * 1.1, w * 1.1, 25)
-        y = sy - 0.25 + rng.uniform(0.15, 0.45) * (1 - (x / (w * 1.1)) ** 2)
-        if p.necklace == 'pearls':
-            for xi, yi in zip(x[::2], y[::2]): cv.fill(_ellipse(xi, yi, 0.04, 0.04, n=12), -0.1, jewel, clip=[neck])
-        else:
-            cv.line(np.stack([x, y], 1), -0.1, jewel, 0.028, clip=[neck])
-            if rng.uniform() < 0.6: cv.fill(_ellipse(0, y[12] + 0.07, 0.05, 0.08, n=16), -0.1, jewel, clip=[neck])
-    if p.cloth:
-        m = cv.mat('cloth', p.cloth_colour, fine=5, low=20)
-        depth = {'crew': 0.12, 'vee': 0.7, 'scoop': 0.45, 'collar': 0.3}[p.cloth]
-        xs = np.linspace(-1, 1, 17)
-        neckline_y = sy + depth * (1 - np.abs(xs) if p.cloth in ('vee', 'collar') else 1 - xs ** 2)
-        shoulder = [(w * 1.1, sy), (1.25, sy + 0.25), (2.3, sy + 0.55), (4, sy + 1.0), (4, 8)]
-        pts = np.concatenate([np.stack([xs * w * 1.1, neckline_y], 1), shoulder, [(-x, y) for x, y in shoulder[::-1]]])
-        cv.fill(pts, -0.1, m)
-        if p.cloth_pattern == 'stripes':
-            stripe = cv.mat('cloth', np.clip(np.asarray(p.cloth_colour) * rng.uniform(0.4, 0.7) + rng.uniform(0, 90), 0, 255), fine=5, low=20)
-            gap = rng.uniform(0.12, 0.3)
-            for y0 in np.arange(sy + rng.uniform(0, gap), 6, gap):
-                cv.fill(np.array([(-5, y0), (5, y0), (5, y0 + gap / 2), (-5, y0 + gap / 2)]), -0.1, stripe, clip=[m])
-        if p.cloth == 'collar':
-            white = cv.mat('cloth', _colour(rng, (235, 235, 230), 10), fine=4, low=10)
-            for s in (-1, 1):
-                cv.fill(np.array([(s * w * 1.1, sy - 0.1), (s * 0.05, sy + depth), (s * 0.55, sy + 0.45), (s * 1.15, sy + 0.2)]), -0.1, white)
-
-def _ears(cv: _Canvas, rng) -> None:
-    "Two ears beside the face (the face is drawn over their inner side), an inner-ear shadow, maybe earrings."
-    p, skin = cv.p, np.asarray(cv.p.skin)
-    for part, s in ((LR_PAIRS[2][0], 1), (LR_PAIRS[2][1], -1)):    # l_ear on the image's right (+x)
-        ear = cv.mat(part, skin * [0.93, 0.86, 0.84] + [8, 0, 0], fine=3, low=5, face=0.5)
-        inner = cv.mat(part, skin * 0.68, fine=3, low=5, face=0.5)
-        k, cy = p.ear_size, 0.18
-        e = _ellipse(s * 1.02, cy, 0.14 * k, 0.3 * k, angle=s * 0.12, n=32)
-        e[:, 0] -= s * 0.05 * np.clip(e[:, 1] - cy, 0, None) / (0.3 * k)  # narrower lobe
-        cv.fill(e, -0.2, ear, outline=True)
-        cv.fill(_ellipse(s * 1.06, cy - 0.02, 0.06 * k, 0.17 * k, angle=s * 0.12, n=20), -0.2, inner, clip=[ear])
-        if p.earrings:
-            m = cv.mat('ear_r', p.jewel_colour, fine=14, low=4)
-            x, y = s * 1.0, cy + 0.28 * k
-            if p.earrings == 'stud': cv.fill(_ellipse(x, y, 0.035, 0.035, n=12), -0.2, m)
-            else: cv.line(_ellipse(x, y + 0.08, 0.07, 0.08, n=24), -0.2, m, 0.025, closed=True)
-
-def _face(cv: _Canvas, rng) -> list[int]:
-    "The face outline: forehead, cheeks and a jaw narrowing to the chin."
-    p = cv.p
-    t = np.linspace(0, 2 * np.pi, 72, endpoint=False)
-    ux, uy = np.cos(t), np.sin(t)
-    x = ux * np.where(uy > 0, 1 - p.jaw * uy ** 2, 1 - 0.1 * uy ** 2)
-    y = 0.12 + np.where(uy > 0, 1.38 * p.face_len, 1.32) * uy
-    skin = cv.mat('skin', p.skin, fine=3.5, low=5, face=1.0)
-    cv.fill(np.stack([x, y], 1), 0.1, skin, outline=True)
-    mats = [skin]
-    if rng.uniform() < 0.35:  # blush on the cheeks
-        mats.append(cv.mat('skin', np.asarray(p.skin) * [1.0, 0.9, 0.9] + [10, 0, 0], fine=3.5, low=5, face=1.0))
-        for s in (-1, 1): cv.fill(_ellipse(s * 0.55, 0.55, 0.22, 0.15, n=20), _face_depth(0.55), mats[1], clip=[skin])
-    return mats
-
-def _nose(cv: _Canvas, rng):
-    "A skin-coloured nose: bridge, wings and tip, told apart by a highlight, a side shadow and dark nostrils."
-    p, skin = cv.p, np.asarray(cv.p.skin)
-    half = np.array([(0.07, -0.04), (0.085, 0.15), (0.1, 0.3), (0.16, 0.4), (0.22, 0.48), (0.21, 0.55), (0.15, 0.6),
-                     (0.06, 0.6), (0, 0.58)]) * [p.nose_width, p.nose_len]
-    pts = np.concatenate([half, half[-2::-1] * [-1, 1]])
-    z = lambda q: _face_depth(q[:, 0]) + 0.1 + 0.35 * np.clip(q[:, 1] / (0.5 * p.nose_len), 0, 1)
-    base = cv.mat('nose', skin * 1.03 + [4, 0, 0], fine=3, low=4, face=0.7)
-    cv.fill(pts, z(pts), base)
-    side = 1 if p.light[0] < 0 else -1                               # the side away from the light
-    shade = cv.mat('nose', skin * 0.87, fine=3, low=4, face=0.7)
-    sh = np.array([(0.04, 0.0), (0.1, 0.0), (0.14, 0.42), (0.24, 0.5), (0.2, 0.58), (0.08, 0.45)]) * [side * p.nose_width, p.nose_len]
-    cv.fill(sh, z(sh), shade, clip=[base])
-    hi = _ellipse(0, 0.27 * p.nose_len, 0.035 * p.nose_width, 0.2 * p.nose_len, n=20)
-    cv.fill(hi, z(hi), cv.mat('nose', np.minimum(skin * 1.15 + 10, 255), fine=2, low=3, face=0.5), clip=[base])
-    nostril = cv.mat('nose', skin * 0.35, fine=2, low=2)
-    for s in (-1, 1):
-        e = _ellipse(s * 0.085 * p.nose_width, 0.555 * p.nose_len, 0.055 * p.nose_width, 0.024, angle=s * 0.3, n=16)
-        cv.fill(e, z(e), nostril, clip=[base, shade])
-
-def _glasses(cv: _Canvas, rng):
-    "Glasses: two lenses (clear lenses show tinted skin; sunglasses are dark), a frame, a bridge and the arms."
-    p = cv.p
-    if not p.glasses: return
-    skin = np.asarray(p.skin)
-    tint = rng.uniform(0, 255, 3)
-    lens = cv.mat('eye_g', skin * 0.85 + tint * 0.15 if p.glasses == 'clear' else _colour(rng, (28, 28, 34), 10),
-                  fine=3, low=6, face=0.6 if p.glasses == 'clear' else 0.)
-    shine = cv.mat('eye_g', np.minimum(cv.mats[lens]['rgb'] * 1.25 + 25, 255), fine=2, low=4)
-    frame = cv.mat('eye_g', p.frame_colour, fine=4, low=4)
-    lw, lh, power, fw = p.eye_width * rng.uniform(1.4, 1.7), rng.uniform(0.16, 0.23), rng.uniform(2, 4.5), rng.uniform(0.022, 0.05)
-    for s in (-1, 1):
-        e = _ellipse(s * p.eye_sep, 0.03, lw, lh, n=48, power=power)
-        z = _face_depth(e[:, 0]) + 0.1
-        cv.fill(e, z, lens)
-        band = np.array([(-lw, 0.0), (-lw * 0.6, -0.12), (lw, 0.1), (lw * 0.6, 0.2)]) + [s * p.eye_sep, 0.03]
-        cv.fill(band, _face_depth(band[:, 0]) + 0.1, shine, clip=[lens])
-        cv.line(e, z, frame, fw, closed=True)
-        arm = np.array([(s * (p.eye_sep + lw * 0.98), -0.02), (s * 1.07, 0.05)])
-        cv.line(arm, np.array([_face_depth(arm[0, 0]) + 0.1, -0.1]), frame, fw * 0.8)
-    bridge = np.array([(-(p.eye_sep - lw * 0.95), -0.02), (0, -0.07), (p.eye_sep - lw * 0.95, -0.02)])
-    cv.line(bridge, _face_depth(bridge[:, 0]) + 0.15, frame, fw * 0.8)
-
-def _mouth(cv: _Canvas, rng):
-    "Lips (upper a little darker), a thin line between them, or an open mouth with teeth."
-    p, lips = cv.p, np.asarray(cv.p.lips)
-    mw, my = p.mouth_width, p.mouth_y
-    xs = np.linspace(-1, 1, 25)
-    x = xs * mw
-    line = my - p.smile * 0.07 * xs ** 2
-    top = line - 0.085 * p.lip_thick * (1 - xs ** 2) ** 0.5 * (1 - 0.3 * np.exp(-(xs / 0.12) ** 2))
-    bot = line + 0.11 * p.lip_thick * (1 - xs ** 2) ** 0.6
-    gap = p.mouth_open * (1 - xs ** 2) ** 0.8
-    itop, ibot = line - gap * 0.35, line + gap * 0.65    # an open mouth pushes the lips apart
-    top, bot = top - gap * 0.35, bot + gap * 0.65
-    z = lambda q: _face_depth(q[:, 0]) + 0.08
-    def region(y0, y1): return np.concatenate([np.stack([x, y0], 1), np.stack([x, y1], 1)[::-1]])
-    up = cv.mat('u_lip', lips * 0.88, fine=3, low=4, face=0.7)
-    lo = cv.mat('l_lip', lips, fine=3, low=4, face=0.7)
-    if p.mouth_open:
-        inside = cv.mat('mouth', _colour(rng, (70, 20, 28), 12), fine=3, low=4)
-        q = region(itop, ibot); cv.fill(q, z(q), inside)
-        if rng.uniform() < 0.75:
-            q = region(itop - 0.01, itop + gap * rng.uniform(0.35, 0.6))
-            cv.fill(q, z(q), cv.mat('mouth', _colour(rng, (232, 228, 215), 10), fine=3, low=3), clip=[inside])
-    q = region(top, itop); cv.fill(q, z(q), up)
-    q = region(ibot, bot); cv.fill(q, z(q), lo)
-    shine = cv.mat('l_lip', np.minimum(lips * 1.2 + 20, 255), fine=2, low=3, face=0.5)
-    q = _ellipse(0.05, line[12] + gap[12] * 0.65 + 0.06 * p.lip_thick, mw * 0.3, 0.018, n=16)
-    cv.fill(q, z(q), shine, clip=[lo])
-    if not p.mouth_open:
-        q = np.stack([x, line], 1)
-        cv.line(q, z(q), cv.mat('u_lip', lips * 0.45, fine=2, low=2), 0.012, clip=[up, lo])
-
-def _eyes(cv: _Canvas, rng):
-    "Almond-shaped eyes: sclera, an iris and pupil cut by the lids, a dark upper lash line; hidden by sunglasses."
-    p = cv.p
-    if p.glasses == 'sun': return
-    w = p.eye_width
-    xs = np.linspace(-1, 1, 21)
-    for part, s in ((LR_PAIRS[0][0], 1), (LR_PAIRS[0][1], -1)):     # l_eye on the image's right (+x)
-        cx = s * p.eye_sep
-        upper = -w * 0.5 * p.eye_open * (1 - xs ** 2) ** 0.8 - 0.05 * w * xs * s
-        lower = w * 0.3 * p.eye_open * (1 - xs ** 2) ** 0.9 - 0.05 * w * xs * s
-        pts = np.concatenate([np.stack([cx + w * xs, upper], 1), np.stack([cx + w * xs, lower], 1)[::-1]])
-        z = _face_depth(cx)
-        sclera = cv.mat(part, _colour(rng, (232, 226, 220), 8), fine=3, low=4, face=0.4)
-        cv.fill(pts, z, sclera)
-        iris = cv.mat(part, p.iris, fine=8, low=4)
-        pupil = cv.mat(part, (15, 12, 12), fine=2, low=2)
-        ix, r = cx + p.gaze * 0.25 * w, 0.42 * w
-        cv.fill(_ellipse(ix, 0.02 * w, r, r, n=24), z, iris, clip=[sclera])
-        cv.fill(_ellipse(ix, 0.02 * w, r * 0.42, r * 0.42, n=16), z, pupil, clip=[iris])
-        lash = cv.mat(part, (25, 18, 16), fine=3, low=2)
-        cv.line(np.stack([cx + w * xs, upper + 0.012], 1), z, lash, 0.035, clip=[sclera, iris, pupil])
-
-def _brows(cv: _Canvas, rng):
-    "Brows above the eyes, hair-coloured (a little lighter and skin-tinted), thick at the inner end."
-    p = cv.p
-    colour = np.asarray(p.hair) * 0.75 + np.asarray(p.skin) * 0.15
-    for part, s in ((LR_PAIRS[1][0], 1), (LR_PAIRS[1][1], -1)):     # l_brow on the image's right (+x)
-        t = np.linspace(0, 1, 16)
-        x = s * (0.14 + t * (p.eye_sep + p.eye_width * 1.15 - 0.14))
-        y = -0.24 - p.brow_arch * np.sin(np.pi * t * 0.9) - 0.03 * (1 - t) + 0.04 * t ** 2
-        pts = _band(x, y, p.brow_thick * (1 - 0.55 * t))
-        cv.fill(pts, _face_depth(pts[:, 0]) + 0.05, cv.mat(part, colour, fine=6, low=5, streak=8, face=0.3))
-
-def _hair_front(cv: _Canvas, rng, behind: list[int]):
-    "Hair over the forehead (down to a hairline, maybe a jagged fringe) and locks down the cheeks, over the ears."
-    p = cv.p
-    if p.hair_style == 'bald': return
-    m = cv.mat('hair', p.hair, fine=6, low=12, streak=22)
-    xs = np.linspace(-1.45, 1.45, 41)
-    if p.bangs: y = p.hairline + 0.35 + 0.12 * xs ** 2 + 0.035 * (np.arange(41) % 2) + 0.05 * p.parting * xs
-    else: y = p.hairline + 0.3 * xs ** 2 + 0.15 * p.parting * xs
-    pts = np.concatenate([np.stack([xs, y], 1), [(1.6, -3.), (-1.6, -3.)]])
-    cv.fill(pts, _face_depth(pts[:, 0]) + 0.05, m, clip=behind)  # only over the head, not the background
-    length = {'short': 0.6, 'medium': rng.uniform(0.9, 1.4), 'long': rng.uniform(2.4, 3.4)}[p.hair_style]
-    for s, on in ((-1, p.side_locks & 1), (1, p.side_locks & 2)):
-        if not on: continue
-        inner = rng.uniform(0.78, 0.95)
-        lock = np.array([(0.5, p.hairline + 0.15), (inner, 0.0), (inner + 0.05, 0.7), (inner + 0.1, length),
-                         (inner + 0.45, length + 0.1), (1.3, 0.5), (1.22, -0.4), (1.02, p.hairline + 0.2)]) * [s, 1]
-        cv.fill(lock, 0.1, m, outline=True)
-
-def _hat(cv: _Canvas, rng):
-    "A hat over the top of the head: beanie (dome and cuff), cap (dome and visor) or brimmed."
-    p = cv.p
-    if not p.hat: return
-    m = cv.mat('hat', p.hat_colour, fine=5, low=14, streak=4)
-    band = cv.mat('hat', np.clip(np.asarray(p.hat_colour) * rng.uniform(0.5, 0.8) + rng.uniform(0, 60), 0, 255), fine=5, low=12)
-    rx = 1.2 * p.hair_size + 0.04
-    t = np.linspace(np.pi, 2 * np.pi, 33)
-    dome = np.stack([rx * np.cos(t), p.hat_y - 0.1 + rng.uniform(1.0, 1.4) * np.sin(t)], 1)
-    xs = np.linspace(-rx, rx, 17)
-    curve = p.hat_y - 0.12 * (xs / rx) ** 2
-    cv.fill(np.concatenate([dome, np.stack([xs, curve], 1)[::-1]]), 0., m)
-    if p.hat == 'beanie': cv.fill(_band(xs * 1.02, curve - 0.1, 0.22 + 0 * xs), 0., band)
-    elif p.hat == 'cap': cv.fill(_ellipse(rng.uniform(-0.2, 0.2), p.hat_y + 0.02, 1.0, 0.16, n=32), 0.3, band)
-    else: cv.fill(_ellipse(0, p.hat_y - 0.05, rx * rng.uniform(1.4, 1.7), 0.2, n=48), 0., band)
-
-# %% ../notebooks/lib/04_synthetic.ipynb #e7f2228f
-HIDDEN_UNDER: dict[str, tuple[str, ...]] = {  # part -> parts its mask goes on under
-    'skin': ('nose', 'eye_g', *LR_PAIRS[0], *LR_PAIRS[1], 'mouth', 'u_lip', 'l_lip'),
-    **{ear: ('ear_r',) for ear in LR_PAIRS[2]},
-    'hair': ('hat',),
-    'neck': ('cloth',)}
-
-# %% ../notebooks/lib/04_synthetic.ipynb #9e75fc6c
-def _smooth_noise(rng, shape, size: int) -> np.ndarray:
-    "Gaussian noise of `shape` (rows, cols[, channels]) stretched smoothly to size x size (float32)."
-    return cv2.resize(rng.standard_normal(shape, dtype=np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
-
-def _texture(cv: _Canvas, rng) -> np.ndarray:
-    "Paint the material map into an RGB uint8 image with noise, streaks, drift and shading."
-    p, S, M = cv.p, cv.size, cv.M
-    tab = {k: np.array([m[k] for m in cv.mats], np.float32) for k in ('rgb', 'fine', 'low', 'streak', 'face', 'neck')}
-    # low-resolution fields in face units (ignoring yaw): face rim shading and the shadow under the chin
-    R = 48
-    g = (np.arange(R, dtype=np.float32) + 0.5) * S / R
-    gx, gy = np.meshgrid(g - p.centre[0] * S, g - p.centre[1] * S)
-    c, s, a = np.cos(p.roll), np.sin(p.roll), p.scale * S
-    u, v = (c * gx + s * gy) / a - 0.6 * np.sin(p.yaw), (-s * gx + c * gy) / a
-    face = -0.45 * np.clip(u ** 2 + ((v - 0.12) / 1.35) ** 2 - 0.45, 0, 1) + 0.12 * p.light[0] / 0.35 * u * 0.5
-    neck = -0.35 * np.clip(1 - (v - 1.35) / 0.6, 0, 1)
-    light = 1 + p.light[0] * (g[None, :] / S - 0.5) * 2 + p.light[1] * (g[:, None] / S - 0.5) * 2
-    up = lambda f: cv2.resize(f.astype(np.float32), (S, S), interpolation=cv2.INTER_LINEAR)
-    low = tab['low'][M]
-    lum = up(light) + tab['face'][M] * up(face) + tab['neck'][M] * up(neck)        # multiplicative shading
-    grain = rng.standard_normal((S, S), dtype=np.float32)
-    grain *= tab['fine'][M]
-    grain += _smooth_noise(rng, (24, max(S // 3, 8)), S) * tab['streak'][M]     # hair strands
-    grain += _smooth_noise(rng, (5, 5), S) * low                                 # soft brightness drift
-    img = tab['rgb'][M]
-    img *= lum[..., None]
-    img += grain[..., None]
-    img += _smooth_noise(rng, (4, 4, 3), S) * (0.4 * low)[..., None]            # a little colour drift
-    img = np.clip(img, 0, 255, out=img).astype(np.uint8)
-    sigma = 0.5 * S / 512
-    return cv2.GaussianBlur(img, (0, 0), sigma) if sigma >= 0.3 else img
-
-def _part_masks(cv: _Canvas, mask_size: int) -> dict[str, np.ndarray]:
-    "The bool mask of each part present at `mask_size`: where it is visible, plus where it goes on under `HIDDEN_UNDER`."
-    lut = np.array([CLASS_INDEX[m['part']] if m['part'] else 0 for m in cv.mats], np.uint8)
-    label = lut[cv.M]
-    if mask_size != cv.size: label = cv2.resize(label, (mask_size, mask_size), interpolation=cv2.INTER_NEAREST)
-    counts = np.bincount(label.ravel(), minlength=NUM_CLASSES)
-    masks = {}
-    for part in PARTS:
-        if not counts[CLASS_INDEX[part]]: continue
-        m = label == CLASS_INDEX[part]
-        if part in HIDDEN_UNDER and part in cv.outlines:
-            m |= cv.raster(part, mask_size) & np.isin(label, [CLASS_INDEX[o] for o in HIDDEN_UNDER[part]])
-        masks[part] = m
-    return masks
-
-# %% ../notebooks/lib/04_synthetic.ipynb #ff236f10
-def render_face(rng: np.random.Generator,
-                image_size: int = 1024,       # side of the RGB image in pixels
-                mask_size: int = 512,         # side of the part masks in pixels
-                params: FaceParams | None = None,  # the face to draw; default: `face_params(rng)`
-               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    "Draw one face: an (image_size, image_size, 3) uint8 RGB image and {part: bool mask} for the parts present."
-    p = params or face_params(rng)
-    cv = _Canvas(p, image_size)
-    _background(cv, rng)
-    hair = _hair_back(cv, rng)
-    _neck_and_cloth(cv, rng)
-    _ears(cv, rng)
-    skins = _face(cv, rng)
-    _nose(cv, rng)
-    _glasses(cv, rng)
-    _mouth(cv, rng)
-    _eyes(cv, rng)
-    _brows(cv, rng)
-    _hair_front(cv, rng, hair + skins)
-    _hat(cv, rng)
-    return _texture(cv, rng), _part_masks(cv, mask_size)
-
-def label_map(masks: dict[str, np.ndarray]) -> np.ndarray:
-    "The visible label map of drawn part masks (the official combine: later `PARTS` overwrite earlier ones)."
-    return combine_parts(masks)
-
-# %% ../notebooks/lib/04_synthetic.ipynb #815554bd
 MARKER, INDEX = 'SYNTHETIC.txt', 'synthetic_index.csv'
-GENERATOR_VERSION = 1  # bump when the drawing changes, so old folders are not silently extended with new-style faces
+GENERATOR_VERSION = 1  # bump when the drawing (faces) changes, so old folders are not silently extended with new-style faces
 
 def face_files(id: int, parts) -> list[str]:
     "Paths (relative to the root) of face `id`'s image and of its masks for `parts`, in the official layout."
@@ -537,6 +41,7 @@ def _marker_text(seed: int, image_size: int, mask_size: int) -> str:
             f"  faceseg_lib.synthetic.synthesize(<this folder>, n=..., seed={seed}, image_size={image_size}, mask_size={mask_size})\n"
             f"version: {GENERATOR_VERSION}\nseed: {seed}\nimage_size: {image_size}\nmask_size: {mask_size}\n")
 
+# %% ../notebooks/lib/04_synthetic.ipynb #87b7b495
 def _check_out(out: Path, seed: int, image_size: int, mask_size: int):
     "Make sure `out` is new, empty or synthetic with the same settings; write its marker. Raise DataError otherwise."
     marker = out / MARKER
@@ -556,12 +61,13 @@ def _check_out(out: Path, seed: int, image_size: int, mask_size: int):
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(marker, _marker_text(seed, image_size, mask_size).encode())
 
-# %% ../notebooks/lib/04_synthetic.ipynb #87b7b495
+# %% ../notebooks/lib/04_synthetic.ipynb #ac0ddba5
 def _encode(ext: str, im: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(ext, im, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext == '.jpg' else [cv2.IMWRITE_PNG_COMPRESSION, 3])
     assert ok, ext
     return buf.tobytes()
 
+# %% ../notebooks/lib/04_synthetic.ipynb #690ea65f
 def _make_face(job: tuple) -> tuple[int, list[str]]:
     "Draw face `id` and write those of its files that are missing; return (id, its parts). Runs in a worker."
     out, seed, id, image_size, mask_size = job
@@ -574,6 +80,7 @@ def _make_face(job: tuple) -> tuple[int, list[str]]:
     if not (out / files[0]).exists(): write_atomic(out / files[0], _encode('.jpg', img[..., ::-1]))
     return id, list(masks)
 
+# %% ../notebooks/lib/04_synthetic.ipynb #d27c91d1
 def _read_index(out: Path) -> dict[int, list[str]]:
     "id -> parts of the faces recorded as finished (lines cut short by an interrupted run are ignored)."
     done = {}
@@ -583,6 +90,7 @@ def _read_index(out: Path) -> dict[int, list[str]]:
             if len(f) == 3 and f[2] == 'ok' and f[0].isdigit() and set(f[1].split()) <= set(PARTS): done[int(f[0])] = f[1].split()
     return done
 
+# %% ../notebooks/lib/04_synthetic.ipynb #1fbdbfa9
 def _existing(out: Path, ids) -> set[str]:
     "Relative paths of the files present in the folders that faces `ids` use (one directory listing per folder)."
     have = set()

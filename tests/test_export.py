@@ -35,7 +35,7 @@ def photos(tmp_path_factory) -> list[Path]:
     from conftest import SAMPLE_DIR
     real = sorted((SAMPLE_DIR / 'CelebA-HQ-img').glob('*.jpg'))[:3]
     if real: return real
-    from faceseg_lib.synthetic import render_face
+    from faceseg_lib.faces import render_face
     d, rng = tmp_path_factory.mktemp('photos'), np.random.default_rng(1)
     paths = [d / f'{i}.jpg' for i in range(3)]
     for p in paths: Image.fromarray(render_face(rng, image_size=256, mask_size=64)[0]).save(p)

@@ -10,7 +10,9 @@ from PIL import Image
 
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASS_INDEX, LR_PAIRS, PARTS
-from faceseg_lib.synthetic import INDEX, MARKER, face_params, label_map, render_face, synthesize
+from faceseg_lib.face_params import face_params
+from faceseg_lib.faces import label_map, render_face
+from faceseg_lib.synthetic import INDEX, MARKER, synthesize
 
 SMALL = dict(image_size=128, mask_size=64, progress=False)
 RARE = ('eye_g', 'hat', 'ear_r', 'neck_l', 'mouth')

@@ -15,7 +15,8 @@ import numpy as np
 from . import __version__
 from .core import atomic_path
 from .errors import DataError
-from .predict import IMAGE_EXTENSIONS, ONNX_FORMAT, OnnxParser, Region, extract, normalize_batch, read_photo
+from .detect import Region, extract
+from .predict import IMAGE_EXTENSIONS, ONNX_FORMAT, OnnxParser, normalize_batch, read_photo
 
 # %% auto #0
 __all__ = ['check_images', 'compare', 'check_onnx', 'export_onnx', 'add_export_arguments', 'run_export_from_args']

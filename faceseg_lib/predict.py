@@ -1,4 +1,4 @@
-"""Parse your own photos: read any image, find the faces, crop them like CelebA-HQ, run the model (PyTorch or ONNX Runtime) and paste the labels back.
+"""Parse your own photos: read any image, crop its faces (`faceseg_lib.detect`), run the model (PyTorch or ONNX Runtime) and write label maps of the photo's size.
 
 Docs: https://faceseg.github.io/faceseg/lib/predict.html.md"""
 
@@ -8,7 +8,7 @@ Docs: https://faceseg.github.io/faceseg/lib/predict.html.md"""
 from __future__ import annotations
 import argparse, glob, json, sys, time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -19,16 +19,15 @@ from tqdm.auto import tqdm
 
 from .colors import blend, colorize
 from .core import resolve_device, write_atomic
+from .detect import DEFAULT_DETECTOR, DETECTORS, FaceBox, Region, detect_faces, extract, face_region, get_detector, paste
 from .errors import DataError, Problem
 from .labels import CLASSES
 from .prepare import class_pixels
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_SUFFIXES', 'DETECTORS', 'DEFAULT_DETECTOR', 'ONNX_FORMAT', 'SUMMARY_FORMAT', 'to_uint8',
-           'to_rgb', 'read_photo', 'expand_inputs', 'output_names', 'FaceBox', 'DetectorSpec', 'register_detector',
-           'get_detector', 'detect_faces', 'Region', 'face_region', 'extract', 'paste', 'normalize_batch', 'softmax',
-           'TorchParser', 'OnnxParser', 'load_parser', 'area_shares', 'write_outputs', 'predict',
-           'add_predict_arguments', 'run_predict_from_args']
+__all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_SUFFIXES', 'ONNX_FORMAT', 'SUMMARY_FORMAT', 'to_uint8', 'to_rgb', 'read_photo',
+           'expand_inputs', 'output_names', 'normalize_batch', 'softmax', 'TorchParser', 'OnnxParser', 'load_parser',
+           'area_shares', 'write_outputs', 'predict', 'add_predict_arguments', 'run_predict_from_args']
 
 # %% ../notebooks/lib/13_predict.ipynb #f3f7a5ae
 IMAGE_EXTENSIONS: tuple[str, ...] = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm', '.pgm')
@@ -45,6 +44,7 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
     a = np.nan_to_num(a.astype(np.float32))
     return np.clip(np.rint(a * (255.0 if a.max(initial=0) <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
 
+# %% ../notebooks/lib/13_predict.ipynb #36d1e90f
 def to_rgb(a: np.ndarray) -> np.ndarray:
     "An (H, W), (H, W, 1|2|3|4) array as uint8 RGB (H, W, 3); alpha composited over white."
     a = to_uint8(a)
@@ -99,6 +99,7 @@ def expand_inputs(inputs: str | Path | Iterable[str | Path]  # files, folders an
             if key not in seen: seen.add(key); found.append(q)
     return found, problems
 
+# %% ../notebooks/lib/13_predict.ipynb #28be9f63
 OUTPUT_SUFFIXES: tuple[str, ...] = ('.png', '_color.png', '_overlay.jpg', '.json')  # files written per input
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -110,126 +111,6 @@ def output_names(paths: Sequence[Path]) -> list[str]:
         while files(name) & taken: k += 1; name = f"{p.stem}-{k}"
         taken |= files(name); names.append(name)
     return names
-
-# %% ../notebooks/lib/13_predict.ipynb #0ccd3de3
-@dataclass(frozen=True)
-class FaceBox:
-    "A detected face: box corners in image pixels and the detector's score."
-    x0: float; y0: float; x1: float; y1: float
-    score: float = 1.0
-    @property
-    def area(self) -> float: return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
-    def scaled(self, k: float) -> 'FaceBox': return FaceBox(self.x0 * k, self.y0 * k, self.x1 * k, self.y1 * k, self.score)
-    def to_list(self) -> list[float]: return [round(v, 1) for v in (self.x0, self.y0, self.x1, self.y1)]
-
-@dataclass(frozen=True)
-class DetectorSpec:
-    "How to build a detector and how to crop around its boxes."
-    build: Callable[[], Callable[[np.ndarray], list[FaceBox]]]  # returns `detect(rgb uint8) -> [FaceBox]`
-    margin: float = 1.75  # crop side / box side
-    shift: float = 0.17   # crop centre above the box centre, in box heights
-    install: str = ''     # what to install when `build` fails
-
-def _dlib_hog() -> Callable[[np.ndarray], list[FaceBox]]:
-    "dlib's HOG frontal face detector (compiled in: no weights file)."
-    import dlib
-    det = dlib.get_frontal_face_detector()
-    def detect(rgb: np.ndarray) -> list[FaceBox]:
-        rects, scores, _ = det.run(np.ascontiguousarray(rgb), 1, 0.0)  # upsample once: faces from ~40 px
-        return [FaceBox(r.left(), r.top(), r.right() + 1, r.bottom() + 1, float(s)) for r, s in zip(rects, scores)]
-    return detect
-
-DETECTORS: dict[str, DetectorSpec] = {'dlib': DetectorSpec(_dlib_hog, 1.75, 0.17, 'pip install dlib-bin')}
-DEFAULT_DETECTOR = 'dlib'
-_BUILT: dict[str, Callable] = {}
-
-def register_detector(name: str, build: Callable, margin: float = 1.75, shift: float = 0.17, install: str = '') -> None:
-    "Add a detector to DETECTORS: `build()` returns `detect(rgb uint8 image) -> [FaceBox]`."
-    DETECTORS[name] = DetectorSpec(build, margin, shift, install); _BUILT.pop(name, None)
-
-def get_detector(name: str = DEFAULT_DETECTOR) -> Callable[[np.ndarray], list[FaceBox]]:
-    "The detect function of detector `name` (built once); DataError naming the valid ones or what to install."
-    if name not in DETECTORS:
-        raise DataError.from_problem(f'detector {name!r}', 'unknown face detector', f"use one of {', '.join(DETECTORS)}, or register_detector()")
-    if name not in _BUILT:
-        try: _BUILT[name] = DETECTORS[name].build()
-        except ImportError as e:
-            raise DataError.from_problem(f'detector {name!r}', f'cannot be loaded ({e})',
-                                         f"{DETECTORS[name].install or 'install it'}, or pass detect=False (--no-detect) for aligned crops") from e
-    return _BUILT[name]
-
-# %% ../notebooks/lib/13_predict.ipynb #c1cf15b0
-def detect_faces(image: np.ndarray,                 # uint8 RGB (H, W, 3)
-                 detector: str = DEFAULT_DETECTOR,  # a name in DETECTORS
-                 max_side: int = 800,               # detect on a copy no larger than this (large photos)
-                 min_score: float = 0.0             # drop boxes scoring below this
-                ) -> list[FaceBox]:
-    "The faces in `image`, largest first, as boxes in its own pixels."
-    k = min(1.0, max_side / max(image.shape[:2]))
-    small = image if k == 1.0 else cv2.resize(image, (max(1, round(image.shape[1] * k)), max(1, round(image.shape[0] * k))), interpolation=cv2.INTER_AREA)
-    boxes = [b.scaled(1 / k) for b in get_detector(detector)(small) if b.score >= min_score]
-    return sorted(boxes, key=lambda b: -b.area)
-
-# %% ../notebooks/lib/13_predict.ipynb #54628fd7
-@dataclass(frozen=True)
-class Region:
-    "The rectangle of the photo one model input shows (it may reach outside the photo)."
-    x0: int; y0: int; w: int; h: int
-    def to_list(self) -> list[int]: return [self.x0, self.y0, self.w, self.h]
-
-def face_region(box: FaceBox, margin: float = 1.75, shift: float = 0.17) -> Region:
-    "The square CelebA-HQ-like region around a face box."
-    bw, bh = box.x1 - box.x0, box.y1 - box.y0
-    side = max(2, int(round(margin * max(bw, bh))))
-    cx, cy = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2 - shift * bh
-    return Region(int(round(cx - side / 2)), int(round(cy - side / 2)), side, side)
-
-def _inside(r: Region, shape: tuple) -> tuple[int, int, int, int]:
-    "The part of region `r` inside an image of `shape`: (x0, y0, x1, y1), possibly empty."
-    h, w = shape[:2]
-    return max(r.x0, 0), max(r.y0, 0), min(r.x0 + r.w, w), min(r.y0 + r.h, h)
-
-# %% ../notebooks/lib/13_predict.ipynb #3d736a44
-def extract(image: np.ndarray,   # uint8 (H, W, 3)
-            region: Region,      # what to show; may reach outside the image
-            size: int,           # side of the square model input
-            pad: str = 'reflect' # outside the image: 'reflect' or 'constant' (black)
-           ) -> np.ndarray:
-    "Region `region` of `image` resized to (size, size, 3), padded where it leaves the image."
-    x0, y0, x1, y1 = _inside(region, image.shape)
-    kx, ky = size / region.w, size / region.h
-    interp = cv2.INTER_AREA if kx < 1 and ky < 1 else cv2.INTER_LINEAR  # as the training transform resizes
-    if x1 <= x0 or y1 <= y0: return np.zeros((size, size, 3), np.uint8)
-    roi = image[y0:y1, x0:x1]
-    if (x0, y0, x1 - x0, y1 - y0) == (region.x0, region.y0, region.w, region.h):
-        return cv2.resize(roi, (size, size), interpolation=interp)
-    left, top = round((x0 - region.x0) * kx), round((y0 - region.y0) * ky)
-    rw, rh = max(1, min(size - left, round((x1 - x0) * kx))), max(1, min(size - top, round((y1 - y0) * ky)))
-    small = cv2.resize(roi, (rw, rh), interpolation=interp)
-    mode = cv2.BORDER_REFLECT_101 if pad == 'reflect' and min(rw, rh) > 1 else cv2.BORDER_CONSTANT
-    out = cv2.copyMakeBorder(small, top, size - top - rh, left, size - left - rw, mode, value=(0, 0, 0))
-    return out
-
-# %% ../notebooks/lib/13_predict.ipynb #bda88a44
-def paste(probs: np.ndarray,   # (C, size, size) float32 class probabilities of one model input
-          region: Region,      # the region that input showed
-          labels: np.ndarray,  # (H, W) uint8 label map of the photo, written in place
-          conf: np.ndarray | None = None  # (H, W) float32 confidence so far; None: overwrite (a single region)
-         ) -> None:
-    "Write the labels of one model input into the photo's label map where it is the most confident so far."
-    x0, y0, x1, y1 = _inside(region, labels.shape)
-    if x1 <= x0 or y1 <= y0: return
-    size_y, size_x = probs.shape[1:]
-    kx, ky = size_x / region.w, size_y / region.h
-    M = np.float32([[kx, 0, (x0 + 0.5 - region.x0) * kx - 0.5], [0, ky, (y0 + 0.5 - region.y0) * ky - 0.5]])
-    best = np.full((y1 - y0, x1 - x0), -1.0, np.float32); idx = np.zeros(best.shape, np.uint8)
-    for c in range(probs.shape[0]):  # one class at a time: memory stays a few region-sized arrays
-        p = cv2.warpAffine(np.ascontiguousarray(probs[c], dtype=np.float32), M, (x1 - x0, y1 - y0),
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-        better = p > best; best[better] = p[better]; idx[better] = c
-    if conf is None: labels[y0:y1, x0:x1] = idx; return
-    win = best > conf[y0:y1, x0:x1]
-    labels[y0:y1, x0:x1][win] = idx[win]; conf[y0:y1, x0:x1][win] = best[win]
 
 # %% ../notebooks/lib/13_predict.ipynb #c127935f
 ONNX_FORMAT = 'faceseg-onnx'  # metadata_props['format'] of the ONNX files export writes
@@ -274,6 +155,7 @@ class TorchParser:
             x = (x - self._mean) / self._std
             return self.model(x).float().softmax(1).cpu().numpy()
 
+# %% ../notebooks/lib/13_predict.ipynb #3294b85c
 class OnnxParser:
     "An ONNX file written by `faceseg export`, run by ONNX Runtime, as a parser (no PyTorch model)."
     backend = 'onnx'
@@ -306,6 +188,7 @@ class OnnxParser:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return softmax(self.logits(normalize_batch(batch, self.mean, self.std)))
 
+# %% ../notebooks/lib/13_predict.ipynb #5ac434f1
 def load_parser(checkpoint: str | Path,  # a faceseg .pt checkpoint, or an .onnx file from `faceseg export`
                 backend: str = 'auto',   # 'torch', 'onnx', or 'auto' (by the file's suffix)
                 device: str = 'auto'     # 'auto' | 'cpu' | 'cuda' | 'cuda:1'
@@ -328,6 +211,7 @@ def area_shares(labels: np.ndarray) -> dict[str, float]:
     counts = class_pixels(labels)
     return {c: round(float(n) / max(labels.size, 1), 6) for c, n in zip(CLASSES, counts)}
 
+# %% ../notebooks/lib/13_predict.ipynb #e52c0335
 def _write(path: Path, ext: str, image: np.ndarray, params: Sequence[int] = ()) -> None:
     ok, buf = cv2.imencode(ext, image, list(params))
     if not ok: raise OSError(f'{path}: cannot encode as {ext}')
@@ -362,13 +246,78 @@ def _check_out(out: Path, names: Sequence[str], overwrite: bool) -> None:
             if item.get('name'): (out / f"{item['name']}{s}").unlink(missing_ok=True)
     summary.unlink(missing_ok=True)
 
+# %% ../notebooks/lib/13_predict.ipynb #d0450e22
+def _skipped(input: str | Path, status: str, problem: str) -> dict:
+    "The summary entry of an input that gets no output files."
+    return {'input': str(input), 'name': None, 'status': status, 'faces': 0, 'problem': problem}
+
 @dataclass
 class _Job:
-    "A photo in flight: its pixels, regions and the label map being filled."
-    index: int; path: Path; name: str; image: np.ndarray; faces: list; regions: list
-    labels: np.ndarray = None; conf: np.ndarray | None = None; todo: int = 0
+    "A photo in flight: its pixels, faces and regions, the label map being filled, and how many crops are still out."
+    index: int; path: Path; name: str; image: np.ndarray; faces: list[FaceBox]; regions: list[Region]
+    labels: np.ndarray = field(init=False); conf: np.ndarray | None = field(init=False); todo: int = field(init=False)
+    def __post_init__(self):
+        shape = self.image.shape[:2]
+        self.labels, self.todo = np.zeros(shape, np.uint8), len(self.regions)
+        self.conf = np.zeros(shape, np.float32) if len(self.regions) > 1 else None  # one region: it simply overwrites
 
-# %% ../notebooks/lib/13_predict.ipynb #bfa9519e
+def _parsed(job: _Job) -> dict:
+    "The summary entry of a parsed photo: its size, and per face the box, score and region."
+    boxes = [dict(box=f.to_list(), score=round(f.score, 3), region=r.to_list()) for f, r in zip(job.faces, job.regions)]
+    return {'input': str(job.path), 'name': job.name, 'status': 'ok', 'faces': len(job.faces),
+            'size': [job.image.shape[1], job.image.shape[0]], 'boxes': boxes, 'whole_image': not job.faces}
+
+# %% ../notebooks/lib/13_predict.ipynb #e2e09eef
+_NO_FACE_FIX = "pass a photo with a visible frontal face, or no_face='whole' / --no-detect"
+
+def _open_photo(path: Path, detector: str | None, min_score: float, no_face: str, say: Callable[[str], None]) -> tuple | dict:
+    "The photo and its faces (`detector` None: none looked for), or, said aloud, the entry of a photo that is skipped."
+    try: image = read_photo(path)
+    except DataError as e: say(f"skipped {e}"); return _skipped(path, 'error', str(e))
+    faces = detect_faces(image, detector, min_score=min_score) if detector else []
+    if detector and not faces and no_face == 'skip':
+        say(f"no face found in {path}: skipped"); return _skipped(path, 'no_face', f"{path}: no face found. Fix: {_NO_FACE_FIX}")
+    return image, faces
+
+def _regions(image: np.ndarray, faces: Sequence[FaceBox], detector: str | None) -> list[Region]:
+    "The model inputs of a photo: a square around each face, as `detector`'s boxes need, or else the whole photo."
+    if not faces: return [Region(0, 0, image.shape[1], image.shape[0])]
+    spec = DETECTORS[detector]
+    return [face_region(f, spec.margin, spec.shift) for f in faces]
+
+# %% ../notebooks/lib/13_predict.ipynb #a8bc1ce4
+class _Batches:
+    "Crops of consecutive photos in shared batches; each photo goes to `done`, in input order, when all its crops are pasted."
+    def __init__(self, parser, batch_size: int, pad: str, done: Callable[[_Job], None]):
+        self.parser, self.batch_size, self.pad, self.done = parser, batch_size, pad, done
+        self.pending: deque[_Job] = deque(); self.batch: list[tuple[_Job, Region, np.ndarray]] = []
+
+    def add(self, job: _Job) -> None:
+        "Queue the crops of `job`, parsing each batch as it fills."
+        self.pending.append(job)
+        for r in job.regions:
+            self.batch.append((job, r, extract(job.image, r, self.parser.size, self.pad)))
+            if len(self.batch) >= self.batch_size: self.flush()
+
+    def flush(self) -> None:
+        "Parse what is queued, paste each crop back, and hand on the photos that are complete."
+        if self.batch:
+            probs = self.parser(np.stack([c for _, _, c in self.batch]))
+            for (job, region, _), p in zip(self.batch, probs): paste(p, region, job.labels, job.conf); job.todo -= 1
+            self.batch.clear()
+        while self.pending and self.pending[0].todo == 0: self.done(self.pending.popleft())
+
+# %% ../notebooks/lib/13_predict.ipynb #68300198
+def _write_summary(out: Path, checkpoint: str | Path, parser, detector: str | None, items: list[dict], started: float) -> dict:
+    "Write (and return) `summary.json`: what ran, the counts by status and an entry per input."
+    counts = {s: sum(r['status'] == s for r in items) for s in ('ok', 'no_face', 'error')}
+    summary = {'format': SUMMARY_FORMAT, 'checkpoint': str(checkpoint), 'backend': parser.backend, 'model': parser.name,
+               'size': parser.size, 'detect': detector is not None, 'detector': detector, 'out': str(out),
+               'counts': counts, 'faces': sum(r['faces'] for r in items), 'seconds': round(time.time() - started, 2), 'items': items}
+    (out / 'summary.json').write_text(json.dumps(summary, indent=1))
+    return summary
+
+# %% ../notebooks/lib/13_predict.ipynb #995e859c
 def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .onnx from `faceseg export`
             inputs: str | Path | Sequence[str | Path],  # image files, folders and glob patterns
             out: str | Path,                     # output folder (created)
@@ -386,7 +335,6 @@ def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .
             log: Callable[[str], None] | None = None,  # where messages go; default: stderr (beside the bar)
            ) -> dict:
     "Parse the faces in photos into label maps of the photos' size; returns (and writes) the summary."
-    import json as _json
     started = time.time()
     if no_face not in ('skip', 'whole'): raise DataError.from_problem(f'no_face={no_face!r}', 'unknown choice', "use 'skip' or 'whole'")
     if batch_size < 1: raise DataError.from_problem(f'batch_size={batch_size}', 'must be at least 1', 'pass a positive batch size')
@@ -394,57 +342,23 @@ def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .
     if not paths: raise DataError.from_problems(problems, 'No images to parse') if problems else DataError('No inputs given')
     out, names = Path(out), output_names(paths)
     _check_out(out, names, overwrite)
-    parser = load_parser(checkpoint, backend, device)
-    if detect: get_detector(detector); spec = DETECTORS[detector]
+    parser, detector = load_parser(checkpoint, backend, device), detector if detect else None
+    if detector: get_detector(detector)  # a detector that cannot be loaded fails now, not on the first photo
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    items = [{'input': q.file, 'name': None, 'status': 'error', 'faces': 0, 'problem': str(q)} for q in problems]
     for q in problems: say(f"skipped {q}")
     records: list[dict | None] = [None] * len(paths)
     bar = tqdm(total=len(paths), unit='photo', desc='predict', disable=not progress, file=sys.stderr)
-    pending: deque[_Job] = deque(); batch: list[tuple[_Job, Region, np.ndarray]] = []
-
-    def finish_ready():
-        while pending and pending[0].todo == 0:
-            job = pending.popleft()
-            rec = {'input': str(job.path), 'name': job.name, 'status': 'ok', 'faces': len(job.faces), 'size': [job.image.shape[1], job.image.shape[0]],
-                   'boxes': [dict(box=f.to_list(), score=round(f.score, 3), region=r.to_list()) for f, r in zip(job.faces, job.regions)] if job.faces else [],
-                   'whole_image': not job.faces}
-            write_outputs(out, job.name, job.image, job.labels, rec if json else None)
-            records[job.index] = rec; bar.update(1)
-
-    def run_batch():
-        probs = parser(np.stack([c for _, _, c in batch]))
-        for (job, region, _), p in zip(batch, probs):
-            paste(p, region, job.labels, job.conf); job.todo -= 1
-        batch.clear(); finish_ready()
-
+    def done(job: _Job) -> None:
+        rec = _parsed(job); write_outputs(out, job.name, job.image, job.labels, rec if json else None)
+        records[job.index] = rec; bar.update(1)
+    batches = _Batches(parser, batch_size, pad, done)
     for i, (path, name) in enumerate(zip(paths, names)):
-        try: image = read_photo(path)
-        except DataError as e:
-            records[i] = {'input': str(path), 'name': None, 'status': 'error', 'faces': 0, 'problem': str(e)}
-            say(f"skipped {e}"); bar.update(1); continue
-        faces = detect_faces(image, detector, min_score=min_score) if detect else []
-        if detect and not faces and no_face == 'skip':
-            records[i] = {'input': str(path), 'name': None, 'status': 'no_face', 'faces': 0,
-                          'problem': f"{path}: no face found. Fix: pass a photo with a visible frontal face, or no_face='whole' / --no-detect"}
-            say(f"no face found in {path}: skipped"); bar.update(1); finish_ready(); continue
-        regions = [face_region(f, spec.margin, spec.shift) for f in faces] if faces else [Region(0, 0, image.shape[1], image.shape[0])]
-        job = _Job(i, path, name, image, faces, regions, np.zeros(image.shape[:2], np.uint8),
-                   np.zeros(image.shape[:2], np.float32) if len(regions) > 1 else None, len(regions))
-        pending.append(job)
-        for r in regions:
-            batch.append((job, r, extract(image, r, parser.size, pad)))
-            if len(batch) >= batch_size: run_batch()
-    if batch: run_batch()
-    finish_ready(); bar.close()
-    items = items + [r for r in records if r is not None]
-    counts = {s: sum(r['status'] == s for r in items) for s in ('ok', 'no_face', 'error')}
-    summary = {'format': SUMMARY_FORMAT, 'checkpoint': str(checkpoint), 'backend': parser.backend, 'model': parser.name,
-               'size': parser.size, 'detect': detect, 'detector': detector if detect else None, 'out': str(out),
-               'counts': counts, 'faces': sum(r['faces'] for r in items), 'seconds': round(time.time() - started, 2), 'items': items}
-    (out / 'summary.json').write_text(_json.dumps(summary, indent=1))
-    return summary
+        got = _open_photo(path, detector, min_score, no_face, say)
+        if isinstance(got, dict): records[i] = got; bar.update(1); continue
+        batches.add(_Job(i, path, name, *got, _regions(*got, detector)))
+    batches.flush(); bar.close()
+    return _write_summary(out, checkpoint, parser, detector, [_skipped(q.file, 'error', str(q)) for q in problems] + records, started)
 
 # %% ../notebooks/lib/13_predict.ipynb #436f37b0
 def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The architecture × encoder grid: one papermill run of `02_train` (and its test evaluation) per configuration, resumable, one run per device at a time, collected into a tidy CSV, Markdown tables and plots.
+"""The architecture × encoder grid: one papermill run of `02_train` (and its test evaluation) per configuration, resumable, one run per device at a time; `run_sweep` is the one entry point of the command line and of notebook 03.
 
 Docs: https://faceseg.github.io/faceseg/lib/sweep.html.md"""
 
@@ -6,22 +6,21 @@ Docs: https://faceseg.github.io/faceseg/lib/sweep.html.md"""
 
 # %% ../notebooks/lib/12_sweep.ipynb #0b7ca003
 from __future__ import annotations
-import argparse, json, math, queue, re, threading, time, traceback
+import argparse, json, queue, re, threading, time, traceback
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from .compare import (RESULT_FILES, STATUS_FILE, SWEEP_FILE, collect, read_status, run_name, run_state,
+                                 runs_table, split_entry)
 from .errors import DataError, Problem
-from .labels import CLASSES, DISPLAY_NAMES
 
 # %% auto #0
-__all__ = ['DEFAULT_ARCHS', 'DEFAULT_ENCODERS', 'DEFAULT_GRID', 'SWEEP_FIELDS', 'STATUS_FILE', 'NOTEBOOK_RECORD', 'SWEEP_FILE',
-           'RUN_COLUMNS', 'RESULT_COLUMNS', 'RESULT_FILES', 'make_grid', 'parse_grid', 'run_name', 'check_overrides',
-           'run_parameters', 'check_settings', 'resolve_devices', 'run_parallel', 'read_status', 'run_state',
-           'write_status', 'describe_error', 'inference_speed', 'measure_run', 'evaluate_run', 'run_config',
-           'record_sweep', 'default_out', 'sweep', 'run_rows', 'collect', 'runs_table', 'f1_table', 'cost_table',
-           'markdown_table', 'results_markdown', 'plot_heatmap', 'plot_ranking', 'write_results', 'parse_overrides',
-           'add_sweep_arguments', 'run_sweep_from_args']
+__all__ = ['DEFAULT_ARCHS', 'DEFAULT_ENCODERS', 'DEFAULT_GRID', 'SWEEP_FIELDS', 'NOTEBOOK_RECORD', 'TRAIN_DEFAULT', 'make_grid',
+           'choose_grid', 'parse_grid', 'check_overrides', 'run_parameters', 'check_settings', 'resolve_devices',
+           'run_parallel', 'write_status', 'describe_error', 'inference_speed', 'measure_run', 'evaluate_run',
+           'start_status', 'run_config', 'record_sweep', 'sweep_settings', 'sweep', 'train_overrides', 'run_sweep',
+           'parse_overrides', 'add_sweep_arguments', 'run_sweep_from_args']
 
 # %% ../notebooks/lib/12_sweep.ipynb #58665ee4
 DEFAULT_ARCHS: tuple[str, ...] = ('Unet', 'FPN', 'PAN', 'PSPNet', 'DeepLabV3Plus')  # the original comparison
@@ -36,15 +35,14 @@ def make_grid(archs: Iterable[str],     # architectures (any case)
 DEFAULT_GRID: list[str] = make_grid(DEFAULT_ARCHS, DEFAULT_ENCODERS)
 
 # %% ../notebooks/lib/12_sweep.ipynb #ed127fb3
-def _split_entry(entry) -> tuple[str, str]:
-    "(arch, encoder) of one grid entry: 'Arch:encoder' or a pair."
-    if isinstance(entry, str):
-        arch, sep, encoder = entry.partition(':')
-        if not sep or not arch.strip() or not encoder.strip(): raise ValueError(entry)
-        return arch.strip(), encoder.strip()
-    arch, encoder = entry
-    return str(arch), str(encoder)
+def choose_grid(grid: Sequence | str | None = None,   # the configurations, if given
+                archs: Iterable[str] | None = None,     # else these architectures (None: DEFAULT_ARCHS) ...
+                encoders: Iterable[str] | None = None   # ... each with these encoders (None: DEFAULT_ENCODERS)
+               ) -> Sequence | str:
+    "`grid` if given, else every architecture of `archs` with every encoder of `encoders`."
+    return grid or make_grid(archs or DEFAULT_ARCHS, encoders or DEFAULT_ENCODERS)
 
+# %% ../notebooks/lib/12_sweep.ipynb #804ec4d3
 def parse_grid(grid: Sequence | str   # 'Arch:encoder' strings or (arch, encoder) pairs; or one comma-separated string
               ) -> list[tuple[str, str]]:
     "The (arch, encoder) pairs of `grid` with canonical names; DataError listing every unknown name or duplicate."
@@ -52,7 +50,7 @@ def parse_grid(grid: Sequence | str   # 'Arch:encoder' strings or (arch, encoder
     entries = [e for e in grid.split(',') if e.strip()] if isinstance(grid, str) else list(grid)
     pairs, problems = [], []
     for entry in entries:
-        try: arch, encoder = _split_entry(entry)
+        try: arch, encoder = split_entry(entry)
         except (ValueError, TypeError):
             problems.append(Problem(f'grid entry {entry!r}', 'is not an architecture:encoder pair', "write it as e.g. 'Unet:resnet34'")); continue
         try: arch = resolve_arch(arch); resolve_encoder(encoder, arch)
@@ -63,11 +61,6 @@ def parse_grid(grid: Sequence | str   # 'Arch:encoder' strings or (arch, encoder
     if not entries: problems.append(Problem('grid', 'is empty', "list at least one configuration, e.g. ['Unet:resnet34']"))
     if problems: raise DataError.from_problems(problems, 'Bad sweep grid')
     return pairs
-
-# %% ../notebooks/lib/12_sweep.ipynb #0ce1ed75
-def run_name(arch: str, encoder: str) -> str:
-    "The folder name of a configuration: '<Arch>-<encoder>' (characters unsafe in file names become '_')."
-    return re.sub(r'[^\w.+-]+', '_', f'{arch}-{encoder}')
 
 # %% ../notebooks/lib/12_sweep.ipynb #0f36b380
 SWEEP_FIELDS: tuple[str, ...] = ('arch', 'encoder', 'name', 'out_dir', 'data_dir', 'size', 'epochs', 'device', 'resume')
@@ -149,19 +142,7 @@ def run_parallel(items: Sequence,                 # the work, in the order it is
     return results
 
 # %% ../notebooks/lib/12_sweep.ipynb #46669f47
-STATUS_FILE = 'status.json'
 NOTEBOOK_RECORD = '02_train.ipynb'  # the executed training notebook in each run folder
-
-def read_status(run: str | Path) -> dict:
-    "A run folder's status.json ({} when there is none or it cannot be read)."
-    try: return json.loads((Path(run) / STATUS_FILE).read_text())
-    except (OSError, ValueError): return {}
-
-def run_state(run: str | Path, status: Mapping | None = None) -> str:
-    "'done', 'failed', 'running' (started, never finished) or 'pending' (never started); `status`: its status.json if read already."
-    s = (read_status(run) if status is None else status).get('status')
-    if s == 'done' and not (Path(run) / 'metrics.json').is_file(): return 'running'  # its evaluation never finished
-    return s if s in ('done', 'failed', 'running') else 'pending'
 
 def write_status(run: str | Path, status: Mapping) -> Path:
     "Write status.json atomically (readers never see half a file)."
@@ -224,19 +205,24 @@ def evaluate_run(run: str | Path, data_dir: str | Path, split: str = 'test', bat
                     workers=workers, out_dir=str(run), progress=False)
 
 # %% ../notebooks/lib/12_sweep.ipynb #337b0c56
+def start_status(run: Path, arch: str, encoder: str, device: str, params: Mapping) -> dict:
+    "The status of a run starting now (its attempts counted on from an earlier status.json), written to its status.json."
+    status = {'name': run.name, 'arch': arch, 'encoder': encoder, 'status': 'running', 'device': device,
+              'attempts': read_status(run).get('attempts', 0) + 1, 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+              'parameters': dict(params)}
+    write_status(run, status)
+    return status
+
+# %% ../notebooks/lib/12_sweep.ipynb #d642deb8
 def run_config(arch: str, encoder: str,
-               settings: Mapping,          # the sweep's settings: data_dir, out, epochs, size, overrides, split, log_output
+               settings: Mapping,          # the sweep's settings (`sweep_settings`): data_dir, out, epochs, size, overrides, split, log_output
                device: str = 'cpu') -> dict:
     "Train (papermill run of 02_train), evaluate and measure one configuration; its final status (also in status.json)."
     from faceseg_lib.pipeline import run_notebook
     from faceseg_lib.config import TrainConfig
     s, run = settings, Path(settings['out']) / run_name(arch, encoder)
     params = run_parameters(arch, encoder, s['data_dir'], s['out'], s['epochs'], s['size'], device, s['overrides'])
-    status = {'name': run.name, 'arch': arch, 'encoder': encoder, 'status': 'running', 'device': device,
-              'attempts': read_status(run).get('attempts', 0) + 1, 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
-              'parameters': params}
-    write_status(run, status)
-    t0 = time.time()
+    status, t0 = start_status(run, arch, encoder, device, params), time.time()
     try:
         run_notebook('02_train', run / NOTEBOOK_RECORD, params, log_output=s.get('log_output', False), progress=False)
         batch = int(params.get('batch_size', TrainConfig.batch_size))
@@ -251,8 +237,6 @@ def run_config(arch: str, encoder: str,
     return status
 
 # %% ../notebooks/lib/12_sweep.ipynb #bcdb2007
-SWEEP_FILE = 'sweep.json'
-
 def _result_settings(settings: Mapping) -> dict:
     "The settings that change results, overrides with TrainConfig's defaults filled in (not where data lies, nor workers)."
     from dataclasses import fields
@@ -261,8 +245,10 @@ def _result_settings(settings: Mapping) -> dict:
     recipe = {f.name: given.get(f.name, f.default) for f in fields(TrainConfig) if f.name not in SWEEP_FIELDS + RUNTIME_FIELDS}
     return {'epochs': settings['epochs'], 'size': settings['size'], 'split': settings['split'], **recipe}
 
+# %% ../notebooks/lib/12_sweep.ipynb #6b5f4f78
 def record_sweep(out: Path, grid: list[tuple[str, str]], settings: Mapping) -> dict:
     "Write (or extend) the sweep's sweep.json; DataError if the folder holds a sweep with other result settings."
+    from faceseg_lib.core import write_atomic
     path, entries = out / SWEEP_FILE, [f'{a}:{e}' for a, e in grid]
     old = json.loads(path.read_text()) if path.is_file() else None
     if old is not None:
@@ -273,16 +259,58 @@ def record_sweep(out: Path, grid: list[tuple[str, str]], settings: Mapping) -> d
         entries = old['grid'] + [e for e in entries if e not in old['grid']]
     record = {'format': 'faceseg-sweep', 'version': 1, 'grid': entries,
               'settings': {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items() if k != 'log_output'}}
-    from faceseg_lib.core import write_atomic
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(record, indent=2) + '\n')
     return record
 
 # %% ../notebooks/lib/12_sweep.ipynb #0f825936
-def default_out(size: int, epochs: int) -> str:
-    "The sweep folder used when none is given: outputs/sweeps/<size>px-<epochs>ep."
-    return f'outputs/sweeps/{size}px-{epochs}ep'
+def sweep_settings(data_dir: str | Path | None = None,  # prepared dataset (default: TrainConfig's)
+                   out: str | Path | None = None,       # sweep folder (default: outputs/sweeps/<size>px-<epochs>ep)
+                   epochs: int | None = None, size: int | None = None,  # per configuration (default: TrainConfig's)
+                   overrides: Mapping | None = None,    # other TrainConfig fields for every run (checked)
+                   split: str = 'test', log_output: bool = False,
+                   n_devices: int = 1,                  # runs at a time
+                   root: str | Path | None = None       # where relative paths start (default: the working directory)
+                  ) -> dict:
+    "The settings of a sweep, as `run_config` and sweep.json take them: defaults filled in, paths absolute, overrides checked."
+    from faceseg_lib.core import loader_workers, resolve_path
+    from faceseg_lib.config import TrainConfig
+    overrides = check_overrides(overrides)
+    if n_devices > 1 and 'workers' not in overrides: overrides = {**overrides, 'workers': loader_workers(-1, n_devices)}
+    epochs, size = epochs or TrainConfig.epochs, size or TrainConfig.size
+    return dict(data_dir=str(resolve_path(data_dir or TrainConfig.data_dir, root)),
+                out=str(resolve_path(out or f'outputs/sweeps/{size}px-{epochs}ep', root)),
+                epochs=epochs, size=size, split=split, overrides=overrides, log_output=log_output)
 
+# %% ../notebooks/lib/12_sweep.ipynb #9662fb83
+def _todo(pairs: Sequence[tuple[str, str]], out: Path, retry_failed: bool) -> tuple[dict, list]:
+    "The state of each configuration, and those to run: never started, interrupted, and (with retry_failed) failed ones."
+    states = {p: run_state(out / run_name(*p)) for p in pairs}
+    return states, [p for p in pairs if states[p] in ('pending', 'running') or (retry_failed and states[p] == 'failed')]
+
+def _skipped(states: Mapping, todo: list) -> str:
+    "What the sweep leaves alone, in words: finished configurations, and failed ones unless retried."
+    n = Counter(states[p] for p in states if p not in todo)
+    return (f"; {n['done']} finished (skipped)" if n['done'] else '') + (
+        f"; {n['failed']} failed before (skipped: pass retry_failed=True / --retry-failed to rerun)" if n['failed'] else '')
+
+# %% ../notebooks/lib/12_sweep.ipynb #f09fa21b
+def _report(status: Mapping) -> str:
+    "One finished configuration in a line: its state, device and time, and its test mean F1 or its error."
+    return (f"{status['name']}: {status['status']} on {status['device']} in {status['seconds']:.0f} s"
+            + (f"  test mean F1 {status['mean_f1']:.4f}" if status.get('mean_f1') is not None else '')
+            + (f"  {' '.join(status['error'].split())[:400]}" if status['status'] == 'failed' else ''))
+
+def _printer(progress: bool) -> Callable:
+    "print through tqdm (so the bar stays whole) when there is a bar."
+    from tqdm.auto import tqdm
+    return (lambda msg: tqdm.write(msg)) if progress else (lambda msg: print(msg, flush=True))
+
+def _bar(total: int, progress: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc='sweep', unit='run', disable=not progress or total == 0)
+
+# %% ../notebooks/lib/12_sweep.ipynb #32a8d99b
 def sweep(grid: Sequence | str = DEFAULT_GRID,   # 'Arch:encoder' strings or (arch, encoder) pairs
           data_dir: str | Path | None = None,      # prepared dataset (default: TrainConfig's)
           out: str | Path | None = None,           # sweep folder (default: outputs/sweeps/<size>px-<epochs>ep)
@@ -294,187 +322,59 @@ def sweep(grid: Sequence | str = DEFAULT_GRID,   # 'Arch:encoder' strings or (ar
           retry_failed: bool = False,              # run configurations that failed before again
           log_output: bool = False,                # stream the training notebooks' output (headless logs)
           progress: bool = True,                   # a progress bar over the configurations
+          root: str | Path | None = None,          # where relative paths start (default: the working directory)
          ):
     "Train, evaluate and measure every configuration of `grid` (skipping finished ones); the collected results (tidy DataFrame)."
-    from faceseg_lib.core import loader_workers, resolve_path
-    from faceseg_lib.config import TrainConfig
-    pairs, devs, overrides = parse_grid(grid), resolve_devices(devices), check_overrides(overrides)
-    if len(devs) > 1 and 'workers' not in overrides:  # runs side by side share the cores
-        overrides = {**overrides, 'workers': loader_workers(-1, len(devs))}
-    epochs, size = epochs or TrainConfig.epochs, size or TrainConfig.size
-    data_dir, out = resolve_path(data_dir or TrainConfig.data_dir), resolve_path(out or default_out(size, epochs))
-    settings = dict(data_dir=str(data_dir), out=str(out), epochs=epochs, size=size, split=split, overrides=overrides,
-                    log_output=log_output)
-    for d in dict.fromkeys(devs): check_settings(run_parameters(*pairs[0], data_dir, out, epochs, size, d, overrides))
-    record_sweep(out, pairs, settings)
-    states = {p: run_state(out / run_name(*p)) for p in pairs}
-    todo = [p for p in pairs if states[p] in ('pending', 'running') or (retry_failed and states[p] == 'failed')]
-    say = _printer(progress)
-    say(f'sweep {out}: {len(pairs)} configurations, {len(todo)} to run on {", ".join(devs)}'
-        + _skipped(states, todo))
-    bar = _bar(len(todo), progress)
-    def done(status):
-        bar.update(1)
-        say(f"{status['name']}: {status['status']} on {status['device']} in {status['seconds']:.0f} s"
-            + (f"  test mean F1 {status['mean_f1']:.4f}" if status.get('mean_f1') is not None else '')
-            + (f"  {' '.join(status['error'].split())[:400]}" if status['status'] == 'failed' else ''))
-    try: run_parallel(todo, devs, lambda p, d: run_config(*p, settings, d), done)
+    pairs, devs = parse_grid(grid), resolve_devices(devices)
+    s = sweep_settings(data_dir, out, epochs, size, overrides, split, log_output, len(devs), root)
+    out = Path(s['out'])
+    for d in dict.fromkeys(devs): check_settings(run_parameters(*pairs[0], s['data_dir'], out, s['epochs'], s['size'], d, s['overrides']))
+    record_sweep(out, pairs, s)
+    states, todo = _todo(pairs, out, retry_failed)
+    say, bar = _printer(progress), _bar(len(todo), progress)
+    say(f'sweep {out}: {len(pairs)} configurations, {len(todo)} to run on {", ".join(devs)}' + _skipped(states, todo))
+    def done(status): bar.update(1); say(_report(status))
+    try: run_parallel(todo, devs, lambda p, d: run_config(*p, s, d), done)
     finally: bar.close()
     return collect(out)
 
-def _skipped(states: Mapping, todo: list) -> str:
-    "What the sweep leaves alone, in words: finished configurations, and failed ones unless retried."
-    n = Counter(states[p] for p in states if p not in todo)
-    return (f"; {n['done']} finished (skipped)" if n['done'] else '') + (
-        f"; {n['failed']} failed before (skipped: pass retry_failed=True / --retry-failed to rerun)" if n['failed'] else '')
-
-def _printer(progress: bool) -> Callable:
-    "print through tqdm (so the bar stays whole) when there is a bar."
-    from tqdm.auto import tqdm
-    return (lambda msg: tqdm.write(msg)) if progress else (lambda msg: print(msg, flush=True))
-
-def _bar(total: int, progress: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc='sweep', unit='run', disable=not progress or total == 0)
-
 # %% ../notebooks/lib/12_sweep.ipynb #7d03c350
-RUN_COLUMNS: tuple[str, ...] = ('config', 'arch', 'encoder', 'status', 'mean_f1', 'mean_iou', 'micro_fscore', 'parameters',
-                                'train_seconds', 'images_per_s', 'device', 'error')
-RESULT_COLUMNS: tuple[str, ...] = RUN_COLUMNS[:4] + ('class', 'f1', 'iou') + RUN_COLUMNS[4:]
+class _TrainDefault:
+    "A run_sweep argument left out: TrainConfig's value applies (None cannot say it: encoder_weights=None is a value)."
+    def __repr__(self): return 'TRAIN_DEFAULT'
 
-def _nan(v): return math.nan if v is None else v
+TRAIN_DEFAULT = _TrainDefault()
 
-def _config_order(sweep_dir: Path) -> list[str]:
-    "Run folder names in grid order (sweep.json), then any other run folders."
-    path = sweep_dir / SWEEP_FILE
-    grid = json.loads(path.read_text())['grid'] if path.is_file() else []
-    names = [run_name(*_split_entry(e)) for e in grid]
-    return names + sorted(p.parent.name for p in sweep_dir.glob(f'*/{STATUS_FILE}') if p.parent.name not in names)
+def train_overrides(overrides: Mapping | None = None, **fields) -> dict:
+    "`overrides` with the TrainConfig `fields` that are given (not TRAIN_DEFAULT); DataError for a field given both ways."
+    overrides, given = dict(overrides or {}), {k: v for k, v in fields.items() if v is not TRAIN_DEFAULT}
+    problems = [Problem(f'overrides[{k!r}]', f'repeats the {k} argument', f'give {k} once') for k in given if k in overrides]
+    if problems: raise DataError.from_problems(problems, 'Bad sweep overrides')
+    return {**overrides, **given}
 
-def run_rows(sweep_dir: str | Path, name: str) -> list[dict]:
-    "The tidy rows (one per class) of one configuration of a sweep."
-    run = Path(sweep_dir) / name
-    st = read_status(run); state = run_state(run, st)
-    m = json.loads((run / 'metrics.json').read_text()) if state == 'done' else {}
-    meas = st.get('measures', {})
-    arch, _, encoder = name.partition('-')
-    base = {'config': name, 'arch': st.get('arch', arch), 'encoder': st.get('encoder', encoder), 'status': state,
-            'mean_f1': _nan(m.get('mean_f1')), 'mean_iou': _nan(m.get('mean_iou')), 'micro_fscore': _nan(m.get('micro_fscore')),
-            'parameters': _nan(meas.get('parameters')), 'train_seconds': _nan(meas.get('train_seconds')),
-            'images_per_s': _nan(meas.get('images_per_s')), 'device': st.get('device'),
-            'error': st.get('error') if state == 'failed' else None}
-    return [{**base, 'class': c, 'f1': _nan(m.get('f1', {}).get(c)), 'iou': _nan(m.get('iou', {}).get(c))} for c in CLASSES]
-
-def collect(sweep_dir: str | Path,   # a sweep folder (holds sweep.json and one folder per configuration)
-            write: bool = True       # also write results.csv, results.md, heatmap.png and mean_f1.png there
-           ):
-    "The sweep's results as a tidy DataFrame (one row per configuration x class); with `write`, its tables and plots too."
-    import pandas as pd
-    from faceseg_lib.core import resolve_path
-    sweep_dir = resolve_path(sweep_dir)
-    if not sweep_dir.is_dir(): raise DataError.from_problem(sweep_dir, 'no such sweep folder', 'run the sweep first, or check the path')
-    rows = [r for name in _config_order(sweep_dir) for r in run_rows(sweep_dir, name)]
-    df = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
-    if write: write_results(df, sweep_dir)
-    return df
-
-# %% ../notebooks/lib/12_sweep.ipynb #68357418
-def runs_table(df):
-    "One row per configuration (index: config): status, scores and measurements."
-    return df.drop_duplicates('config').set_index('config')[list(RUN_COLUMNS[1:])]
-
-def f1_table(df):
-    "Rows = configurations (grid order), columns = per-class test F1, mean F1, micro F-score."
-    order = list(dict.fromkeys(df['config']))
-    wide = df.pivot(index='config', columns='class', values='f1').reindex(index=order, columns=list(CLASSES))
+# %% ../notebooks/lib/12_sweep.ipynb #365daa06
+def run_sweep(grid: Sequence | str | None = None,   # 'Arch:encoder' entries; None: every one of `archs` with every one of `encoders`
+              archs: Iterable[str] | None = None,     # architectures (None: DEFAULT_ARCHS)
+              encoders: Iterable[str] | None = None,  # encoders (None: DEFAULT_ENCODERS)
+              data_dir: str | Path | None = None,     # prepared dataset (default: TrainConfig's)
+              out_dir: str | Path | None = None,      # sweep folder (default: outputs/sweeps/<size>px-<epochs>ep)
+              epochs: int | None = None, size: int | None = None,  # per configuration (default: TrainConfig's)
+              devices: Sequence[str] | str | int | None = None,    # None: every GPU, one run on each at a time; else the CPU
+              encoder_weights=TRAIN_DEFAULT, batch_size=TRAIN_DEFAULT, max_steps=TRAIN_DEFAULT,  # TrainConfig fields of every run
+              overrides: Mapping | None = None,       # any other TrainConfig fields of every run
+              split: str = 'test', retry_failed: bool = False,
+              collect_only: bool = False,             # do not train: only collect the results already in the sweep folder
+              log_output: bool = False, progress: bool = True,
+              root: str | Path | None = None,         # where relative paths start (default: the working directory)
+             ) -> tuple:
+    "Run the sweep (see `sweep`), or with `collect_only` only collect it; (the tidy results, the sweep folder)."
+    overrides = train_overrides(overrides, encoder_weights=encoder_weights, batch_size=batch_size, max_steps=max_steps)
+    out = Path(sweep_settings(data_dir, out_dir, epochs, size, overrides, root=root)['out'])
+    df = collect(out) if collect_only else sweep(choose_grid(grid, archs, encoders), data_dir, out, epochs, size, devices,
+                                                 overrides, split, retry_failed, log_output, progress, root)
     runs = runs_table(df)
-    wide['mean F1'], wide['micro fscore'] = runs['mean_f1'], runs['micro_fscore']
-    wide.columns.name = None
-    return wide
-
-def cost_table(df):
-    "Rows = configurations: parameters, training seconds, inference images/s, status."
-    return runs_table(df)[['parameters', 'train_seconds', 'images_per_s', 'status']].rename(columns={
-        'train_seconds': 'train seconds', 'images_per_s': 'inference img/s'})
-
-# %% ../notebooks/lib/12_sweep.ipynb #ea64ef17
-def _cell(v, fmt: str) -> str:
-    "A table cell: '–' for missing values, numbers in `fmt`, text with pipes escaped."
-    if v is None or (isinstance(v, float) and math.isnan(v)): return '–'
-    if isinstance(v, (int, float)) and not isinstance(v, bool): return format(v, fmt)
-    return str(v).replace('|', '\\|').replace('\n', ' ')
-
-def markdown_table(table,                      # a DataFrame; its index becomes the first column
-                   formats: Mapping | None = None,  # column -> format spec (default '.4f' for numbers)
-                   index_label: str = 'configuration') -> str:
-    "A DataFrame as a GitHub Markdown table."
-    formats = dict(formats or {})
-    head = [index_label] + [str(c) for c in table.columns]
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join([':---'] + ['---:'] * len(table.columns)) + '|']
-    for idx, row in table.iterrows():
-        lines.append('| ' + ' | '.join([str(idx)] + [_cell(row[c], formats.get(c, '.4f')) for c in table.columns]) + ' |')
-    return '\n'.join(lines)
-
-# %% ../notebooks/lib/12_sweep.ipynb #f1702845
-def results_markdown(df, title: str = 'Architecture sweep') -> str:
-    "results.md: the F1 table, the cost table and the failures with their errors."
-    runs = runs_table(df)
-    out = [f'# {title}', '', '## Test F1 per class', '',
-           'F1 (= Dice) per class over the whole test split; mean F1 over the 18 face parts (background and absent classes '
-           'left out); micro fscore as in the original project (= pixel accuracy). – : absent or not run.', '',
-           markdown_table(f1_table(df)), '', '## Models', '',
-           markdown_table(cost_table(df), {'parameters': '.0f', 'train seconds': '.1f', 'inference img/s': '.1f'})]
-    failed = runs[runs['status'] == 'failed']
-    if len(failed):
-        out += ['', '## Failures', ''] + [f"- **{name}**: {_cell(err, '')}" for name, err in failed['error'].items()]
-    return '\n'.join(out) + '\n'
-
-# %% ../notebooks/lib/12_sweep.ipynb #31ffae29
-def plot_heatmap(df, save: str | Path | None = None):
-    "Seaborn heatmap of per-class test F1, configurations x classes, annotated; saved as PNG if `save`."
-    import seaborn as sns
-    from faceseg_lib.viz import new_figure, save_figure
-    status = runs_table(df)['status']
-    t = f1_table(df).drop(columns='micro fscore').rename(columns=DISPLAY_NAMES)
-    t.index = [n if status[n] == 'done' else f'{n} ({status[n]})' for n in t.index]
-    fig = new_figure(figsize=(0.62 * t.shape[1] + 3, 0.5 * t.shape[0] + 2))
-    ax = fig.add_subplot()
-    sns.heatmap(t.astype(float), ax=ax, vmin=0, vmax=1, cmap='viridis', annot=True, fmt='.2f', annot_kws={'fontsize': 7},
-                linewidths=0.5, linecolor='white', cbar_kws={'label': 'test F1', 'shrink': 0.8})
-    ax.set_facecolor('0.9')  # NaN cells: absent class or no result
-    ax.axvline(t.shape[1] - 1, color='white', lw=4)  # the mean apart from the classes
-    ax.set_xlabel(''); ax.set_ylabel('')
-    ax.set_title('per-class test F1 (blank: absent class or no result)')
-    ax.tick_params(axis='x', labelrotation=60)
-    fig.tight_layout()
-    return save_figure(fig, save)
-
-def plot_ranking(df, save: str | Path | None = None):
-    "Horizontal bars of mean test F1, best configuration on top; saved as PNG if `save`."
-    from faceseg_lib.viz import new_figure, save_figure
-    r = runs_table(df).dropna(subset=['mean_f1']).sort_values('mean_f1')
-    fig = new_figure(figsize=(7, 0.45 * len(r) + 1.5))
-    ax = fig.add_subplot()
-    ax.barh(r.index, r['mean_f1'], color='tab:blue')
-    for i, v in enumerate(r['mean_f1']): ax.text(v + 0.01, i, f'{v:.3f}', va='center', fontsize=8)
-    ax.set_xlim(0, 1.08); ax.set_xlabel('mean test F1 over the 18 face parts'); ax.grid(axis='x', alpha=0.3)
-    ax.set_title('configurations ranked by mean F1')
-    fig.tight_layout()
-    return save_figure(fig, save)
-
-# %% ../notebooks/lib/12_sweep.ipynb #9b8db005
-RESULT_FILES: tuple[str, ...] = ('results.csv', 'results.md', 'heatmap.png', 'mean_f1.png')
-
-def write_results(df, sweep_dir: str | Path) -> list[Path]:
-    "Write results.csv (tidy), results.md, and (once a configuration has scores) heatmap.png and mean_f1.png."
-    sweep_dir = Path(sweep_dir)
-    df.to_csv(sweep_dir / 'results.csv', index=False)
-    (sweep_dir / 'results.md').write_text(results_markdown(df, f'Architecture sweep: {sweep_dir.name}'))
-    written = [sweep_dir / 'results.csv', sweep_dir / 'results.md']
-    if df['mean_f1'].notna().any():
-        plot_heatmap(df, sweep_dir / 'heatmap.png'); plot_ranking(df, sweep_dir / 'mean_f1.png')
-        written += [sweep_dir / 'heatmap.png', sweep_dir / 'mean_f1.png']
-    return written
+    print(f"{(runs['status'] == 'done').sum()} of {len(runs)} configurations done; results in {out}: {', '.join(RESULT_FILES)}")
+    return df, out
 
 # %% ../notebooks/lib/12_sweep.ipynb #bf2e34eb
 def parse_overrides(items: Sequence[str]) -> dict:
@@ -521,20 +421,14 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
     return parser
 
-def _grid_from_args(args) -> list[str]:
-    "The grid the flags name: positional entries, else --archs x --encoders, else the default grid."
-    if args.grid and (args.archs or args.encoders): raise DataError.from_problem('grid', 'given both as ARCH:ENCODER and as --archs/--encoders', 'use one of the two')
-    return list(args.grid) or make_grid(args.archs or DEFAULT_ARCHS, args.encoders or DEFAULT_ENCODERS)
+_TRAIN_FLAGS: tuple[str, ...] = ('encoder_weights', 'batch_size', 'max_steps', 'preset')  # absent from args unless given
 
 def run_sweep_from_args(args: argparse.Namespace):
-    "Run (or with --collect-only, collect) the sweep the parsed `faceseg sweep` flags describe; the tidy results."
-    from faceseg_lib.config import TrainConfig
-    given = [f'{k}={getattr(args, k)}' for k in ('encoder_weights', 'batch_size', 'max_steps', 'preset') if hasattr(args, k)]
-    overrides = parse_overrides(args.overrides + given)  # flags not given stay out: TrainConfig's defaults apply
-    out = args.out or default_out(args.size or TrainConfig.size, args.epochs or TrainConfig.epochs)
-    df = collect(out) if args.collect_only else sweep(
-        _grid_from_args(args), args.data_dir, out, args.epochs, args.size, args.devices, overrides, args.split,
-        args.retry_failed, args.log_output, progress=not args.quiet)
-    runs = runs_table(df)
-    print(f"{(runs['status'] == 'done').sum()} of {len(runs)} configurations done; results in {out}: {', '.join(RESULT_FILES)}")
+    "`run_sweep` with the parsed `faceseg sweep` flags; the tidy results."
+    if args.grid and (args.archs or args.encoders):
+        raise DataError.from_problem('grid', 'given both as ARCH:ENCODER and as --archs/--encoders', 'use one of the two')
+    given = [f'{k}={getattr(args, k)}' for k in _TRAIN_FLAGS if hasattr(args, k)]  # not given: TrainConfig's defaults apply
+    df, _ = run_sweep(args.grid, args.archs, args.encoders, args.data_dir, args.out, args.epochs, args.size, args.devices,
+                      overrides=parse_overrides(args.overrides + given), split=args.split, retry_failed=args.retry_failed,
+                      collect_only=args.collect_only, log_output=args.log_output, progress=not args.quiet)
     return df

@@ -12,11 +12,11 @@ import torch
 from filelock import FileLock
 
 import faceseg_lib.pipeline as pipeline
+from faceseg_lib.compare import RESULT_FILES, collect, f1_table, runs_table
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASSES
 from faceseg_lib.models import count_parameters, model_from_checkpoint
-from faceseg_lib.sweep import (RESULT_FILES, add_sweep_arguments, collect, f1_table, run_sweep_from_args, runs_table,
-                               sweep)
+from faceseg_lib.sweep import add_sweep_arguments, run_sweep_from_args, sweep
 
 SIZE = 64
 GRID = ['Unet:mobilenet_v2', 'FPN:mobilenet_v2', 'PAN:mobilenet_v2']  # PAN needs >= 128 px: fails at 64

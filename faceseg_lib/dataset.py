@@ -28,8 +28,9 @@ from .prepare import FORMAT as PREPARED_FORMAT, class_pixels
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'check_prepared', 'load_meta', 'load_splits', 'split_ids',
            'read_image', 'read_label', 'swap_lr', 'HorizontalFlipLR', 'augmentations', 'train_transform',
-           'eval_transform', 'denormalize', 'FaceParsingDataset', 'normalize_images', 'model_batch', 'label_stats',
-           'split_sizes', 'class_summary', 'mask_areas', 'meta_summary']
+           'eval_transform', 'denormalize', 'FaceParsingDataset', 'normalize_images', 'model_batch', 'derive_seed',
+           'SeededSampler', 'SeededItems', 'SeededTransform', 'label_stats', 'split_sizes', 'class_summary',
+           'mask_areas', 'meta_summary']
 
 # %% ../notebooks/lib/05_dataset.ipynb #2e0c14af
 _PREPARE_FIX = 'point at the output folder of `faceseg prepare RAW OUT` (or run it to create one)'
@@ -260,6 +261,39 @@ def model_batch(x: torch.Tensor,               # (N, 3, H, W) images: uint8 (com
     x = normalize_images(x.to(device, non_blocking=True))
     y = y.to(device, non_blocking=True).long()
     return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y
+
+# %% ../notebooks/lib/05_dataset.ipynb #4b04cbbe
+def derive_seed(*keys: int) -> int:
+    "A well-mixed 32-bit seed from integer keys (e.g. seed, epoch, index)."
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+class SeededSampler(torch.utils.data.Sampler):
+    "Wraps a sampler of indices to yield (item seed, index) pairs; the seed depends on (seed, epoch, index) only."
+    def __init__(self, sampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+        if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
+    def __len__(self) -> int: return len(self.sampler)
+    def __iter__(self):
+        for i in self.sampler: yield derive_seed(self.seed, self.epoch, i), i
+
+class SeededItems(Dataset):
+    "A FaceParsingDataset read with (seed, index) keys: the augmentation of each item is reseeded from its key."
+    def __init__(self, dataset: FaceParsingDataset): self.dataset = dataset
+    def __len__(self) -> int: return len(self.dataset)
+    def __getitem__(self, key):
+        seed, i = key
+        self.dataset.transform.item_seed = seed
+        return self.dataset[i]
+
+class SeededTransform:
+    "An albumentations transform reseeded before each item with the seed `SeededItems` set (worker seeds are ignored)."
+    def __init__(self, transform): self.transform, self.item_seed = transform, None
+    def set_random_seed(self, seed): pass  # FaceParsingDataset seeds per worker; we seed per item instead
+    def __call__(self, **data):
+        if self.item_seed is not None: self.transform.set_random_seed(self.item_seed)
+        return self.transform(**data)
 
 # %% ../notebooks/lib/05_dataset.ipynb #a054a790
 def label_stats(root: str | Path,                   # a prepared dataset

@@ -15,25 +15,25 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from .core import amp_dtype, loader_workers, resolve_device, resolve_path, write_atomic
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import CLASSES, NUM_CLASSES
 from .losses import LOSSES
-from .dataset import (AUGMENTATIONS, FaceParsingDataset, train_transform, eval_transform, load_meta,
-                                 model_batch, split_ids)
+from .dataset import (AUGMENTATIONS, FaceParsingDataset, SeededItems, SeededSampler, SeededTransform, derive_seed,
+                                 eval_transform, load_meta, model_batch, split_ids, train_transform)
 from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
                                 load_checkpoint)
 from .metrics import ConfusionMatrix
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'HISTORY_COLUMNS', 'resolved', 'config_problems', 'data_problems', 'run_dir',
-           'validate', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'derive_seed', 'SeededSampler',
-           'SeededItems', 'SeededTransform', 'make_loaders', 'init_distributed', 'seed_all', 'train_epoch',
-           'evaluate_loader', 'history_row', 'write_history', 'load_history', 'TrainingSetup', 'build_model',
-           'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
+           'validate', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'make_loaders',
+           'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'history_row', 'write_history',
+           'load_history', 'TrainingSetup', 'build_model', 'training_setup', 'fit', 'build_train_parser',
+           'config_from_args', 'main']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
 def resolved(config: TrainConfig) -> TrainConfig:
@@ -128,39 +128,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, c: TrainConfig, steps_per_e
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=c.lr, total_steps=total,
                                                    pct_start=warmup / total if warmup else 0.3)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, c.scheduler))
-
-# %% ../notebooks/lib/09_train.ipynb #b8ea1225
-def derive_seed(*keys: int) -> int:
-    "A well-mixed 32-bit seed from integer keys (e.g. seed, epoch, index)."
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
-
-class SeededSampler(torch.utils.data.Sampler):
-    "Wraps a sampler of indices to yield (item seed, index) pairs; the seed depends on (seed, epoch, index) only."
-    def __init__(self, sampler, seed: int):
-        self.sampler, self.seed, self.epoch = sampler, seed, 0
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-        if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
-    def __len__(self) -> int: return len(self.sampler)
-    def __iter__(self):
-        for i in self.sampler: yield derive_seed(self.seed, self.epoch, i), i
-
-class SeededItems(Dataset):
-    "A FaceParsingDataset read with (seed, index) keys: the augmentation of each item is reseeded from its key."
-    def __init__(self, dataset: FaceParsingDataset): self.dataset = dataset
-    def __len__(self) -> int: return len(self.dataset)
-    def __getitem__(self, key):
-        seed, i = key
-        self.dataset.transform.item_seed = seed
-        return self.dataset[i]
-
-class SeededTransform:
-    "An albumentations transform reseeded before each item with the seed `SeededItems` set (worker seeds are ignored)."
-    def __init__(self, transform): self.transform, self.item_seed = transform, None
-    def set_random_seed(self, seed): pass  # FaceParsingDataset seeds per worker; we seed per item instead
-    def __call__(self, **data):
-        if self.item_seed is not None: self.transform.set_random_seed(self.item_seed)
-        return self.transform(**data)
 
 # %% ../notebooks/lib/09_train.ipynb #c3a81974
 def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = torch.device('cpu')

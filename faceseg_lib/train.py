@@ -32,8 +32,8 @@ from .metrics import ConfusionMatrix
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'HISTORY_COLUMNS', 'resolved', 'config_problems', 'data_problems', 'run_dir',
            'validate', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'make_loaders',
            'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'history_row', 'write_history',
-           'load_history', 'TrainingSetup', 'build_model', 'training_setup', 'fit', 'build_train_parser',
-           'config_from_args', 'main']
+           'load_history', 'TrainingSetup', 'build_model', 'training_setup', 'dead_warning', 'epoch_line', 'fit',
+           'build_train_parser', 'config_from_args', 'main']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
 def resolved(config: TrainConfig) -> TrainConfig:
@@ -194,6 +194,7 @@ def _read_losses(pending: list[tuple[int, int, torch.Tensor]], desc: str) -> lis
             raise FloatingPointError(f'{desc}: the loss became {v} at step {step + 1}. Fix: lower lr, set grad_clip, or use amp=off')
     return values
 
+# %% ../notebooks/lib/09_train.ipynb #39a255f9
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, loss_fn: Callable,
                 steps: int, device: torch.device, dtype: torch.dtype | None = None, channels_last: bool = False,
                 grad_clip: float = 0.0, progress: bool = False, desc: str = 'train') -> tuple[float, int, float]:
@@ -226,6 +227,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
         drain()
     return total, seen, lr
 
+# %% ../notebooks/lib/09_train.ipynb #ac5adabc
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device,
                     dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, int, ConfusionMatrix]:
@@ -327,7 +329,7 @@ def training_setup(c: TrainConfig,            # a validated config
                          c.channels_last and device.type == 'cuda')
 
 # %% ../notebooks/lib/09_train.ipynb #697b2e93
-def _dead_warning(row: Mapping, split: str, loss: str | None = None) -> str:
+def dead_warning(row: Mapping, split: str, loss: str | None = None) -> str:
     "The loud note for an epoch whose validation has dead parts (present, F1 0); with `loss`, the closing note and its fix."
     if not row.get('dead_parts') or (isinstance(row['dead_parts'], float) and math.isnan(row['dead_parts'])): return ''
     note = f"  WARNING: dead parts (present in {split!r}, F1 0): {', '.join(str(row['dead_parts']).split())}"
@@ -335,7 +337,46 @@ def _dead_warning(row: Mapping, split: str, loss: str | None = None) -> str:
     fix = 'use a loss with a per-pixel term (loss=dice_ce), ' if loss in ('dice', 'dice_smp') else ''
     return note + f'. Fix: {fix}train longer or lower lr; a rare part may need more training images that show it'
 
+def epoch_line(row: Mapping, epochs: int, improved: bool) -> str:
+    "The one line `fit` prints per epoch."
+    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+            f"val_mean_f1 {row['val_mean_f1']:.4f}  val_micro_fscore {row['val_micro_fscore']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['seconds']:.1f}s" + ('  *best' if improved else ''))
 
+# %% ../notebooks/lib/09_train.ipynb #9cc72997
+def _start_or_resume(run: Path, c: TrainConfig, s: TrainingSetup, steps: int, world: int, main: bool) -> dict:
+    "The run's state: from last.pt (model, optimizer, schedule and scaler loaded) when resuming, else fresh (config.json written)."
+    ckpt = _resume_state(run, c, steps, world) if c.resume and run.is_dir() else None
+    if ckpt is None:
+        if main:
+            run.mkdir(parents=True, exist_ok=True)
+            write_atomic(run / 'config.json', json.dumps(asdict(c), indent=2) + '\n')
+        return {'epoch': 0, 'history': [], 'best_score': -math.inf, 'best_epoch': 0}
+    s.model.load_state_dict(ckpt['state_dict']); s.optimizer.load_state_dict(ckpt['optimizer'])
+    s.scheduler.load_state_dict(ckpt['scheduler']); s.scaler.load_state_dict(ckpt['scaler'])
+    extra = ckpt['extra']
+    return {'epoch': extra['epoch'], 'history': list(extra['history']), 'best_score': extra['best_score'], 'best_epoch': extra['best_epoch']}
+
+def _record_epoch(state: dict, row: dict) -> bool:
+    "Add an epoch's history row to the run's state; whether its validation mean F1 is the best so far."
+    state['history'].append(row); state['epoch'] = row['epoch']
+    score = -1.0 if math.isnan(row['val_mean_f1']) else row['val_mean_f1']
+    if score <= state['best_score']: return False
+    state['best_score'], state['best_epoch'] = score, row['epoch']
+    return True
+
+def _save_epoch(run: Path, c: TrainConfig, s: TrainingSetup, state: dict, row: dict, cm: ConfusionMatrix, improved: bool,
+                steps: int, world: int) -> None:
+    "Write history.csv, best.pt (if `improved`) and last.pt (with everything a resume needs)."
+    write_history(run, state['history'])
+    metrics = {'epoch': row['epoch'], 'split': c.val_split, 'val_loss': row['val_loss'], **cm.summary()}
+    if improved: save_checkpoint(run / 'best.pt', s.model, asdict(c), metrics)
+    save_checkpoint(run / 'last.pt', s.model, asdict(c), metrics, optimizer_state=s.optimizer.state_dict(),
+                    scheduler_state=s.scheduler.state_dict(), scaler_state=s.scaler.state_dict(),
+                    extra={'epoch': row['epoch'], 'history': state['history'], 'best_score': state['best_score'],
+                           'best_epoch': state['best_epoch'], 'steps_per_epoch': steps, 'world_size': world})
+
+# %% ../notebooks/lib/09_train.ipynb #503fa90f
 def fit(config: TrainConfig | Mapping | None = None, **overrides) -> Path:
     "Train the model `config` describes (fields may also be given as keywords); returns the run folder."
     config = config if isinstance(config, TrainConfig) else TrainConfig(**dict(config or {}))
@@ -357,49 +398,27 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
         raise DataError.from_problem(resolve_path(c.data_dir) / 'splits.csv', f'the {c.train_split!r} split has fewer images '
                                      f'than one batch ({c.batch_size} x {world} process(es))', 'use a smaller batch_size')
     s = training_setup(c, device, steps, model)
-    optimizer, scheduler, scaler, loss_fn, dtype, channels_last = s.optimizer, s.scheduler, s.scaler, s.loss_fn, s.dtype, s.channels_last
-    start, history, best_score, best_epoch = 0, [], -math.inf, 0
-    state = _resume_state(run, c, steps, world) if c.resume and run.is_dir() else None
-    if state:
-        model.load_state_dict(state['state_dict']); optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler']); scaler.load_state_dict(state['scaler'])
-        extra = state['extra']
-        start, history, best_score, best_epoch = extra['epoch'], list(extra['history']), extra['best_score'], extra['best_epoch']
-    elif main:
-        run.mkdir(parents=True, exist_ok=True)
-        write_atomic(run / 'config.json', json.dumps(asdict(c), indent=2) + '\n')
-    raw = model
-    if c.compile: model = torch.compile(model)
-    if world > 1: model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    log(f"{run}: {c.arch}/{c.encoder} at {c.size} px on {device} x {world}, amp {str(dtype or 'off').replace('torch.', '')}, "
+    state = _start_or_resume(run, c, s, steps, world, main)
+    net = torch.compile(model) if c.compile else model
+    if world > 1: net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
+    log(f"{run}: {c.arch}/{c.encoder} at {c.size} px on {device} x {world}, amp {str(s.dtype or 'off').replace('torch.', '')}, "
         f"{len(train_dl.dataset)} train / {len(val_dl.dataset.dataset)} val images, {steps} steps/epoch, "
-        + (f'resuming after epoch {start}' if state else 'starting') + f' ({c.epochs} epochs)')
-    for epoch in range(start, c.epochs):
+        + (f"resuming after epoch {state['epoch']}" if state['epoch'] else 'starting') + f' ({c.epochs} epochs)')
+    for epoch in range(state['epoch'], c.epochs):
         t0 = time.time()
         seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
-        tl, tn, lr = train_epoch(model, train_dl, optimizer, scheduler, scaler, loss_fn, steps, device, dtype,
-                                 channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}')
-        _sync_buffers(raw)
-        vl, vn, cm = evaluate_loader(raw, val_dl, loss_fn, device, dtype, channels_last)
+        tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
+                                 s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}')
+        _sync_buffers(model)
+        vl, vn, cm = evaluate_loader(model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
         tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
         row = history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0)
-        history.append(row)
-        score = -1.0 if math.isnan(row['val_mean_f1']) else row['val_mean_f1']
-        improved = score > best_score
-        if improved: best_score, best_epoch = score, epoch + 1
-        if main:
-            write_history(run, history)
-            metrics = {'epoch': epoch + 1, 'split': c.val_split, 'val_loss': row['val_loss'], **cm.summary()}
-            if improved: save_checkpoint(run / 'best.pt', raw, asdict(c), metrics)
-            save_checkpoint(run / 'last.pt', raw, asdict(c), metrics, optimizer_state=optimizer.state_dict(),
-                            scheduler_state=scheduler.state_dict(), scaler_state=scaler.state_dict(),
-                            extra={'epoch': epoch + 1, 'history': history, 'best_score': best_score, 'best_epoch': best_epoch,
-                                   'steps_per_epoch': steps, 'world_size': world})
-        log(f"epoch {epoch + 1}/{c.epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_mean_f1 {row['val_mean_f1']:.4f}  val_micro_fscore {row['val_micro_fscore']:.4f}  lr {lr:.2e}  "
-            f"{row['seconds']:.1f}s" + ('  *best' if improved else '') + _dead_warning(row, c.val_split))
+        improved = _record_epoch(state, row)
+        if main: _save_epoch(run, c, s, state, row, cm, improved, steps, world)
+        log(epoch_line(row, c.epochs, improved) + dead_warning(row, c.val_split))
     if dist.is_available() and dist.is_initialized(): dist.barrier()  # nobody leaves before rank 0 has written
-    log(f'done: best val_mean_f1 {best_score:.4f} at epoch {best_epoch}; {run}' + _dead_warning(history[-1], c.val_split, c.loss))
+    log(f"done: best val_mean_f1 {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}"
+        + dead_warning(state['history'][-1], c.val_split, c.loss))
     return run
 
 # %% ../notebooks/lib/09_train.ipynb #3b7db565

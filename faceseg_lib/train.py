@@ -26,14 +26,14 @@ from .dataset import (AUGMENTATIONS, FaceParsingDataset, SeededItems, SeededSamp
                                  eval_transform, load_meta, model_batch, split_ids, train_transform)
 from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
                                 load_checkpoint)
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'HISTORY_COLUMNS', 'resolved', 'config_problems', 'data_problems', 'run_dir',
-           'validate', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'make_loaders',
-           'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'history_row', 'write_history',
-           'load_history', 'TrainingSetup', 'build_model', 'training_setup', 'dead_warning', 'epoch_line', 'fit',
-           'build_train_parser', 'config_from_args', 'main']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'HISTORY_COLUMNS', 'STABLE_VAL_IMAGES', 'resolved', 'config_problems',
+           'data_problems', 'run_dir', 'validate', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler',
+           'make_loaders', 'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'image_spread',
+           'history_row', 'write_history', 'load_history', 'TrainingSetup', 'build_model', 'training_setup',
+           'dead_warning', 'small_val_warning', 'epoch_line', 'fit', 'build_train_parser', 'config_from_args', 'main']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
 def resolved(config: TrainConfig) -> TrainConfig:
@@ -230,28 +230,42 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
 # %% ../notebooks/lib/09_train.ipynb #ac5adabc
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device,
-                    dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, int, ConfusionMatrix]:
-    "One pass over `loader`: (sum of batch loss x batch size, images, confusion matrix) on this process."
+                    dtype: torch.dtype | None = None, channels_last: bool = False
+                   ) -> tuple[float, int, ConfusionMatrix, np.ndarray]:
+    "One pass over `loader`: (sum of batch loss x batch size, images, confusion matrix, each image's mean F1) on this process."
     model.eval()
-    losses, sizes, cm = [], [], ConfusionMatrix(NUM_CLASSES, device)
+    losses, sizes, per_image, cm = [], [], [], ConfusionMatrix(NUM_CLASSES, device)
     for x, y in loader:
         x, y = model_batch(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x).float()
         losses.append(loss_fn(logits, y)); sizes.append(len(x))
-        cm.update(logits, y)
+        counts = confusion_counts(logits, y, per_image=True)
+        cm.add(counts.sum(0)); per_image.append(counts)
     values = torch.stack(losses).tolist() if losses else []  # read back once, at the end
-    return sum(v * n for v, n in zip(values, sizes)), sum(sizes), cm
+    image_f1 = image_means(per_image_f1(torch.cat(per_image).cpu().numpy())) if per_image else np.zeros(0)
+    return sum(v * n for v, n in zip(values, sizes)), sum(sizes), cm, image_f1
 
 # %% ../notebooks/lib/09_train.ipynb #92a25b2c
 HISTORY_COLUMNS: tuple[str, ...] = ('epoch', 'train_loss', 'val_loss', 'val_mean_f1', 'val_mean_iou', 'val_micro_fscore',
-                                    *(f'f1_{c}' for c in CLASSES), 'dead_parts', 'lr', 'seconds')
+                                    'val_image_f1_mean', 'val_image_f1_std', *(f'f1_{c}' for c in CLASSES), 'dead_parts',
+                                    'lr', 'seconds')
 
-def history_row(epoch: int, train_loss: float, val_loss: float, cm: ConfusionMatrix, lr: float, seconds: float) -> dict:
-    "One history.csv row: losses, validation scores (per-class F1 NaN for absent classes), dead parts, lr and seconds."
+def image_spread(image_f1: np.ndarray, device: torch.device) -> tuple[float, float, int]:
+    "(mean, standard deviation, count) of the per-image mean F1s over all processes (images without any part left out)."
+    v = image_f1[~np.isnan(image_f1)]
+    n, s1, s2 = _all_sum([float(v.size), float(v.sum()), float((v ** 2).sum())], device)
+    if n == 0: return math.nan, math.nan, 0
+    mean = s1 / n
+    return mean, math.sqrt(max(0.0, s2 / n - mean ** 2) * n / max(n - 1, 1)), int(n)
+
+def history_row(epoch: int, train_loss: float, val_loss: float, cm: ConfusionMatrix, lr: float, seconds: float,
+                spread: tuple = (math.nan, math.nan)) -> dict:
+    "One history.csv row: losses, validation scores (per-class F1 NaN for absent classes), per-image spread, dead parts, lr, seconds."
     f1 = cm.per_class_f1()
     return {'epoch': epoch, 'train_loss': train_loss, 'val_loss': val_loss, 'val_mean_f1': cm.mean_f1(),
             'val_mean_iou': cm.mean_iou(), 'val_micro_fscore': cm.micro_fscore(),
+            'val_image_f1_mean': spread[0], 'val_image_f1_std': spread[1],
             **{f'f1_{c}': float(v) for c, v in zip(CLASSES, f1)}, 'dead_parts': ' '.join(cm.dead_parts()),
             'lr': lr, 'seconds': seconds}
 
@@ -337,6 +351,20 @@ def dead_warning(row: Mapping, split: str, loss: str | None = None) -> str:
     fix = 'use a loss with a per-pixel term (loss=dice_ce), ' if loss in ('dice', 'dice_smp') else ''
     return note + f'. Fix: {fix}train longer or lower lr; a rare part may need more training images that show it'
 
+STABLE_VAL_IMAGES = 200  # fewer validation images than this: the epoch (and recipe) chosen by mean F1 is partly noise
+
+def small_val_warning(n: int, split: str) -> str:
+    "A warning when a validation split is too small to choose the best epoch by its mean F1; '' otherwise."
+    if n >= STABLE_VAL_IMAGES: return ''
+    return (f'WARNING: the {split!r} split has {n} images (fewer than {STABLE_VAL_IMAGES}): best.pt is chosen by a mean F1 '
+            f'whose noise can exceed the differences between epochs; see val_image_f1_std in history.csv, and compare '
+            f'recipes over several folds and seeds')
+
+def _noise(row: Mapping, n: int) -> str:
+    "How far the validation mean F1 can move by chance: the per-image spread over sqrt(images)."
+    std = row.get('val_image_f1_std', math.nan)
+    return '' if not n or std is None or math.isnan(std) else f' (per-image F1 std {std:.3f}: standard error of the mean about {std / math.sqrt(n):.3f})'
+
 def epoch_line(row: Mapping, epochs: int, improved: bool) -> str:
     "The one line `fit` prints per epoch."
     return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
@@ -404,21 +432,23 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
     log(f"{run}: {c.arch}/{c.encoder} at {c.size} px on {device} x {world}, amp {str(s.dtype or 'off').replace('torch.', '')}, "
         f"{len(train_dl.dataset)} train / {len(val_dl.dataset.dataset)} val images, {steps} steps/epoch, "
         + (f"resuming after epoch {state['epoch']}" if state['epoch'] else 'starting') + f' ({c.epochs} epochs)')
+    if small_val_warning(len(val_dl.dataset.dataset), c.val_split): log(small_val_warning(len(val_dl.dataset.dataset), c.val_split))
     for epoch in range(state['epoch'], c.epochs):
         t0 = time.time()
         seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
         tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
                                  s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}')
         _sync_buffers(model)
-        vl, vn, cm = evaluate_loader(model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
+        vl, vn, cm, image_f1 = evaluate_loader(model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
         tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
-        row = history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0)
+        row = history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)[:2])
         improved = _record_epoch(state, row)
         if main: _save_epoch(run, c, s, state, row, cm, improved, steps, world)
         log(epoch_line(row, c.epochs, improved) + dead_warning(row, c.val_split))
     if dist.is_available() and dist.is_initialized(): dist.barrier()  # nobody leaves before rank 0 has written
-    log(f"done: best val_mean_f1 {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}"
-        + dead_warning(state['history'][-1], c.val_split, c.loss))
+    last = state['history'][-1]
+    log(f"done: best val_mean_f1 {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}" + _noise(last, len(val_dl.dataset.dataset))
+        + dead_warning(last, c.val_split, c.loss))
     return run
 
 # %% ../notebooks/lib/09_train.ipynb #3b7db565

@@ -210,7 +210,8 @@ def test_losses_read_back_in_groups_add_up_as_read_one_by_one(train_set, monkeyp
     total, seen, lr = train.train_epoch(model, dl, opt, sched, scaler, recording, len(dl), torch.device('cpu'))
     assert len(dl) == 7 and seen == 14 == sum(n for _, n in seen_losses)
     assert total == pytest.approx(sum(v * n for v, n in seen_losses), rel=1e-12)
-    vl, vn, cm = train.evaluate_loader(model, dl, losses.LOSSES[c.loss], torch.device('cpu'))
+    vl, vn, cm, image_f1 = train.evaluate_loader(model, dl, losses.LOSSES[c.loss], torch.device("cpu"))
+    assert len(image_f1) == 14 and np.nanmax(image_f1) <= 1  # one mean F1 per image, for the spread in history.csv
     assert vn == 14 and math.isfinite(vl) and cm.tensor.sum() == 14 * SIZE * SIZE
 
 
@@ -273,5 +274,8 @@ def test_fit_reports_a_dead_part_in_the_epoch_line_history_and_checkpoint(train_
     epoch_line = next(l for l in out.splitlines() if l.startswith('epoch 1/1'))
     assert "WARNING: dead parts (present in 'val', F1 0)" in epoch_line and 'nose' in epoch_line
     assert 'Fix: train longer' in next(l for l in out.splitlines() if l.startswith('done:'))
+    assert "WARNING: the 'val' split has 5 images (fewer than 200)" in out  # too few to choose an epoch by mean F1
+    h = load_history(run)
+    assert 0 <= h['val_image_f1_mean'][0] <= 1 and h['val_image_f1_std'][0] >= 0
     assert 'nose' in load_history(run)['dead_parts'][0].split()
     assert 'nose' in torch.load(run / 'best.pt', weights_only=True)['metrics']['dead_parts']

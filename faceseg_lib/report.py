@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .labels import CLASSES, NUM_CLASSES, PALETTE, class_names
-from .train import load_history
+from .history import load_history
 from .viz import new_figure, save_figure
 
 # %% auto #0

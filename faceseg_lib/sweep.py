@@ -190,7 +190,7 @@ def measure_run(run: str | Path,          # a finished training run folder (best
     "Parameters, training seconds and inference images/s of a run's best checkpoint."
     from faceseg_lib.models import count_parameters, model_from_checkpoint
     from faceseg_lib.core import resolve_device
-    from faceseg_lib.train import load_history
+    from faceseg_lib.history import load_history
     model, ckpt = model_from_checkpoint(Path(run) / 'best.pt', map_location=resolve_device(device))
     return {'parameters': count_parameters(model), 'train_seconds': float(load_history(run)['seconds'].sum()),
             'images_per_s': inference_speed(model, size, batch_size, device, ckpt['config'].get('amp', 'auto')),

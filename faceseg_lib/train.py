@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/train.html.md"""
 
 # %% ../notebooks/lib/09_train.ipynb #dc27384f
 from __future__ import annotations
-import argparse, csv, io, json, math, os, random, re, sys, time
+import argparse, json, math, os, random, re, sys, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Callable, Mapping
@@ -20,20 +20,20 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from .core import amp_dtype, loader_workers, resolve_device, resolve_path, write_atomic
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
-from .labels import CLASSES, NUM_CLASSES
+from .labels import NUM_CLASSES
 from .losses import LOSSES
 from .dataset import (AUGMENTATIONS, FaceParsingDataset, SeededItems, SeededSampler, SeededTransform, derive_seed,
                                  eval_transform, load_meta, model_batch, split_ids, train_transform)
 from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
                                 load_checkpoint)
 from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
+from .history import dead_warning, epoch_line, history_row, noise_note, small_val_warning, write_history
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'HISTORY_COLUMNS', 'STABLE_VAL_IMAGES', 'resolved', 'config_problems',
-           'data_problems', 'run_dir', 'validate', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler',
-           'make_loaders', 'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'image_spread',
-           'history_row', 'write_history', 'load_history', 'TrainingSetup', 'build_model', 'training_setup',
-           'dead_warning', 'small_val_warning', 'epoch_line', 'fit', 'build_train_parser', 'config_from_args', 'main']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'resolved', 'config_problems', 'data_problems', 'run_dir', 'validate',
+           'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'make_loaders', 'init_distributed',
+           'seed_all', 'train_epoch', 'evaluate_loader', 'image_spread', 'TrainingSetup', 'build_model',
+           'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
 def resolved(config: TrainConfig) -> TrainConfig:
@@ -247,10 +247,6 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, dev
     return sum(v * n for v, n in zip(values, sizes)), sum(sizes), cm, image_f1
 
 # %% ../notebooks/lib/09_train.ipynb #92a25b2c
-HISTORY_COLUMNS: tuple[str, ...] = ('epoch', 'train_loss', 'val_loss', 'val_mean_f1', 'val_mean_iou', 'val_micro_fscore',
-                                    'val_image_f1_mean', 'val_image_f1_std', *(f'f1_{c}' for c in CLASSES), 'dead_parts',
-                                    'lr', 'seconds')
-
 def image_spread(image_f1: np.ndarray, device: torch.device) -> tuple[float, float, int]:
     "(mean, standard deviation, count) of the per-image mean F1s over all processes (images without any part left out)."
     v = image_f1[~np.isnan(image_f1)]
@@ -258,30 +254,6 @@ def image_spread(image_f1: np.ndarray, device: torch.device) -> tuple[float, flo
     if n == 0: return math.nan, math.nan, 0
     mean = s1 / n
     return mean, math.sqrt(max(0.0, s2 / n - mean ** 2) * n / max(n - 1, 1)), int(n)
-
-def history_row(epoch: int, train_loss: float, val_loss: float, cm: ConfusionMatrix, lr: float, seconds: float,
-                spread: tuple = (math.nan, math.nan)) -> dict:
-    "One history.csv row: losses, validation scores (per-class F1 NaN for absent classes), per-image spread, dead parts, lr, seconds."
-    f1 = cm.per_class_f1()
-    return {'epoch': epoch, 'train_loss': train_loss, 'val_loss': val_loss, 'val_mean_f1': cm.mean_f1(),
-            'val_mean_iou': cm.mean_iou(), 'val_micro_fscore': cm.micro_fscore(),
-            'val_image_f1_mean': spread[0], 'val_image_f1_std': spread[1],
-            **{f'f1_{c}': float(v) for c, v in zip(CLASSES, f1)}, 'dead_parts': ' '.join(cm.dead_parts()),
-            'lr': lr, 'seconds': seconds}
-
-def write_history(run: Path, history: list[dict]) -> Path:
-    "Write history.csv (all rows so far)."
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator='\n')
-    w.writeheader(); w.writerows(history)
-    return write_atomic(run / 'history.csv', buf.getvalue())
-
-def load_history(run: str | Path):
-    "A run's history.csv as a DataFrame (one row per epoch)."
-    import pandas as pd
-    path = Path(run) / 'history.csv'
-    if not path.is_file(): raise DataError.from_problem(path, 'no history.csv', 'train first with fit(...) / `faceseg train`')
-    return pd.read_csv(path)
 
 # %% ../notebooks/lib/09_train.ipynb #ff0a5e5e
 def _config_diff(saved: Mapping, c: TrainConfig) -> list[str]:
@@ -341,35 +313,6 @@ def training_setup(c: TrainConfig,            # a validated config
     return TrainingSetup(model, optimizer, make_scheduler(optimizer, c, steps_per_epoch),
                          torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), LOSSES[c.loss], dtype,
                          c.channels_last and device.type == 'cuda')
-
-# %% ../notebooks/lib/09_train.ipynb #697b2e93
-def dead_warning(row: Mapping, split: str, loss: str | None = None) -> str:
-    "The loud note for an epoch whose validation has dead parts (present, F1 0); with `loss`, the closing note and its fix."
-    if not row.get('dead_parts') or (isinstance(row['dead_parts'], float) and math.isnan(row['dead_parts'])): return ''
-    note = f"  WARNING: dead parts (present in {split!r}, F1 0): {', '.join(str(row['dead_parts']).split())}"
-    if loss is None: return note
-    fix = 'use a loss with a per-pixel term (loss=dice_ce), ' if loss in ('dice', 'dice_smp') else ''
-    return note + f'. Fix: {fix}train longer or lower lr; a rare part may need more training images that show it'
-
-STABLE_VAL_IMAGES = 200  # fewer validation images than this: the epoch (and recipe) chosen by mean F1 is partly noise
-
-def small_val_warning(n: int, split: str) -> str:
-    "A warning when a validation split is too small to choose the best epoch by its mean F1; '' otherwise."
-    if n >= STABLE_VAL_IMAGES: return ''
-    return (f'WARNING: the {split!r} split has {n} images (fewer than {STABLE_VAL_IMAGES}): best.pt is chosen by a mean F1 '
-            f'whose noise can exceed the differences between epochs; see val_image_f1_std in history.csv, and compare '
-            f'recipes over several folds and seeds')
-
-def _noise(row: Mapping, n: int) -> str:
-    "How far the validation mean F1 can move by chance: the per-image spread over sqrt(images)."
-    std = row.get('val_image_f1_std', math.nan)
-    return '' if not n or std is None or math.isnan(std) else f' (per-image F1 std {std:.3f}: standard error of the mean about {std / math.sqrt(n):.3f})'
-
-def epoch_line(row: Mapping, epochs: int, improved: bool) -> str:
-    "The one line `fit` prints per epoch."
-    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_mean_f1 {row['val_mean_f1']:.4f}  val_micro_fscore {row['val_micro_fscore']:.4f}  lr {row['lr']:.2e}  "
-            f"{row['seconds']:.1f}s" + ('  *best' if improved else ''))
 
 # %% ../notebooks/lib/09_train.ipynb #9cc72997
 def _start_or_resume(run: Path, c: TrainConfig, s: TrainingSetup, steps: int, world: int, main: bool) -> dict:
@@ -447,7 +390,7 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
         log(epoch_line(row, c.epochs, improved) + dead_warning(row, c.val_split))
     if dist.is_available() and dist.is_initialized(): dist.barrier()  # nobody leaves before rank 0 has written
     last = state['history'][-1]
-    log(f"done: best val_mean_f1 {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}" + _noise(last, len(val_dl.dataset.dataset))
+    log(f"done: best val_mean_f1 {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}" + noise_note(last, len(val_dl.dataset.dataset))
         + dead_warning(last, c.val_split, c.loss))
     return run
 

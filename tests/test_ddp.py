@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from faceseg_lib.labels import CLASSES
-from faceseg_lib.train import load_history
+from faceseg_lib.history import load_history
 from helpers import SIZE, evaluate_checkpoint, f1_from_counts
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -16,7 +16,8 @@ from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASSES, NUM_CLASSES
 from faceseg_lib.models import create_model
 from faceseg_lib.config import TrainConfig
-from faceseg_lib.train import fit, load_history
+from faceseg_lib.history import HISTORY_COLUMNS, load_history
+from faceseg_lib.train import fit
 from helpers import SIZE, evaluate_checkpoint, f1_from_counts
 
 TINY = dict(arch='Unet', encoder='resnet18', encoder_weights=None, size=SIZE, batch_size=4, workers=0)
@@ -120,7 +121,7 @@ def test_fit_writes_run_folder_and_loadable_checkpoints(train_set, tmp_path):
     config = json.loads((run / 'config.json').read_text())
     assert list(config) == fields and config['loss'] == 'dice_ce' and config['name'] == 'r'
     h = load_history(run)
-    assert list(h.columns) == list(train.HISTORY_COLUMNS) and h['epoch'].tolist() == [1, 2]
+    assert list(h.columns) == list(HISTORY_COLUMNS) and h['epoch'].tolist() == [1, 2]
     assert (h['train_loss'] > 0).all() and h['lr'].gt(0).all() and h['seconds'].gt(0).all()
     for name in ('best.pt', 'last.pt'):
         ckpt = torch.load(run / name, weights_only=True)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 from faceseg_lib.config import TrainConfig, config_fields, field_help
-from faceseg_lib.train import load_history
+from faceseg_lib.history import load_history
 from helpers import SIZE
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -77,6 +77,7 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
         i += 2 + int.from_bytes(data[i + 2:i + 4], 'big')
     return None
 
+# %% ../notebooks/lib/02_celebamask.ipynb #a3e490f9
 _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 def decode(data: bytes,                # the encoded file
@@ -108,6 +109,7 @@ class FolderStore:
             out += [f"{rel}/{f}" for f in files if not f.startswith('.')]
         return out
 
+# %% ../notebooks/lib/02_celebamask.ipynb #0328f9bb
 class ZipStore:
     "The raw tree inside a zip, under `prefix` (e.g. 'CelebAMask-HQ/')."
     def __init__(self, path: Path, prefix: str, zf: zipfile.ZipFile | None = None):  # zf: already open on `path`, reused
@@ -128,8 +130,47 @@ class ZipStore:
                 and not name.rsplit('/', 1)[-1].startswith('.') and '__MACOSX' not in name]
 
 # %% ../notebooks/lib/02_celebamask.ipynb #8ca25a1c
+def _index_images(store, note) -> dict[int, str]:
+    "id -> path (relative to the root) of each image under IMG_DIR; `note(id, rel, problem, fix)` hears of bad names."
+    images: dict[int, str] = {}
+    for rel in sorted(store.list(IMG_DIR)):
+        stem, ext = os.path.splitext(rel.rsplit('/', 1)[-1])
+        if ext.lower() not in IMAGE_EXTS: continue
+        if not stem.isdigit():
+            note(None, rel, 'image name is not a number', 'rename it to <id>.jpg or remove it'); continue
+        id = int(stem)
+        if id in images:
+            note(id, rel, f"a second image for id {id} (also {images[id]})", 'remove one of them')
+        else: images[id] = rel
+    return images
+
+# %% ../notebooks/lib/02_celebamask.ipynb #06c28579
 _MASK_RE = re.compile(r'^(\d+)_(.+)\.png$', re.IGNORECASE)
 
+def _index_masks(store, images: dict[int, str], note) -> dict[int, int]:
+    "id -> bit set of the PARTS whose masks are where they belong; `note(id, rel, problem, fix)` hears of every other mask."
+    bit = {p: 1 << i for i, p in enumerate(PARTS)}
+    parts: dict[int, int] = {}
+    orphans: dict[int, list[str]] = {}
+    for rel in sorted(store.list(ANNO_DIR)):
+        folder, name = rel.rsplit('/', 1)
+        m = _MASK_RE.match(name)
+        if not m:
+            note(None, rel, 'mask name is not <id:05d>_<part>.png', 'rename it or remove it'); continue
+        id, part = int(m[1]), m[2]
+        if part not in bit:
+            note(id, rel, f"unknown part '{part}'", f"rename it to one of {', '.join(PARTS)}, or remove it")
+        elif folder != f"{ANNO_DIR}/{anno_folder(id)}":
+            note(id, rel, f"is in folder '{folder.split('/')[-1] if '/' in folder else ''}' but the masks "
+                 f"of id {id} belong in folder {anno_folder(id)}", f"move it to {ANNO_DIR}/{anno_folder(id)}/")
+        elif id not in images: orphans.setdefault(id, []).append(rel)
+        else: parts[id] = parts.get(id, 0) | bit[part]
+    for id, rels in orphans.items():
+        note(id, rels[0], f"{len(rels)} mask file(s) of id {id} but no image {IMG_DIR}/{id}.jpg",
+             f"add the image {id}.jpg from CelebAMask-HQ.zip, or remove the masks of id {id}")
+    return parts
+
+# %% ../notebooks/lib/02_celebamask.ipynb #4cec2c07
 class RawCelebAMask:
     "The official CelebAMask-HQ layout in a folder or a zip: ids, images, part masks, labels and their problems."
     def __init__(self, store, source: str | Path):
@@ -142,35 +183,10 @@ class RawCelebAMask:
     def _problem(self, id, rel, problem, fix): self._problems.append((id, Problem(self.store.where(rel), problem, fix)))
 
     def _index(self):
-        for rel in sorted(self.store.list(IMG_DIR)):
-            stem, ext = os.path.splitext(rel.rsplit('/', 1)[-1])
-            if ext.lower() not in IMAGE_EXTS: continue
-            if not stem.isdigit():
-                self._problem(None, rel, 'image name is not a number', 'rename it to <id>.jpg or remove it'); continue
-            id = int(stem)
-            if id in self._images:
-                self._problem(id, rel, f"a second image for id {id} (also {self._images[id]})", 'remove one of them')
-            else: self._images[id] = rel
+        self._images = _index_images(self.store, self._problem)
         if not self._images:
             raise DataError.from_problem(self.store.where(IMG_DIR), 'holds no images (<id>.jpg)', FETCH_FIX)
-        bit = {p: 1 << i for i, p in enumerate(PARTS)}
-        orphans: dict[int, list[str]] = {}
-        for rel in sorted(self.store.list(ANNO_DIR)):
-            folder, name = rel.rsplit('/', 1)
-            m = _MASK_RE.match(name)
-            if not m:
-                self._problem(None, rel, 'mask name is not <id:05d>_<part>.png', 'rename it or remove it'); continue
-            id, part = int(m[1]), m[2]
-            if part not in bit:
-                self._problem(id, rel, f"unknown part '{part}'", f"rename it to one of {', '.join(PARTS)}, or remove it")
-            elif folder != f"{ANNO_DIR}/{anno_folder(id)}":
-                self._problem(id, rel, f"is in folder '{folder.split('/')[-1] if '/' in folder else ''}' but the masks "
-                              f"of id {id} belong in folder {anno_folder(id)}", f"move it to {ANNO_DIR}/{anno_folder(id)}/")
-            elif id not in self._images: orphans.setdefault(id, []).append(rel)
-            else: self._parts[id] = self._parts.get(id, 0) | bit[part]
-        for id, rels in orphans.items():
-            self._problem(id, rels[0], f"{len(rels)} mask file(s) of id {id} but no image {IMG_DIR}/{id}.jpg",
-                          f"add the image {id}.jpg from CelebAMask-HQ.zip, or remove the masks of id {id}")
+        self._parts = _index_masks(self.store, self._images, self._problem)
         flagged = {i for i, _ in self._problems}
         for id, rel in self._images.items():
             if not self._parts.get(id) and id not in flagged:
@@ -180,21 +196,34 @@ class RawCelebAMask:
     def __repr__(self): return f"RawCelebAMask({self.source!r}, {len(self._images)} images)"
     def __len__(self): return len(self._images)
     def ids(self) -> list[int]: return sorted(self._images)
-    def image_file(self, id: int) -> str: return self.store.where(self._images[id])
-    def part_files(self, id: int) -> dict[str, str]:
-        "Part name -> mask file, for the parts present, in `PARTS` order."
-        bits = self._parts.get(id, 0)
-        return {p: self.store.where(mask_name(id, p)) for i, p in enumerate(PARTS) if bits >> i & 1}
-    def has_file(self, name: str) -> bool: return self.store.exists(name)
-    def read_text(self, name: str) -> str | None:
-        "A file at the raw root (e.g. the CelebA mapping) as text, or None when absent."
-        return self.store.read(name).decode('utf-8', 'replace') if self.store.exists(name) else None
 
-    def index_problems(self) -> list[tuple[int | None, Problem]]:
-        "Problems seen in the file names, with the id each belongs to (None: no id)."
-        return list(self._problems)
+# %% ../notebooks/lib/02_celebamask.ipynb #7b6dba4b
+@patch
+def image_file(self: RawCelebAMask, id: int) -> str: return self.store.where(self._images[id])
+
+@patch
+def part_files(self: RawCelebAMask, id: int) -> dict[str, str]:
+    "Part name -> mask file, for the parts present, in `PARTS` order."
+    bits = self._parts.get(id, 0)
+    return {p: self.store.where(mask_name(id, p)) for i, p in enumerate(PARTS) if bits >> i & 1}
+
+@patch
+def has_file(self: RawCelebAMask, name: str) -> bool: return self.store.exists(name)
+
+@patch
+def read_text(self: RawCelebAMask, name: str) -> str | None:
+    "A file at the raw root (e.g. the CelebA mapping) as text, or None when absent."
+    return self.store.read(name).decode('utf-8', 'replace') if self.store.exists(name) else None
+
+@patch
+def index_problems(self: RawCelebAMask) -> list[tuple[int | None, Problem]]:
+    "Problems seen in the file names, with the id each belongs to (None: no id)."
+    return list(self._problems)
 
 # %% ../notebooks/lib/02_celebamask.ipynb #fa152700
+def _corrupt(rel: str) -> str: return f"cannot be decoded (corrupt or truncated {rel.rsplit('.', 1)[-1].upper()})"
+_CORRUPT_FIX = 'replace it with the original file from CelebAMask-HQ.zip (extract it again)'
+
 @patch
 def _decode_image(self: RawCelebAMask, id: int, min_size: int | None = None) -> tuple[np.ndarray | None, Problem | None]:
     "(HxWx3 uint8 RGB image, None), or (None, the problem naming the file) when it cannot be decoded."
@@ -210,23 +239,7 @@ def read_image(self: RawCelebAMask, id: int,
     if problem: raise DataError.from_problem(problem.file, problem.problem, problem.fix)
     return im
 
-@patch
-def read_parts(self: RawCelebAMask, id: int) -> dict[str, np.ndarray]:
-    "Part name -> bool HxW mask, for the parts present."
-    pair, problems = self.read_pair(id, image=False)
-    if problems: raise DataError.from_problems(problems, f"id {id}")
-    return pair[1]
-
-@patch
-def read_label(self: RawCelebAMask, id: int) -> np.ndarray:
-    "uint8 HxW label map (0..18) of `id`, at mask resolution."
-    parts = self.read_parts(id)
-    return combine_parts(parts)
-
-def _corrupt(rel: str) -> str: return f"cannot be decoded (corrupt or truncated {rel.rsplit('.', 1)[-1].upper()})"
-_CORRUPT_FIX = 'replace it with the original file from CelebAMask-HQ.zip (extract it again)'
-
-# %% ../notebooks/lib/02_celebamask.ipynb #5bde01db
+# %% ../notebooks/lib/02_celebamask.ipynb #1d7d9b14
 @patch
 def read_pair(self: RawCelebAMask, id: int,
                image: bool = True,  # also decode the image
@@ -254,6 +267,7 @@ def read_pair(self: RawCelebAMask, id: int,
                                         'replace the image or its masks with the original files (they must show the same picture)'))
     return (im, masks), problems
 
+# %% ../notebooks/lib/02_celebamask.ipynb #59348e82
 @patch
 def check(self: RawCelebAMask, deep: bool = False,  # also decode every file (slow: reads the whole dataset)
           ) -> list[Problem]:
@@ -264,6 +278,20 @@ def check(self: RawCelebAMask, deep: bool = False,  # also decode every file (sl
         for id in self.ids():
             if id not in bad: problems += self.read_pair(id)[1]
     return problems
+
+# %% ../notebooks/lib/02_celebamask.ipynb #1af3f703
+@patch
+def read_parts(self: RawCelebAMask, id: int) -> dict[str, np.ndarray]:
+    "Part name -> bool HxW mask, for the parts present."
+    pair, problems = self.read_pair(id, image=False)
+    if problems: raise DataError.from_problems(problems, f"id {id}")
+    return pair[1]
+
+@patch
+def read_label(self: RawCelebAMask, id: int) -> np.ndarray:
+    "uint8 HxW label map (0..18) of `id`, at mask resolution."
+    parts = self.read_parts(id)
+    return combine_parts(parts)
 
 # %% ../notebooks/lib/02_celebamask.ipynb #766b2fb0
 def _find_root(path: Path) -> Path | None:

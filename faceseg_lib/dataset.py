@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -32,7 +33,7 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'check_prepared', '
            'SeededSampler', 'SeededItems', 'SeededTransform', 'label_stats', 'split_sizes', 'class_summary',
            'mask_areas', 'meta_summary']
 
-# %% ../notebooks/lib/05_dataset.ipynb #2e0c14af
+# %% ../notebooks/lib/05_dataset.ipynb #e5a2cdde
 _PREPARE_FIX = 'point at the output folder of `faceseg prepare RAW OUT` (or run it to create one)'
 
 def _missing(path: Path, what: str) -> DataError:
@@ -48,6 +49,7 @@ def check_prepared(root: str | Path) -> Path:
         if not (root / name).is_dir(): raise _missing(root / name, 'folder')
     return root
 
+# %% ../notebooks/lib/05_dataset.ipynb #3dd249f3
 def load_meta(root: str | Path) -> dict:
     "The `meta.json` of a prepared dataset, checked."
     path = check_prepared(root) / 'meta.json'
@@ -61,6 +63,7 @@ def load_meta(root: str | Path) -> dict:
                                      'prepare the dataset again with this version of faceseg')
     return meta
 
+# %% ../notebooks/lib/05_dataset.ipynb #4e2c4bf3
 def load_splits(root: str | Path) -> pd.DataFrame:
     "The `splits.csv` of a prepared dataset as a DataFrame (id: int, split: str), checked."
     path = check_prepared(root) / 'splits.csv'
@@ -78,6 +81,7 @@ def load_splits(root: str | Path) -> pd.DataFrame:
                                      f'use only {", ".join(SPLITS)} (run `faceseg prepare RAW OUT` again)')
     return df.astype({'split': str}).reset_index(drop=True)
 
+# %% ../notebooks/lib/05_dataset.ipynb #ce30a5c3
 def split_ids(root: str | Path,     # a prepared dataset
               split: str | None     # 'train', 'val', 'test', or None for all
              ) -> list[int]:
@@ -172,6 +176,7 @@ def eval_transform(size: int, normalize: bool = True) -> A.Compose:
     "Evaluation transform: resize, normalise (unless told not to) and convert to tensors, nothing random."
     return A.Compose(_to_model(size, normalize))
 
+# %% ../notebooks/lib/05_dataset.ipynb #17ac6d01
 def denormalize(image: torch.Tensor | np.ndarray) -> np.ndarray:
     "A normalised (3, H, W) image (tensor or array) back to uint8 (H, W, 3) for showing; uint8 images are only transposed."
     if isinstance(image, torch.Tensor):
@@ -216,26 +221,31 @@ class FaceParsingDataset(Dataset):
                                          'run `faceseg prepare RAW OUT` again')
         return img, lab
 
-    def sample(self, n: int, seed: int = 0) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
-        "`n` items (fewer if the split is smaller) drawn without replacement: (ids, images, label maps) as stored."
-        idx = sorted(np.random.default_rng(seed).choice(len(self), size=min(n, len(self)), replace=False).tolist())
-        pairs = [self.read(i) for i in idx]
-        return [self.ids[i] for i in idx], [p[0] for p in pairs], [p[1] for p in pairs]
+# %% ../notebooks/lib/05_dataset.ipynb #caf655c2
+@patch
+def sample(self: FaceParsingDataset, n: int, seed: int = 0) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
+    "`n` items (fewer if the split is smaller) drawn without replacement: (ids, images, label maps) as stored."
+    idx = sorted(np.random.default_rng(seed).choice(len(self), size=min(n, len(self)), replace=False).tolist())
+    pairs = [self.read(i) for i in idx]
+    return [self.ids[i] for i in idx], [p[0] for p in pairs], [p[1] for p in pairs]
 
-    def _reseed_in_worker(self):
-        info = torch.utils.data.get_worker_info()
-        if info is not None and self._worker_seed != info.seed and hasattr(self.transform, 'set_random_seed'):
-            self._worker_seed = info.seed
-            self.transform.set_random_seed(info.seed % 2**32)
+# %% ../notebooks/lib/05_dataset.ipynb #569f3619
+@patch
+def _reseed_in_worker(self: FaceParsingDataset):
+    info = torch.utils.data.get_worker_info()
+    if info is not None and self._worker_seed != info.seed and hasattr(self.transform, 'set_random_seed'):
+        self._worker_seed = info.seed
+        self.transform.set_random_seed(info.seed % 2**32)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img, lab = self.read(i)
-        self._reseed_in_worker()
-        out = self.transform(image=img, mask=lab)
-        image, label = out['image'], torch.as_tensor(out['mask'])
-        if isinstance(image, np.ndarray): image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        if image.dtype == torch.uint8: return image, label.to(torch.uint8)  # compact: `model_batch` finishes it on the device
-        return image.float(), label.long()
+@patch
+def __getitem__(self: FaceParsingDataset, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    img, lab = self.read(i)
+    self._reseed_in_worker()
+    out = self.transform(image=img, mask=lab)
+    image, label = out['image'], torch.as_tensor(out['mask'])
+    if isinstance(image, np.ndarray): image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    if image.dtype == torch.uint8: return image, label.to(torch.uint8)  # compact: `model_batch` finishes it on the device
+    return image.float(), label.long()
 
 # %% ../notebooks/lib/05_dataset.ipynb #15ea5d3f
 @functools.lru_cache(maxsize=None)
@@ -278,6 +288,7 @@ class SeededSampler(torch.utils.data.Sampler):
     def __iter__(self):
         for i in self.sampler: yield derive_seed(self.seed, self.epoch, i), i
 
+# %% ../notebooks/lib/05_dataset.ipynb #a7a99fe7
 class SeededItems(Dataset):
     "A FaceParsingDataset read with (seed, index) keys: the augmentation of each item is reseeded from its key."
     def __init__(self, dataset: FaceParsingDataset): self.dataset = dataset
@@ -326,6 +337,7 @@ def split_sizes(splits: pd.DataFrame) -> pd.DataFrame:
     n = splits['split'].value_counts().reindex(_split_order(splits['split'])).fillna(0).astype(int)
     return pd.DataFrame({'split': n.index, 'images': n.to_numpy(), 'share': n.to_numpy() / max(n.sum(), 1)})
 
+# %% ../notebooks/lib/05_dataset.ipynb #13b211c8
 def class_summary(stats: pd.DataFrame) -> pd.DataFrame:
     "Per split and class: pixels, pixel share of the split, images containing the class and their share (long format)."
     rows = []
@@ -338,6 +350,7 @@ def class_summary(stats: pd.DataFrame) -> pd.DataFrame:
     order = {s: i for i, s in enumerate(_split_order(stats['split']))}
     return out.sort_values('split', key=lambda s: s.map(order), kind='stable').reset_index(drop=True)
 
+# %% ../notebooks/lib/05_dataset.ipynb #bf104c43
 def mask_areas(stats: pd.DataFrame) -> pd.DataFrame:
     "Long format (id, split, class, area): each class's fraction of the image, for images where it is present."
     counts = stats[list(CLASSES)]

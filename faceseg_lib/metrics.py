@@ -138,6 +138,7 @@ def _nanmean(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64); x = x[~np.isnan(x)]
     return float(x.mean()) if x.size else math.nan
 
+# %% ../notebooks/lib/07_metrics.ipynb #6f222844
 @patch
 def stats(self: ConfusionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Per-class (TP, FP, FN) as int64 arrays."
@@ -145,6 +146,7 @@ def stats(self: ConfusionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tp = np.diag(m)
     return tp, m.sum(0) - tp, m.sum(1) - tp
 
+# %% ../notebooks/lib/07_metrics.ipynb #8146c55e
 @patch
 def per_class_f1(self: ConfusionMatrix) -> np.ndarray:
     "Dataset-level F1 (= Dice) per class; NaN for a class neither present nor predicted."
@@ -157,6 +159,7 @@ def per_class_iou(self: ConfusionMatrix) -> np.ndarray:
     tp, fp, fn = self.stats()
     return _ratio(tp, tp + fp + fn)
 
+# %% ../notebooks/lib/07_metrics.ipynb #7172a33a
 def _fg(x: np.ndarray, include_background: bool) -> np.ndarray:
     "Drop label 0 (background) unless asked to keep it."
     return x if include_background else x[1:]
@@ -171,6 +174,7 @@ def mean_iou(self: ConfusionMatrix, include_background: bool = False) -> float:
     "Mean per-class IoU over the foreground classes that are present (or predicted)."
     return _nanmean(_fg(self.per_class_iou(), include_background))
 
+# %% ../notebooks/lib/07_metrics.ipynb #b2dfe1a7
 @patch
 def micro_fscore(self: ConfusionMatrix, include_background: bool = True) -> float:
     "Micro F-score 2*sum(TP)/(2*sum(TP)+sum(FP)+sum(FN)) over all classes (the original 'fscore'; = pixel accuracy)."

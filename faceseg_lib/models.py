@@ -83,6 +83,7 @@ def _smp_kwargs(arch: str, encoder: str, encoder_weights, kwargs: dict) -> tuple
     if encoder.startswith('tu-') and isinstance(encoder_weights, str): encoder_weights = True
     return encoder_weights, kwargs
 
+# %% ../notebooks/lib/08_models.ipynb #bf8bbceb
 WEIGHT_FILE_EXTS: tuple[str, ...] = ('.pth', '.pt', '.bin', '.safetensors')  # local encoder weight files we read
 HEAD_PREFIXES: tuple[str, ...] = ('classifier.', 'fc.', 'head.', '_fc.', 'last_linear.')  # ImageNet classifier keys, dropped
 
@@ -91,6 +92,11 @@ def is_weights_path(weights) -> bool:
     if not isinstance(weights, (str, os.PathLike)): return False
     w = str(weights)
     return w.lower().endswith(WEIGHT_FILE_EXTS) or '/' in w or os.sep in w or Path(w).expanduser().is_dir()
+
+# %% ../notebooks/lib/08_models.ipynb #41d25a5c
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return f"{type(e).__name__}: {s.splitlines()[0][:200]}" if s else type(e).__name__
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     "The tensors of a state dict in a .pth/.pt/.bin (read weights-only) or .safetensors file, or the one such file in a folder."
@@ -113,6 +119,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise DataError.from_problem(path, 'does not hold a state dict (names -> tensors)', fix)
     return dict(sd)
 
+# %% ../notebooks/lib/08_models.ipynb #24201fbf
 def load_encoder_weights(model: nn.Module, path: str | Path) -> nn.Module:
     "Load a local state dict into `model.encoder`, checked key by key; DataError listing missing and unexpected keys."
     sd, own = read_state_dict(path), model.encoder.state_dict()
@@ -129,6 +136,7 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> nn.Module:
     model.encoder.load_state_dict({k: sd[k] for k in own}, strict=True)
     return model
 
+# %% ../notebooks/lib/08_models.ipynb #babc7e6e
 def create_model(arch: str,                         # architecture, one of ARCHITECTURES (any case)
                  encoder: str = 'resnet34',          # encoder, see list_encoders()
                  encoder_weights: str | bool | None = 'imagenet',  # pretrained encoder weights; None: random (offline)
@@ -174,6 +182,14 @@ def _shape_problem(model: nn.Module, h: int, w: int, in_channels: int) -> str | 
     out = out[0] if isinstance(out, (tuple, list)) else out
     return None if tuple(out.shape[-2:]) == (h, w) else f"the output is {tuple(out.shape[-2:])}, not {(h, w)}"
 
+# %% ../notebooks/lib/08_models.ipynb #40961966
+def _sizes_near(model: nn.Module, side: int, step: int, in_channels: int) -> list[int]:
+    "The closest square sides that `model` takes, the largest below `side` and the smallest above (trying multiples of `step`)."
+    below = next((s for s in range(side - side % step, 0, -step) if s != side and _shape_problem(model, s, s, in_channels) is None), None)
+    above = next((s for s in range(side + step - side % step, side + 16 * step, step) if _shape_problem(model, s, s, in_channels) is None), None)
+    return [s for s in (below, above) if s]
+
+# %% ../notebooks/lib/08_models.ipynb #1c171263
 def check_input_size(arch: str,                   # architecture, one of ARCHITECTURES
                      encoder: str = 'resnet34',    # encoder name
                      size: int | tuple[int, int] = 512,  # input side, or (height, width)
@@ -192,11 +208,7 @@ def check_input_size(arch: str,                   # architecture, one of ARCHITE
         fix = 'these model options give outputs of another size than the input at any size (e.g. FPN needs encoder_depth=5); change them'
     else:
         step = stride if isinstance(stride, int) else 8
-        def nearest(side):  # the closest square sizes that work, one below and one above
-            below = next((s for s in range(side - side % step, 0, -step) if s != side and _shape_problem(model, s, s, in_ch) is None), None)
-            above = next((s for s in range(side + step - side % step, side + 16 * step, step) if _shape_problem(model, s, s, in_ch) is None), None)
-            return [s for s in (below, above) if s]
-        ok = sorted({s for side in {h, w} for s in nearest(side)})
+        ok = sorted({s for side in {h, w} for s in _sizes_near(model, side, step, in_ch)})
         fix = f"use a size such as {' or '.join(map(str, ok))}" if ok else 'use another size'
     raise DataError.from_problem(f"size {h}x{w}", f"{resolve_arch(arch)} with encoder {encoder!r} cannot take it: {problem}", fix)
 
@@ -269,10 +281,6 @@ def save_checkpoint(path: str | Path,              # the .pt file to write (its 
     return write_atomic(path, lambda f: torch.save(ckpt, f), fsync=True)
 
 # %% ../notebooks/lib/08_models.ipynb #b9957d34
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return f"{type(e).__name__}: {s.splitlines()[0][:200]}" if s else type(e).__name__
-
 def _class_difference(theirs: list, ours: tuple) -> str:
     "How the checkpoint's class list differs from ours, in words."
     if len(theirs) != len(ours): return f"it was trained for {len(theirs)} classes, this faceseg has {len(ours)}"
@@ -302,6 +310,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     ckpt['path'] = str(path)
     return ckpt
 
+# %% ../notebooks/lib/08_models.ipynb #a2a4e380
 def model_from_checkpoint(path_or_ckpt: str | Path | dict,
                           map_location: str | torch.device | None = 'cpu') -> tuple[nn.Module, dict]:
     "Rebuild the model a checkpoint describes (encoder_weights=None), load its weights strictly: (model in eval mode, ckpt)."

@@ -90,25 +90,16 @@ def check_out(raw: RawCelebAMask, out: Path, size: int):
                                      f"use another output folder (e.g. data/prepared/{size}) or delete {out}")
 
 # %% ../notebooks/lib/03_prepare.ipynb #c97b7511
-def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip (or an opened one)
-            out: str | Path,                   # output folder (e.g. data/prepared/512); created
-            size: int = 512,                   # side of the square images and labels
-            split: str | Path = 'auto',        # 'auto', 'official', 'seed[:N]', 'fractions:a,b,c' or a csv (see resolve_split)
-            partition: str | Path | None = None,  # CelebA's list_eval_partition.txt, for the official split
-            workers: int | None = None,        # processes (default: one per core; 1: in this process)
-            on_bad: str = 'strict',            # bad ids: 'strict' raises listing all, 'skip' leaves them out
-            progress: bool = True,             # show a tqdm progress bar
-            ids: list[int] | None = None,      # prepare only these ids (default: all)
-            chunksize: int | None = None,      # ids per task sent to a worker (default: automatic)
-           ) -> dict:
-    "Prepare raw CelebAMask-HQ into `out` (resumable, parallel); returns the meta written to meta.json."
+def _check_args(size, on_bad: str) -> int:
+    "`size` as an int; DataError for a size that is not a positive whole number or an unknown `on_bad`."
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
         raise DataError(f"size {size!r}: must be a positive whole number of pixels. Fix: e.g. size=512.")
     size = int(size)
     if on_bad not in ('strict', 'skip'): raise DataError(f"on_bad {on_bad!r}: must be 'strict' or 'skip'. Fix: pick one.")
-    raw = raw if isinstance(raw, RawCelebAMask) else open_raw(raw)
-    out = Path(out).expanduser().resolve()
-    check_out(raw, out, size)
+    return size
+
+def _chosen_ids(raw: RawCelebAMask, ids: list[int] | None) -> list[int]:
+    "The ids to prepare: all of `raw`, or the requested ones (sorted, each once); DataError for ids it lacks."
     chosen = raw.ids()
     if ids is not None:
         have, ids = set(chosen), sorted(set(int(i) for i in ids))
@@ -116,16 +107,29 @@ def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip 
         if absent: raise DataError.from_problem(raw.source, f"has no image for {len(absent)} requested id(s) (first: {absent[:5]})",
                                                 'ask only for ids the dataset has')
         chosen = ids
-    split_map, method = resolve_split(split, raw, chosen, partition)
-    keep = set(chosen)
+    return chosen
+
+# %% ../notebooks/lib/03_prepare.ipynb #1d110fff
+def _index_bad(raw: RawCelebAMask, keep: set[int] | None) -> dict[int | None, list[Problem]]:
+    "id -> problems of the raw index, for the ids in `keep` (None: all, and those of no id)."
     bad: dict[int | None, list[Problem]] = {}
     for i, p in raw.index_problems():
-        if ids is None or i in keep: bad.setdefault(i, []).append(p)
-    work = [i for i in sorted(split_map) if i not in bad]
+        if keep is None or i in keep: bad.setdefault(i, []).append(p)
+    return bad
 
+def _clear_leftovers(out: Path):
+    "Make `out`/images and `out`/labels, and remove the temporary files an interrupted run left there."
     for sub in ('images', 'labels'):
         (out / sub).mkdir(parents=True, exist_ok=True)
         for t in (out / sub).glob('*.tmp'): t.unlink(missing_ok=True)  # leftovers of an interrupted run
+
+# %% ../notebooks/lib/03_prepare.ipynb #557e8d0e
+def _prepare_ids(raw: RawCelebAMask, out: Path, size: int,
+                 work: list[int],                    # the ids to prepare
+                 workers: int | None, chunksize: int | None, progress: bool,  # as for `prepare`
+                 bad: dict[int | None, list[Problem]],  # id -> problems: those found here are added
+                ) -> tuple[dict[int, np.ndarray], int]:
+    "Run `prepare_one` over `work` in `workers` processes (1: in this one): (id -> class pixels of the good ids, files written)."
     pixels: dict[int, np.ndarray] = {}
     written = 0
     workers = max(1, min(workers or os.cpu_count() or 1, len(work) or 1))
@@ -148,23 +152,58 @@ def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip 
         bar.close()
         if workers == 1: _W.clear()
         elif pool is not None: pool.terminate()
+    return pixels, written
+
+# %% ../notebooks/lib/03_prepare.ipynb #3091ea82
+def _report_skipped(bad: dict[int | None, list[Problem]], problems: list[Problem], out: Path) -> list[dict]:
+    "The skipped problems as dicts (by id, those of no id last), printed (the first ten) when there are any."
+    skipped = [{'id': i, **p.to_dict()} for i, ps in sorted(bad.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)) for p in ps]
+    if skipped:
+        print(f"prepare: skipped {len(bad)} bad id(s), {len(skipped)} problem(s) (listed under 'skipped' in {out / 'meta.json'}):")
+        for p in problems[:10]: print(f"  - {p}")
+        if len(problems) > 10: print(f"  ... and {len(problems) - 10} more")
+    return skipped
+
+def _meta(raw: RawCelebAMask, size: int, method: str, final: dict[int, str], pixels: dict[int, np.ndarray],
+          skipped: list[dict], written: int) -> dict:
+    "The contents of meta.json for the ids of `final` (id -> split)."
+    return {'format': FORMAT, 'version': VERSION, 'source': str(Path(raw.source).expanduser().resolve()), 'size': size,
+            'classes': list(CLASSES), 'split_method': method, 'counts': split_counts(final),
+            'class_pixels': {s: np.sum([pixels[i] for i in final if final[i] == s] or [np.zeros(NUM_CLASSES, np.int64)], 0).tolist() for s in SPLITS},
+            'class_images': {s: np.sum([pixels[i] > 0 for i in final if final[i] == s] or [np.zeros(NUM_CLASSES, np.int64)], 0).astype(int).tolist() for s in SPLITS},
+            'skipped': skipped, 'written': written, 'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+            'faceseg_version': faceseg_lib.__version__}
+
+# %% ../notebooks/lib/03_prepare.ipynb #5c4c5535
+def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip (or an opened one)
+            out: str | Path,                   # output folder (e.g. data/prepared/512); created
+            size: int = 512,                   # side of the square images and labels
+            split: str | Path = 'auto',        # 'auto', 'official', 'seed[:N]', 'fractions:a,b,c' or a csv (see resolve_split)
+            partition: str | Path | None = None,  # CelebA's list_eval_partition.txt, for the official split
+            workers: int | None = None,        # processes (default: one per core; 1: in this process)
+            on_bad: str = 'strict',            # bad ids: 'strict' raises listing all, 'skip' leaves them out
+            progress: bool = True,             # show a tqdm progress bar
+            ids: list[int] | None = None,      # prepare only these ids (default: all)
+            chunksize: int | None = None,      # ids per task sent to a worker (default: automatic)
+           ) -> dict:
+    "Prepare raw CelebAMask-HQ into `out` (resumable, parallel); returns the meta written to meta.json."
+    size = _check_args(size, on_bad)
+    raw = raw if isinstance(raw, RawCelebAMask) else open_raw(raw)
+    out = Path(out).expanduser().resolve()
+    check_out(raw, out, size)
+    chosen = _chosen_ids(raw, ids)
+    split_map, method = resolve_split(split, raw, chosen, partition)
+    bad = _index_bad(raw, None if ids is None else set(chosen))
+    work = [i for i in sorted(split_map) if i not in bad]
+    _clear_leftovers(out)
+    pixels, written = _prepare_ids(raw, out, size, work, workers, chunksize, progress, bad)
 
     problems = [p for ps in bad.values() for p in ps]
     if problems and on_bad == 'strict':
         raise DataError.from_problems(problems, f"prepare {raw.source}: {len(bad)} bad id(s); the {len(pixels)} good ones are "
                                       f"written to {out}. Fix each problem below and rerun, or rerun with on_bad='skip' to leave them out")
     final = {i: s for i, s in sorted(split_map.items()) if i in pixels}
-    skipped = [{'id': i, **p.to_dict()} for i, ps in sorted(bad.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)) for p in ps]
-    if skipped:
-        print(f"prepare: skipped {len(bad)} bad id(s), {len(skipped)} problem(s) (listed under 'skipped' in {out / 'meta.json'}):")
-        for p in problems[:10]: print(f"  - {p}")
-        if len(problems) > 10: print(f"  ... and {len(problems) - 10} more")
-    meta = {'format': FORMAT, 'version': VERSION, 'source': str(Path(raw.source).expanduser().resolve()), 'size': size,
-            'classes': list(CLASSES), 'split_method': method, 'counts': split_counts(final),
-            'class_pixels': {s: np.sum([pixels[i] for i in final if final[i] == s] or [np.zeros(NUM_CLASSES, np.int64)], 0).tolist() for s in SPLITS},
-            'class_images': {s: np.sum([pixels[i] > 0 for i in final if final[i] == s] or [np.zeros(NUM_CLASSES, np.int64)], 0).astype(int).tolist() for s in SPLITS},
-            'skipped': skipped, 'written': written, 'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
-            'faceseg_version': faceseg_lib.__version__}
+    meta = _meta(raw, size, method, final, pixels, _report_skipped(bad, problems, out), written)
     write_atomic(out / 'splits.csv', 'id,split\n' + ''.join(f"{i},{s}\n" for i, s in final.items()))
     write_atomic(out / 'meta.json', json.dumps(meta, indent=1) + '\n')
     return meta

@@ -93,7 +93,7 @@ def show_samples(images: Sequence,                     # uint8 (H, W, 3) images 
         fig.legend(handles=handles, loc='outside lower center', ncols=min(len(handles), 9), fontsize=8, frameon=False)
     return save_figure(fig, save)
 
-# %% ../notebooks/lib/06_viz.ipynb #194fe43d
+# %% ../notebooks/lib/06_viz.ipynb #8a27c672
 def _log_percent(x, pos=None) -> str:
     "Tick label of a fraction on a log axis: 0.0001 -> 0.01%."
     return f"{100 * x:g}%"
@@ -104,6 +104,7 @@ def _split_palette(splits) -> dict:
     extra = iter(sns.color_palette('muted', 10)[3:])
     return {s: _SPLIT_COLOURS.get(s) or next(extra) for s in dict.fromkeys(splits)}
 
+# %% ../notebooks/lib/06_viz.ipynb #a9f4e033
 def plot_split_sizes(splits: pd.DataFrame,              # `load_splits` frame (id, split)
                      save: str | Path | None = None     # also write a PNG here
                     ) -> Figure:
@@ -117,6 +118,7 @@ def plot_split_sizes(splits: pd.DataFrame,              # `load_splits` frame (i
     ax.set_ylabel('images'); ax.set_title('Images per split'); ax.margins(y=0.15); sns.despine(ax=ax)
     return save_figure(fig, save)
 
+# %% ../notebooks/lib/06_viz.ipynb #3f79ace5
 def plot_class_share(stats: pd.DataFrame,               # `label_stats` frame
                      save: str | Path | None = None     # also write a PNG here
                     ) -> Figure:
@@ -133,6 +135,7 @@ def plot_class_share(stats: pd.DataFrame,               # `label_stats` frame
     for ax in (ax1, ax2): ax.grid(axis='x', alpha=0.3); sns.despine(ax=ax)
     return save_figure(fig, save)
 
+# %% ../notebooks/lib/06_viz.ipynb #4bc54a60
 def plot_mask_areas(stats: pd.DataFrame,                # `label_stats` frame
                     save: str | Path | None = None      # also write a PNG here
                    ) -> Figure:

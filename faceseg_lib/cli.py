@@ -1,4 +1,4 @@
-"""The `faceseg` command: thin subcommands over the library's functions.
+"""The `faceseg` command: one options dataclass per subcommand, and thin subcommands over the library's functions.
 
 Docs: https://faceseg.github.io/faceseg/lib/cli.html.md"""
 
@@ -7,30 +7,163 @@ Docs: https://faceseg.github.io/faceseg/lib/cli.html.md"""
 # %% ../notebooks/lib/20_cli.ipynb #47161d6d
 from __future__ import annotations
 import argparse, sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable, Literal
 
 from . import __version__
+from .config import TrainConfig, add_arguments, field_help
 from .errors import DataError
+from .pipeline import DEMO_RECIPE
 
 # %% auto #0
-__all__ = ['cmd_synth', 'cmd_prepare', 'cmd_train', 'cmd_demo', 'cmd_test', 'build_parser', 'parse_args', 'main']
+__all__ = ['DEMO_TRAIN', 'SWEEP_TRAIN_FIELDS', 'SWEEP_TRAIN', 'COMMANDS', 'SynthOptions', 'PrepareOptions', 'TestOptions',
+           'PredictOptions', 'ExportOptions', 'DemoOptions', 'SweepOptions', 'cmd_synth', 'cmd_prepare', 'cmd_train',
+           'cmd_test', 'cmd_demo', 'cmd_sweep', 'cmd_predict', 'cmd_export', 'add_command', 'build_parser',
+           'parse_args', 'main']
 
 # %% ../notebooks/lib/20_cli.ipynb #fa045cf2
-def cmd_synth(args) -> None:
+_QUIET = {'flags': ('-q', '--quiet')}  # the metadata of every `quiet` option
+
+@dataclass
+class SynthOptions:
+    """Write procedural, seeded face-like images with all 18 parts in the official CelebAMask-HQ raw layout
+    (1024 px images, 512 px part masks). Resumable."""
+    out: str                     # folder to write (created; must not hold real data)
+    n: int = 200                 # number of faces
+    seed: int = 0                # random seed (same seed, same pixels)
+    start_id: int = 0            # first image id
+    workers: int | None = None   # processes to use; None: all cores
+    quiet: bool = field(default=False, metadata=_QUIET)  # no progress bars
+
+@dataclass
+class PrepareOptions:
+    """Read the official raw layout once (in parallel, resumable), combine part masks into 0..18 label maps, resize,
+    and write images/, labels/, splits.csv, meta.json. Never writes into RAW. Bad files are all reported at the end."""
+    raw: str                     # extracted CelebAMask-HQ folder or CelebAMask-HQ.zip
+    out: str                     # prepared dataset folder, e.g. data/prepared/512
+    size: int = 512              # image and label size in pixels
+    split: str = 'auto'          # auto | official | seed | fractions:0.8,0.1,0.1 | a name,is_train csv
+    partition: str | None = None # CelebA's list_eval_partition.txt (for --split official)
+    on_bad: Literal['strict', 'skip'] = field(default='strict', metadata={'consts': {'--strict': 'strict', '--skip-bad': 'skip'}})  # a bad image: strict stops with a report of all of them; skip leaves it out and lists it in meta.json
+    workers: int | None = None   # processes to use; None: all cores
+    quiet: bool = field(default=False, metadata=_QUIET)  # no progress bars
+
+# %% ../notebooks/lib/20_cli.ipynb #bc32d703
+@dataclass
+class TestOptions:
+    """Run a checkpoint over a split of a prepared dataset in a fixed order (no shuffling), print the per-class F1/IoU
+    table in Markdown and write metrics.json, per_image.csv, metrics.md and confusion.csv to --out, and the figures
+    (per-class F1, confusion matrix, worst/best images, overlays) to --vis-dir. Never writes into the dataset."""
+    checkpoint: str              # a faceseg checkpoint, e.g. outputs/runs/<name>/best.pt
+    data: str | None = None      # prepared dataset; None: the one in the checkpoint's config
+    split: Literal['test', 'val', 'train'] = 'test'  # split to evaluate
+    device: str = 'auto'         # 'auto' (cuda if available) | cpu | cuda | cuda:N
+    tta: bool = False            # horizontal-flip test-time augmentation (left/right channels swapped back)
+    batch_size: int = 8          # images per forward pass
+    workers: int | None = None   # DataLoader worker processes; None: up to 4; -1: all cores but one
+    out: str | None = None       # results folder; None: <checkpoint folder>/eval-<split>[-tta]
+    vis_dir: str | None = None   # figures folder; None: <results folder>/figures
+    n_examples: int = 8          # images in the worst/best/overlay figures (0: none)
+    quiet: bool = field(default=False, metadata=_QUIET)  # no progress bars
+
+# %% ../notebooks/lib/20_cli.ipynb #cb740a3a
+@dataclass
+class PredictOptions:
+    """Find the faces in photos, crop each like CelebA-HQ, parse it with a checkpoint (PyTorch) or an .onnx file from
+    `faceseg export` (ONNX Runtime) and write, at each photo's size, NAME.png (label map 0..18), NAME_color.png and
+    NAME_overlay.jpg to --out, and summary.json listing every input as ok, no face or error."""
+    checkpoint: str              # faceseg checkpoint (.pt, e.g. outputs/runs/NAME/best.pt) or an .onnx file from `faceseg export`
+    inputs: list[str]            # image files, folders and glob patterns (quote globs: "photos/**/*.jpg")
+    out: str = 'outputs/predictions'  # output folder
+    detect: bool = True          # find the faces and crop them; --no-detect: the inputs are aligned CelebA-HQ-like crops, just resized
+    detector: Literal['dlib'] = 'dlib'  # face detector (faceseg_lib.detect.DETECTORS)
+    no_face: Literal['skip', 'whole'] = 'skip'  # photo without a face: skip it, or parse the whole photo
+    batch_size: int = 8          # crops per model call
+    device: str = 'auto'         # 'auto' | 'cpu' | 'cuda' | 'cuda:1'
+    backend: Literal['auto', 'torch', 'onnx'] = 'auto'  # auto: onnx for .onnx files, else torch
+    json: bool = False           # also write NAME.json with the faces and class area shares
+    overwrite: bool = False      # replace earlier results in --out
+    quiet: bool = field(default=False, metadata=_QUIET)  # no progress bar
+
+@dataclass
+class ExportOptions:
+    """Export a checkpoint to ONNX (dynamic batch axis, with the metadata `faceseg predict` reads) and keep the file
+    only if it agrees with PyTorch on real images (argmax agreement >= 99.9 %)."""
+    checkpoint: str              # faceseg checkpoint, e.g. outputs/runs/NAME/best.pt
+    output: str                  # the .onnx file to write
+    size: int | None = None      # input side; None: the checkpoint's training size
+    opset: int = 17              # ONNX opset
+    images: str | None = None    # prepared dataset or image folder for the parity check; None: synthetic faces
+    n_check: int = 8             # images for the parity check
+    exporter: Literal['auto', 'torchscript', 'dynamo'] = 'auto'  # torch.onnx exporter; auto: torchscript, else dynamo
+    check: bool = True           # compare with PyTorch and refuse a file that disagrees; --no-check: keep it unchecked
+
+# %% ../notebooks/lib/20_cli.ipynb #1a35774f
+@dataclass
+class DemoOptions:
+    """Generate (or take) data, prepare it, and execute the pipeline notebooks 01_data_exploration, 02_train and
+    04_test_and_visualize headlessly with papermill, leaving executed notebooks, the training run, figures, metrics and
+    SUMMARY.md in --out. The defaults take a few minutes on a laptop CPU."""
+    raw: str | None = field(default=None, metadata={'positional': True})  # real CelebAMask-HQ folder or zip; None: generate the synthetic dataset
+    out: str = 'outputs/demo'    # results folder
+    n: int = 200                 # synthetic faces to generate
+    seed: int = 0                # seed for data, split and training
+    n_samples: int = 8           # example images in the exploration grid
+    n_examples: int = 8          # images in the worst/best/overlay test figures
+    tta: bool = False            # flip test-time augmentation in the test
+    overwrite: bool = False      # replace an earlier demo in --out
+    log_output: bool = False     # stream the notebooks' cell outputs
+    workers: int | None = None   # processes for synth and prepare; None: all cores
+    quiet: bool = field(default=False, metadata=_QUIET)  # no progress bars
+
+_TRAIN_HELP = field_help(TrainConfig)
+DEMO_TRAIN: dict = dict(only=list(DEMO_RECIPE), defaults=DEMO_RECIPE, helps={'encoder_weights':  # add_arguments(TrainConfig) of the demo
+    f"{_TRAIN_HELP['encoder_weights']}; auto: None for the synthetic faces, imagenet for real data"})
+
+# %% ../notebooks/lib/20_cli.ipynb #d79c0540
+@dataclass
+class SweepOptions:
+    """Train every ARCH:ENCODER of the grid with notebooks/02_train.ipynb (one papermill run each, kept as the record),
+    evaluate it on the test split and compare them in tables and plots. Rerun the same command to resume."""
+    grid: list[str] = field(default_factory=list, metadata={'positional': True, 'metavar': 'ARCH:ENCODER'})  # configurations to run; none: --archs x --encoders
+    archs: list[str] | None = None     # architectures to cross with --encoders; None: Unet FPN PAN PSPNet DeepLabV3Plus (the original comparison)
+    encoders: list[str] | None = None  # encoders to cross with --archs; None: resnet34 mobilenet_v2
+    out: str | None = None       # sweep folder; None: outputs/sweeps/<size>px-<epochs>ep
+    devices: list[str] | None = None   # devices, one run on each at a time; None: every GPU, else cpu
+    overrides: list[str] = field(default_factory=list, metadata={'flags': ('--set',), 'action': 'append', 'nargs': None, 'metavar': 'FIELD=VALUE'})  # any other TrainConfig field for every run (repeatable), e.g. --set lr=1e-3
+    split: str = 'test'          # split the configurations are scored on
+    retry_failed: bool = False   # run the configurations that failed before again
+    collect_only: bool = False   # train nothing: only rebuild the tables and plots of --out
+    log_output: bool = False     # stream the training notebooks' output
+    quiet: bool = field(default=False, metadata=_QUIET)  # no progress bar
+
+SWEEP_TRAIN_FIELDS: tuple[str, ...] = ('data_dir', 'epochs', 'size', 'encoder_weights', 'batch_size', 'max_steps', 'preset')
+SWEEP_TRAIN: dict = dict(only=list(SWEEP_TRAIN_FIELDS), defaults=dict.fromkeys(SWEEP_TRAIN_FIELDS, argparse.SUPPRESS),
+    helps={k: f"{_TRAIN_HELP[k]} (default: TrainConfig's, {getattr(TrainConfig, k)})" for k in SWEEP_TRAIN_FIELDS})
+
+# %% ../notebooks/lib/20_cli.ipynb #8738aaf6
+def _call(func: Callable, args: argparse.Namespace, options: type, **more):
+    "`func` called with the `options` fields parsed into `args` (`quiet` as progress=not quiet) and `more`."
+    kwargs = {f.name: getattr(args, f.name) for f in fields(options)}
+    if 'quiet' in kwargs: kwargs['progress'] = not kwargs.pop('quiet')
+    return func(**kwargs, **more)
+
+def cmd_synth(args) -> list[int]:
     "Generate the synthetic dataset in the official raw layout."
     from faceseg_lib.synthetic import synthesize
-    ids = synthesize(args.out, n=args.n, seed=args.seed, start_id=args.start_id, workers=args.workers,
-                     progress=not args.quiet)
+    ids = _call(synthesize, args, SynthOptions)
     print(f"synthetic CelebAMask-HQ layout: {len(ids)} faces (ids {ids[0]}..{ids[-1]}) in {args.out}")
+    return ids
 
-def cmd_prepare(args) -> None:
+def cmd_prepare(args) -> dict:
     "Turn a raw CelebAMask-HQ folder or zip into a prepared dataset."
     from faceseg_lib.prepare import prepare
-    meta = prepare(args.raw, args.out, size=args.size, split=args.split, partition=args.partition,
-                   workers=args.workers, on_bad='skip' if args.skip_bad else 'strict', progress=not args.quiet)
+    meta = _call(prepare, args, PrepareOptions)
     counts = ', '.join(f'{k} {v}' for k, v in meta['counts'].items())
     print(f"prepared {args.out}: {meta['size']} px, split {meta['split_method']} ({counts}); "
           f"{len(meta.get('skipped', []))} bad image(s) skipped")
+    return meta
 
 def cmd_train(args) -> None:
     "Train a face parser: the flags are the TrainConfig fields (`faceseg train --help`)."
@@ -38,17 +171,8 @@ def cmd_train(args) -> None:
     config = config_from_args(build_train_parser(prog='faceseg train').parse_args(args.train_args))
     print(f"run written to {fit(config)}")
 
-def cmd_demo(args) -> None:
-    "Run the kit end to end and print where the results are."
-    from faceseg_lib.pipeline import demo
-    summary = demo(args.raw, out=args.out, n=args.n, size=args.size, seed=args.seed, workers=args.workers,
-                   n_samples=args.n_samples, arch=args.arch, encoder=args.encoder, encoder_weights=args.encoder_weights,
-                   epochs=args.epochs, batch_size=args.batch_size, loss=args.loss, lr=args.lr, max_steps=args.max_steps, n_examples=args.n_examples,
-                   tta=args.tta, device=args.device, overwrite=args.overwrite, log_output=args.log_output,
-                   progress=not args.quiet)
-    print(summary.read_text()); print(f"results in {summary.parent}")
-
-def cmd_test(args) -> None:
+# %% ../notebooks/lib/20_cli.ipynb #b68ca8e1
+def cmd_test(args) -> dict:
     "Evaluate a checkpoint on a split in order, print the per-class Markdown table and save the figures."
     from faceseg_lib.evaluate import evaluate, evaluation_figures
     absolute = lambda p: None if p is None else Path(p).expanduser().resolve()  # relative to where the command runs
@@ -62,107 +186,77 @@ def cmd_test(args) -> None:
     figs = evaluation_figures(res, n_examples=args.n_examples, save_dir=vis, device=args.device)
     print(f"results in {res['out_dir']}: " + ', '.join(Path(f).name for f in res['files'].values()))
     print(f"figures in {vis}: " + ', '.join(f'{k}.png' for k in figs))
+    return res
 
-# %% ../notebooks/lib/20_cli.ipynb #bfa8aa35
-def _add_common(p: argparse.ArgumentParser, workers: bool = True) -> None:
-    "Flags most subcommands share."
-    if workers: p.add_argument('--workers', type=int, default=None, help='processes to use (default: all cores)')
-    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
+def cmd_demo(args) -> Path:
+    "Run the kit end to end and print where the results are."
+    from faceseg_lib.pipeline import demo
+    summary = _call(demo, args, DemoOptions, **{k: getattr(args, k) for k in DEMO_RECIPE})
+    print(summary.read_text()); print(f"results in {summary.parent}")
+    return summary
+
+# %% ../notebooks/lib/20_cli.ipynb #6bc64ae7
+def cmd_sweep(args):
+    "Run (or with --collect-only only collect) the sweep; the tidy results."
+    from faceseg_lib.sweep import parse_overrides, run_sweep
+    if args.grid and (args.archs or args.encoders):
+        raise DataError.from_problem('grid', 'given both as ARCH:ENCODER and as --archs/--encoders', 'use one of the two')
+    train = {k: getattr(args, k) for k in SWEEP_TRAIN_FIELDS if hasattr(args, k)}  # not given: TrainConfig's defaults apply
+    df, _ = run_sweep(args.grid, args.archs, args.encoders, train.pop('data_dir', None), args.out, train.pop('epochs', None),
+                      train.pop('size', None), args.devices, overrides={**parse_overrides(args.overrides), **train},
+                      split=args.split, retry_failed=args.retry_failed, collect_only=args.collect_only,
+                      log_output=args.log_output, progress=not args.quiet)
+    return df
+
+def cmd_predict(args) -> dict:
+    "Parse the faces in photos into label maps and print a one-line result."
+    from faceseg_lib.predict import predict
+    s = _call(predict, args, PredictOptions)
+    c = s['counts']
+    print(f"parsed {c['ok']} photo(s) ({s['faces']} face(s)) into {s['out']}; {c['no_face']} without a face, "
+          f"{c['error']} unreadable (listed in summary.json)")
+    return s
+
+def cmd_export(args) -> dict:
+    "Export a checkpoint to ONNX, checked against PyTorch, and print the parity report."
+    from faceseg_lib.export import export_onnx
+    r = export_onnx(args.checkpoint, args.output, size=args.size, opset=args.opset, check=args.check,
+                    images=args.images, n_check=args.n_check, exporter=args.exporter)
+    check = (f"; parity on {r['images']} images: argmax agreement {r['agreement']:.4%}, max |logit diff| {r['max_abs_diff']:.2e}"
+             if r['checked'] else '; not checked')
+    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['size']} px, opset {r['opset']}, {r['exporter']}){check}")
+    return r
+
+# %% ../notebooks/lib/20_cli.ipynb #ad85ceaa
+COMMANDS: dict[str, tuple] = {  # name: (options dataclass, function, one-line help, add_arguments(TrainConfig) keywords)
+    'synth': (SynthOptions, cmd_synth, 'generate the synthetic dataset (official raw layout)', None),
+    'prepare': (PrepareOptions, cmd_prepare, 'raw CelebAMask-HQ (folder or zip) -> prepared dataset', None),
+    'train': (None, cmd_train, 'train a face parser (flags: `faceseg train --help`)', None),
+    'test': (TestOptions, cmd_test, 'evaluate a checkpoint on a split, print the table, save figures', None),
+    'demo': (DemoOptions, cmd_demo, 'run the whole kit end to end (synthetic data by default)', DEMO_TRAIN),
+    'sweep': (SweepOptions, cmd_sweep, 'train and compare an arch x encoder grid (resumable, one run per GPU)', SWEEP_TRAIN),
+    'predict': (PredictOptions, cmd_predict, 'parse the faces in your photos into label maps', None),
+    'export': (ExportOptions, cmd_export, 'checkpoint -> ONNX, checked against PyTorch', None),
+}
+
+def add_command(sub, name: str, options: type | None, func: Callable, help: str, train: dict | None = None) -> argparse.ArgumentParser:
+    "Subcommand `name`: flags from `options` (and `train`: from TrainConfig), described by the options' docstring; None: no flags."
+    if options is None: p = sub.add_parser(name, add_help=False, help=help, description=help)
+    else:
+        p = sub.add_parser(name, help=help, description=options.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_arguments(p, options)
+    if train: add_arguments(p.add_argument_group('training settings (TrainConfig fields, see `faceseg train --help`)'), TrainConfig, **train)
+    p.set_defaults(func=func)
+    return p
 
 def build_parser() -> argparse.ArgumentParser:
     "The `faceseg` argument parser with one subparser per command."
     parser = argparse.ArgumentParser(prog='faceseg', description=(
         'Face parsing on CelebAMask-HQ (19 classes) with segmentation_models_pytorch. '
-        'Start with `faceseg demo`; see README.md for the notebooks.'),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        'Start with `faceseg demo`; see README.md for the notebooks.'))
     parser.add_argument('--version', action='version', version=f'faceseg {__version__}')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    p = sub.add_parser('synth', formatter_class=fmt, help='generate the synthetic dataset (official raw layout)',
-                       description='Write procedural, seeded face-like images with all 18 parts in the official '
-                                   'CelebAMask-HQ raw layout (1024 px images, 512 px part masks). Resumable.')
-    p.add_argument('out', type=Path, help='folder to write (created; must not hold real data)')
-    p.add_argument('--n', type=int, default=200, help='number of faces')
-    p.add_argument('--seed', type=int, default=0, help='random seed (same seed, same pixels)')
-    p.add_argument('--start-id', type=int, default=0, help='first image id')
-    _add_common(p); p.set_defaults(func=cmd_synth)
-
-    p = sub.add_parser('prepare', formatter_class=fmt, help='raw CelebAMask-HQ (folder or zip) -> prepared dataset',
-                       description='Read the official raw layout once (in parallel, resumable), combine part masks '
-                                   'into 0..18 label maps, resize, and write images/, labels/, splits.csv, meta.json. '
-                                   'Never writes into RAW. Bad files are all reported at the end.')
-    p.add_argument('raw', type=Path, help='extracted CelebAMask-HQ folder or CelebAMask-HQ.zip')
-    p.add_argument('out', type=Path, help='prepared dataset folder, e.g. data/prepared/512')
-    p.add_argument('--size', type=int, default=512, help='image and label size in pixels')
-    p.add_argument('--split', default='auto', help="auto | official | seed | fractions:0.8,0.1,0.1 | a name,is_train csv")
-    p.add_argument('--partition', type=Path, default=None, help="CelebA's list_eval_partition.txt (for --split official)")
-    bad = p.add_mutually_exclusive_group()
-    bad.add_argument('--strict', action='store_true', default=True, help='stop with a report when any file is bad')
-    bad.add_argument('--skip-bad', action='store_true', help='leave bad images out, list them in meta.json')
-    _add_common(p); p.set_defaults(func=cmd_prepare)
-
-    # The training flags are generated from TrainConfig in faceseg_lib.train; importing it (torch, smp) only when
-    # `faceseg train` runs keeps `faceseg --help` instant, so this subparser hands its arguments on untouched.
-    p = sub.add_parser('train', add_help=False, help='train a face parser (flags: `faceseg train --help`)',
-                       description='Train any smp architecture/encoder on a prepared dataset; see `faceseg train --help`.')
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser('test', formatter_class=fmt, help='evaluate a checkpoint on a split, print the table, save figures',
-                       description='Run a checkpoint over a split of a prepared dataset in a fixed order (no shuffling), '
-                                   'print the per-class F1/IoU table in Markdown and write metrics.json, per_image.csv, '
-                                   'metrics.md and confusion.csv to --out, and the figures (per-class F1, confusion '
-                                   'matrix, worst/best images, overlays) to --vis-dir. Never writes into the dataset.')
-    p.add_argument('checkpoint', type=Path, help='a faceseg checkpoint, e.g. outputs/runs/<name>/best.pt')
-    p.add_argument('--data', type=Path, default=None, help="prepared dataset; None: the one in the checkpoint's config")
-    p.add_argument('--split', default='test', choices=['test', 'val', 'train'], help='split to evaluate')
-    p.add_argument('--device', default='auto', help="'auto' (cuda if available) | cpu | cuda | cuda:N")
-    p.add_argument('--tta', action='store_true', help='horizontal-flip test-time augmentation (left/right channels swapped back)')
-    p.add_argument('--batch-size', type=int, default=8, help='images per forward pass')
-    p.add_argument('--workers', type=int, default=None, help='DataLoader worker processes; None: up to 4; -1: all cores but one')
-    p.add_argument('--out', type=Path, default=None, help='results folder; None: <checkpoint folder>/eval-<split>[-tta]')
-    p.add_argument('--vis-dir', type=Path, default=None, help='figures folder; None: <results folder>/figures')
-    p.add_argument('--n-examples', type=int, default=8, help='images in the worst/best/overlay figures (0: none)')
-    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
-    p.set_defaults(func=cmd_test)
-
-    p = sub.add_parser('demo', formatter_class=fmt, help='run the whole kit end to end (synthetic data by default)',
-                       description='Generate (or take) data, prepare it, and execute the pipeline notebooks '
-                                   '01_data_exploration, 02_train and 04_test_and_visualize headlessly with papermill, '
-                                   'leaving executed notebooks, the training run, figures, metrics and SUMMARY.md in --out. '
-                                   'The defaults take a few minutes on a laptop CPU.')
-    p.add_argument('raw', nargs='?', type=Path, default=None,
-                   help='real CelebAMask-HQ folder or zip (default: generate the synthetic dataset)')
-    p.add_argument('--out', type=Path, default=Path('outputs/demo'), help='results folder')
-    p.add_argument('--n', type=int, default=200, help='synthetic faces to generate')
-    p.add_argument('--size', type=int, default=128, help='prepared image size (= model input size)')
-    p.add_argument('--seed', type=int, default=0, help='seed for data, split and training')
-    p.add_argument('--n-samples', type=int, default=8, help='example images in the exploration grid')
-    p.add_argument('--arch', default='Unet', help='smp architecture to train')
-    p.add_argument('--encoder', default='resnet18', help='smp encoder')
-    p.add_argument('--encoder-weights', default='auto',
-                   help="'auto' (none for synthetic data, imagenet for real data) | imagenet | None")
-    p.add_argument('--epochs', type=int, default=15, help='training epochs')
-    p.add_argument('--batch-size', type=int, default=8, help='training batch size')
-    p.add_argument('--loss', default='dice_ce', help="training loss (see `faceseg train --help`); None: the preset's")
-    p.add_argument('--lr', type=float, default=2e-3, help='peak learning rate')
-    p.add_argument('--max-steps', type=int, default=0, help='cap on training steps per epoch (smoke tests); 0: all')
-    p.add_argument('--n-examples', type=int, default=8, help='images in the worst/best/overlay test figures')
-    p.add_argument('--tta', action='store_true', help='flip test-time augmentation in the test')
-    p.add_argument('--device', default='auto', help="'auto' | cpu | cuda | cuda:N")
-    p.add_argument('--overwrite', action='store_true', help='replace an earlier demo in --out')
-    p.add_argument('--log-output', action='store_true', help="stream the notebooks' cell outputs")
-    _add_common(p); p.set_defaults(func=cmd_demo)
-    # sweep, predict and export define their own flags (their modules load no torch until they run)
-    from faceseg_lib.sweep import add_sweep_arguments, run_sweep_from_args
-    from faceseg_lib.predict import add_predict_arguments
-    from faceseg_lib.export import add_export_arguments
-    p = sub.add_parser('sweep', formatter_class=fmt, help='train and compare an arch x encoder grid (resumable, one run per GPU)',
-                       description='Train every ARCH:ENCODER of the grid with notebooks/02_train.ipynb (one papermill run each, '
-                                   'kept as the record), evaluate it on the test split and compare them in tables and plots.')
-    add_sweep_arguments(p); p.set_defaults(func=run_sweep_from_args)
-    add_predict_arguments(sub.add_parser('predict', formatter_class=fmt, help='parse the faces in your photos into label maps'))
-    add_export_arguments(sub.add_parser('export', formatter_class=fmt, help='checkpoint -> ONNX, checked against PyTorch'))
+    for name, spec in COMMANDS.items(): add_command(sub, name, *spec)
     return parser
 
 # %% ../notebooks/lib/20_cli.ipynb #fc846ea7

@@ -124,11 +124,13 @@ def value_problems(c: TrainConfig) -> list[Problem]:
     return p
 
 # %% ../notebooks/lib/01b_config.ipynb #1d654ab4
+_FIELD_COMMENT = re.compile(r'^\s+(\w+)\s*:[^=#\n]*(?:=[^#\n]*)?#\s*(.+)$', flags=re.M)  # `name: type [= default]  # help`
+
 def field_help(cls: type) -> dict[str, str]:
     "Each field's inline comment in the source of dataclass `cls` (empty where the source cannot be read)."
     try: src = inspect.getsource(cls)
     except (OSError, TypeError): return {}
-    return dict(re.findall(r'^\s+(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$', src, flags=re.M))
+    return dict(_FIELD_COMMENT.findall(src))
 
 def optional(base: type) -> Callable:
     "An argparse type: `base`, or None for a spelling of None."
@@ -137,34 +139,55 @@ def optional(base: type) -> Callable:
     return parse
 
 # %% ../notebooks/lib/01b_config.ipynb #632f3a59
+_SCHEMA_KEYS: tuple[str, ...] = ('positional', 'flags', 'consts')  # field metadata read here; other keys go to add_argument
+
 def _flag_default(f, defaults: Mapping):
-    "The default of a field's flag: `defaults[name]` if given, else the field's own."
+    "The default of a field's flag: `defaults[name]` if given, else the field's own (MISSING: none)."
     if f.name in defaults: return defaults[f.name]
     return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
 
+def _kind(hint) -> tuple[Any, bool, bool]:
+    "(element type, takes None, is a list) of a field type `X`, `X | None` or `list[X]`."
+    args = typing.get_args(hint)
+    takes_none = type(None) in args
+    if takes_none: hint = next(a for a in args if a is not type(None))
+    many = typing.get_origin(hint) in (list, tuple)
+    return (typing.get_args(hint)[0] if many else hint), takes_none, many
+
+def _argument(f, hint, default, help: str | None) -> tuple[list[str], dict]:
+    "The option strings (a positional: its name) of field `f` of type `hint`, and its add_argument keywords."
+    base, takes_none, many = _kind(hint)
+    required = default is MISSING
+    positional = f.metadata.get('positional', required)
+    flags = f.metadata.get('flags') or [f"--{f.name.replace('_', '-')}"] + ([f'--{f.name}'] if '_' in f.name else [])
+    kw = dict(help=help) | ({} if required else dict(default=default)) | ({} if positional else dict(dest=f.name))
+    if base is bool: kw['action'] = argparse.BooleanOptionalAction
+    else:
+        if typing.get_origin(base) is typing.Literal: kw['choices'] = typing.get_args(base); base = type(kw['choices'][0])
+        base = base if base in (int, float) else str
+        kw['type'] = optional(base) if takes_none else base
+        if many: kw['nargs'] = '*' if positional and not required else '+'
+        elif positional: kw['nargs'] = None if required else '?'
+    kw |= {k: v for k, v in f.metadata.items() if k not in _SCHEMA_KEYS}
+    return ([f.name] if positional else list(flags)), kw
+
+# %% ../notebooks/lib/01b_config.ipynb #1964a254
 def add_arguments(parser: argparse.ArgumentParser | Any,  # a parser or argument group
                   cls: type,                              # a settings dataclass, e.g. TrainConfig
                   only: Sequence[str] | None = None,      # just these fields (in this order); None: all
                   defaults: Mapping | None = None,        # other defaults than the dataclass's, by field name
                   helps: Mapping | None = None            # other help texts, by field name
                  ):
-    "Add one flag per field of `cls` (type, default and help from the field) to `parser`; returns `parser`."
-    by_name, kinds = {f.name: f for f in fields(cls)}, typing.get_type_hints(cls)
+    "Add one argument per field of `cls` (type, default and help from the field) to `parser`; returns `parser`."
+    by_name, hints = {f.name: f for f in fields(cls)}, typing.get_type_hints(cls)
     text = {**field_help(cls), **(helps or {})}
     for name in (only or list(by_name)):
-        f, kind = by_name[name], kinds[name]
-        flags = [f"--{name.replace('_', '-')}"] + ([f'--{name}'] if '_' in name else [])
-        default = _flag_default(f, defaults or {})
-        if kind is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=default, help=text.get(name))
-            continue
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        base = args[0] if args else kind
-        many = typing.get_origin(base) in (list, tuple)
-        if many: base = typing.get_args(base)[0]
-        base = base if base in (int, float) else str
-        parser.add_argument(*flags, dest=name, type=optional(base) if type(None) in typing.get_args(kind) else base,
-                            nargs='+' if many else None, default=default, help=text.get(name))
+        f = by_name[name]
+        names, kw = _argument(f, hints[name], _flag_default(f, defaults or {}), text.get(name))
+        parser.add_argument(*names, **kw)
+        for flag, value in f.metadata.get('consts', {}).items():  # more spellings, each storing one value
+            parser.add_argument(flag, dest=name, action='store_const', const=value, default=argparse.SUPPRESS,
+                                help=f'same as {names[0]} {value}')
     return parser
 
 def from_namespace(cls: type, ns: argparse.Namespace | Mapping, **changes):

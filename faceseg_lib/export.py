@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/export.html.md"""
 
 # %% ../notebooks/lib/14_export.ipynb #16fd145b
 from __future__ import annotations
-import argparse, json, time, warnings
+import json, time, warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +19,7 @@ from .detect import Region, extract
 from .predict import IMAGE_EXTENSIONS, ONNX_FORMAT, OnnxParser, normalize_batch, read_photo
 
 # %% auto #0
-__all__ = ['check_images', 'compare', 'check_onnx', 'export_onnx', 'add_export_arguments', 'run_export_from_args']
+__all__ = ['check_images', 'compare', 'check_onnx', 'export_onnx']
 
 # %% ../notebooks/lib/14_export.ipynb #ffc0e3c0
 def check_images(images: str | Path | Sequence[str | Path] | None,  # prepared dataset, folder, files; None: synthetic faces
@@ -152,26 +152,3 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
             _add_metadata(tmp, {'parity': json.dumps({k: report[k] for k in ('max_abs_diff', 'agreement', 'images')})})
     report.update(bytes=path.stat().st_size, seconds=round(time.time() - started, 2))
     return report
-
-# %% ../notebooks/lib/14_export.ipynb #112bfd4d
-def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add the `faceseg export` arguments to `parser` and make `run_export_from_args` its func."
-    parser.add_argument('checkpoint', type=Path, help='faceseg checkpoint, e.g. outputs/runs/NAME/best.pt')
-    parser.add_argument('output', type=Path, help='the .onnx file to write')
-    parser.add_argument('--size', type=int, default=None, help="input side (default: the checkpoint's training size)")
-    parser.add_argument('--opset', type=int, default=17, help='ONNX opset')
-    parser.add_argument('--images', default=None, help='prepared dataset or image folder for the parity check (default: synthetic faces)')
-    parser.add_argument('--n-check', type=int, default=8, help='images for the parity check')
-    parser.add_argument('--exporter', default='auto', choices=('auto', 'torchscript', 'dynamo'), help='torch.onnx exporter')
-    parser.add_argument('--no-check', dest='check', action='store_false', help='skip the parity check against PyTorch')
-    parser.set_defaults(func=run_export_from_args)
-    return parser
-
-def run_export_from_args(args: argparse.Namespace) -> dict:
-    "Run `export_onnx` with parsed `faceseg export` arguments and print the parity report."
-    r = export_onnx(args.checkpoint, args.output, size=args.size, opset=args.opset, check=args.check,
-                    images=args.images, n_check=args.n_check, exporter=args.exporter)
-    check = (f"; parity on {r['images']} images: argmax agreement {r['agreement']:.4%}, max |logit diff| {r['max_abs_diff']:.2e}"
-             if r['checked'] else '; not checked')
-    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['size']} px, opset {r['opset']}, {r['exporter']}){check}")
-    return r

@@ -8,12 +8,14 @@ Docs: https://faceseg.github.io/faceseg/lib/pipeline.html.md"""
 from __future__ import annotations
 import shutil, time
 from pathlib import Path
+from typing import Callable
 
 from .errors import DataError
 from .core import repo_root
 
 # %% auto #0
-__all__ = ['notebook_path', 'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'write_summary', 'summary_lines', 'demo']
+__all__ = ['DEMO_RECIPE', 'DEMO_SETS', 'notebook_path', 'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'demo_recipe',
+           'Laps', 'demo_data', 'demo_parameters', 'demo_model', 'write_summary', 'summary_lines', 'demo']
 
 # %% ../notebooks/lib/11_pipeline.ipynb #c9f309a5
 def notebook_path(name: str) -> Path:
@@ -59,13 +61,69 @@ def demo_data_paths(raw: str | Path | None, size: int) -> tuple[Path, Path]:
     return Path(raw).resolve(), data / 'prepared' / str(size)
 
 # %% ../notebooks/lib/11_pipeline.ipynb #07d2fd38
+DEMO_RECIPE: dict = dict(  # the demo's TrainConfig values where the caller gives none
+    size=128, arch='Unet', encoder='resnet18', encoder_weights='auto', epochs=15, batch_size=8,
+    loss='dice_ce',  # Dice + cross-entropy learns fastest from random weights
+    lr=2e-3, max_steps=0, device='auto')
+DEMO_SETS: tuple[str, ...] = ('data_dir', 'out_dir', 'name')  # TrainConfig fields the demo sets itself
+
 def demo_encoder_weights(encoder_weights: str | None, synthetic: bool) -> str | None:
     "The encoder weights the demo trains from: 'auto' is None for the synthetic faces, 'imagenet' for real data."
     if str(encoder_weights).strip().lower() in ('none', 'null', ''): return None
     if encoder_weights == 'auto': return None if synthetic else 'imagenet'
     return encoder_weights
 
+def demo_recipe(synthetic: bool, **train) -> dict:
+    "DEMO_RECIPE with the TrainConfig fields `train` on top and 'auto' encoder weights resolved."
+    from faceseg_lib.config import config_fields
+    unknown = sorted(set(train) - set(config_fields()) | set(train) & set(DEMO_SETS))
+    if unknown: raise TypeError(f"demo() takes TrainConfig fields but not {', '.join(unknown)} (it sets {', '.join(DEMO_SETS)} itself)")
+    recipe = {**DEMO_RECIPE, **train}
+    return {**recipe, 'encoder_weights': demo_encoder_weights(recipe['encoder_weights'], synthetic)}
+
 # %% ../notebooks/lib/11_pipeline.ipynb #b43d7aec
+class Laps:
+    "Seconds per step: calling `laps(name)` ends the step that ran since the previous call."
+    def __init__(self): self.seconds, self._last = {}, time.time()
+    def __call__(self, name: str) -> None:
+        now = time.time(); self.seconds[name] = now - self._last; self._last = now
+
+def demo_data(raw_dir: Path, prepared: Path, size: int,
+              n: int | None,     # synthesize n faces into raw_dir first; None: raw_dir holds real data
+              seed: int = 0, workers: int | None = None, progress: bool = True,
+              lap: Callable[[str], None] = lambda name: None,  # told when each step ends
+             ) -> dict:
+    "Make the demo's prepared dataset (synthesizing its raw faces first unless real data is given); its meta.json."
+    from faceseg_lib.synthetic import synthesize
+    from faceseg_lib.prepare import prepare
+    if n is not None: synthesize(raw_dir, n=n, seed=seed, workers=workers, progress=progress); lap('synth')
+    meta = prepare(raw_dir, prepared, size=size, workers=workers, progress=progress); lap('prepare')
+    return meta
+
+# %% ../notebooks/lib/11_pipeline.ipynb #4be2f26d
+def _training_workers(device: str) -> int:
+    "DataLoader workers of the demo's training: none on the CPU (the demo is small), the default on a GPU."
+    if device == 'cpu': return 0
+    import torch
+    return -1 if torch.cuda.is_available() else 0
+
+def demo_parameters(out: Path, prepared: Path, recipe: dict, seed: int = 0, n_samples: int = 8,
+                    n_examples: int = 8, tta: bool = False) -> dict[str, dict]:
+    "The parameters of each notebook the demo runs, in the order it runs them; the run goes to out/runs/demo."
+    return {'01_data_exploration': dict(data_dir=prepared, out_dir=out / '01_data_exploration', n_samples=n_samples, seed=seed),
+            '02_train': {'seed': seed, 'workers': _training_workers(recipe['device']), **recipe,
+                         'data_dir': prepared, 'out_dir': out / 'runs', 'name': 'demo'},
+            '04_test_and_visualize': dict(checkpoint=out / 'runs' / 'demo' / 'best.pt', split='test', tta=tta,
+                                          n_examples=n_examples, out_dir=out / '04_test_and_visualize',
+                                          device=recipe['device'], batch_size=recipe['batch_size'])}
+
+def demo_model(recipe: dict, run: Path) -> str:
+    "The model line of SUMMARY.md."
+    r = recipe
+    return (f"{r['arch']}/{r['encoder']}, encoder weights {r['encoder_weights']}, loss {r['loss'] or 'preset'}, "
+            f"lr {r['lr'] or 'preset'}, {r['epochs']} epochs" + (f" x {r['max_steps']} steps" if r['max_steps'] else '') + f", run {run}")
+
+# %% ../notebooks/lib/11_pipeline.ipynb #e2e23a74
 def write_summary(out: Path, lines: list[str]) -> Path:
     "Write the demo's SUMMARY.md."
     path = out / 'SUMMARY.md'
@@ -90,61 +148,29 @@ def summary_lines(out: Path, data: str, prepared: Path, meta: dict, model: str, 
             '', '## Test scores', '', table.read_text().strip(), '',
             '## Figures', ''] + [f'- [{p}]({p})' for p in sorted(p.relative_to(out) for p in out.rglob('*.png'))]
 
+# %% ../notebooks/lib/11_pipeline.ipynb #be35a965
 def demo(raw: str | Path | None = None,   # real CelebAMask-HQ (folder or zip); None = the synthetic default
          out: str | Path = 'outputs/demo', # where executed notebooks, the run, figures and SUMMARY.md land
          n: int = 200,                     # synthetic faces to generate (ignored for real data)
-         size: int = 128,                  # prepared image size = model input size
          seed: int = 0,                    # synthetic data, split and training seed
-         workers: int | None = None,       # processes for synth/prepare (default: all cores)
+         workers: int | None = None,       # processes for synth/prepare; None: all cores
          n_samples: int = 8,               # example images shown by 01_data_exploration
-         arch: str = 'Unet',               # smp architecture to train
-         encoder: str = 'resnet18',        # smp encoder
-         encoder_weights: str | None = 'auto',  # 'auto': None for synthetic data, 'imagenet' for real data
-         epochs: int = 15,                 # training epochs
-         batch_size: int = 8,              # training batch size
-         loss: str | None = 'dice_ce',     # training loss (Dice + cross-entropy learns fastest from random weights); None: preset's
-         lr: float | None = 2e-3,          # peak learning rate; None: the preset's
-         max_steps: int = 0,               # cap on steps per epoch (smoke tests); 0: whole split
-         train_overrides: dict | None = None,  # more TrainConfig fields for 02_train (e.g. {'lr': 1e-3})
          n_examples: int = 8,              # images in the worst/best/overlay figures of 04_test_and_visualize
          tta: bool = False,                # flip test-time augmentation in the test
-         device: str = 'auto',             # training and test device
          overwrite: bool = False,          # replace an earlier demo in `out`
          log_output: bool = False,         # stream notebook cell outputs (headless logs)
          progress: bool = True,
+         **train,                          # TrainConfig fields for 02_train (DEMO_RECIPE's where not given)
         ) -> Path:
     "Run the whole kit end to end (data, exploration, training, test) and return the path of SUMMARY.md."
-    from faceseg_lib.synthetic import synthesize
-    from faceseg_lib.prepare import prepare
     from faceseg_lib.evaluate import load_evaluation
-    out = _fresh_output(Path(out).resolve(), overwrite)
-    raw_dir, prepared = demo_data_paths(raw, size)
-    weights = demo_encoder_weights(encoder_weights, raw is None)
-    timings, t = {}, time.time()
-    def lap(name):
-        nonlocal t
-        timings[name] = time.time() - t; t = time.time()
-    if raw is None:
-        synthesize(raw_dir, n=n, seed=seed, workers=workers, progress=progress); lap('synth')
-    meta = prepare(raw_dir, prepared, size=size, workers=workers, progress=progress); lap('prepare')
-    nb = dict(log_output=log_output, progress=progress)
-    run_notebook('01_data_exploration', out / '01_data_exploration.ipynb',
-                 dict(data_dir=prepared, out_dir=out / '01_data_exploration', n_samples=n_samples, seed=seed), **nb)
-    lap('01_data_exploration')
-    train = {**dict(data_dir=prepared, size=size, arch=arch, encoder=encoder, encoder_weights=weights, epochs=epochs,
-                    batch_size=batch_size, loss=loss, lr=lr, max_steps=max_steps, seed=seed, device=device,
-                    out_dir=out / 'runs', name='demo', workers=0 if device == 'cpu' or not _has_cuda() else -1),
-             **(train_overrides or {})}
-    run_notebook('02_train', out / '02_train.ipynb', train, **nb); lap('02_train')
-    test_dir = out / '04_test_and_visualize'
-    run_notebook('04_test_and_visualize', out / '04_test_and_visualize.ipynb',
-                 dict(checkpoint=out / 'runs' / 'demo' / 'best.pt', split='test', tta=tta, n_examples=n_examples,
-                      out_dir=test_dir, device=device, batch_size=batch_size), **nb)
-    lap('04_test_and_visualize')
+    recipe = demo_recipe(raw is None, **train)
+    out, lap = _fresh_output(Path(out).resolve(), overwrite), Laps()
+    raw_dir, prepared = demo_data_paths(raw, recipe['size'])
+    meta = demo_data(raw_dir, prepared, recipe['size'], n if raw is None else None, seed, workers, progress, lap)
+    params = demo_parameters(out, prepared, recipe, seed, n_samples, n_examples, tta)
+    for name, parameters in params.items():
+        run_notebook(name, out / f'{name}.ipynb', parameters, log_output=log_output, progress=progress); lap(name)
     data = f'synthetic ({n} faces, seed {seed}, {raw_dir})' if raw is None else str(raw_dir)
-    model = f"{arch}/{encoder}, encoder weights {weights}, loss {loss or 'preset'}, lr {lr or 'preset'}, {epochs} epochs" + (f' x {max_steps} steps' if max_steps else '') + f", run {out / 'runs' / 'demo'}"
-    return write_summary(out, summary_lines(out, data, prepared, meta, model, load_evaluation(test_dir), timings))
-
-def _has_cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
+    result = load_evaluation(params['04_test_and_visualize']['out_dir'])
+    return write_summary(out, summary_lines(out, data, prepared, meta, demo_model(recipe, out / 'runs' / 'demo'), result, lap.seconds))

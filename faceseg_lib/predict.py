@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/predict.html.md"""
 
 # %% ../notebooks/lib/13_predict.ipynb #fc9ca899
 from __future__ import annotations
-import argparse, glob, json, sys, time
+import glob, json, sys, time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,7 @@ from .prepare import class_pixels
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_SUFFIXES', 'ONNX_FORMAT', 'SUMMARY_FORMAT', 'to_uint8', 'to_rgb', 'read_photo',
            'expand_inputs', 'output_names', 'normalize_batch', 'softmax', 'TorchParser', 'OnnxParser', 'load_parser',
-           'area_shares', 'write_outputs', 'predict', 'add_predict_arguments', 'run_predict_from_args']
+           'area_shares', 'write_outputs', 'predict']
 
 # %% ../notebooks/lib/13_predict.ipynb #f3f7a5ae
 IMAGE_EXTENSIONS: tuple[str, ...] = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm', '.pgm')
@@ -359,31 +359,3 @@ def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .
         batches.add(_Job(i, path, name, *got, _regions(*got, detector)))
     batches.flush(); bar.close()
     return _write_summary(out, checkpoint, parser, detector, [_skipped(q.file, 'error', str(q)) for q in problems] + records, started)
-
-# %% ../notebooks/lib/13_predict.ipynb #436f37b0
-def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add the `faceseg predict` arguments to `parser` and make `run_predict_from_args` its func."
-    parser.add_argument('checkpoint', type=Path, help='faceseg checkpoint (.pt, e.g. outputs/runs/NAME/best.pt) or an .onnx file from `faceseg export`')
-    parser.add_argument('inputs', nargs='+', help='image files, folders and glob patterns (quote globs: "photos/**/*.jpg")')
-    parser.add_argument('--out', type=Path, default=Path('outputs/predictions'), help='output folder')
-    parser.add_argument('--no-detect', dest='detect', action='store_false', help='inputs are aligned CelebA-HQ-like crops: just resize, no face detection')
-    parser.add_argument('--detector', default=DEFAULT_DETECTOR, choices=sorted(DETECTORS), help='face detector')
-    parser.add_argument('--no-face', default='skip', choices=('skip', 'whole'), help="photo without a face: skip it, or parse the whole photo")
-    parser.add_argument('--batch-size', type=int, default=8, help='crops per model call')
-    parser.add_argument('--device', default='auto', help="'auto' | 'cpu' | 'cuda' | 'cuda:1'")
-    parser.add_argument('--backend', default='auto', choices=('auto', 'torch', 'onnx'), help='auto: onnx for .onnx files, else torch')
-    parser.add_argument('--json', action='store_true', help='also write NAME.json with the faces and class area shares')
-    parser.add_argument('--overwrite', action='store_true', help='replace earlier results in --out')
-    parser.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
-    parser.set_defaults(func=run_predict_from_args)
-    return parser
-
-def run_predict_from_args(args: argparse.Namespace) -> dict:
-    "Run `predict` with parsed `faceseg predict` arguments and print a one-line result."
-    s = predict(args.checkpoint, args.inputs, args.out, detect=args.detect, detector=args.detector, batch_size=args.batch_size,
-                device=args.device, backend=args.backend, json=args.json, overwrite=args.overwrite,
-                progress=not args.quiet, no_face=args.no_face)
-    c = s['counts']
-    print(f"parsed {c['ok']} photo(s) ({s['faces']} face(s)) into {s['out']}; {c['no_face']} without a face, "
-          f"{c['error']} unreadable (listed in summary.json)")
-    return s

@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/sweep.html.md"""
 
 # %% ../notebooks/lib/12_sweep.ipynb #0b7ca003
 from __future__ import annotations
-import argparse, json, queue, re, threading, time, traceback
+import json, queue, re, threading, time, traceback
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -20,7 +20,7 @@ __all__ = ['DEFAULT_ARCHS', 'DEFAULT_ENCODERS', 'DEFAULT_GRID', 'SWEEP_FIELDS', 
            'choose_grid', 'parse_grid', 'check_overrides', 'run_parameters', 'check_settings', 'resolve_devices',
            'run_parallel', 'write_status', 'describe_error', 'inference_speed', 'measure_run', 'evaluate_run',
            'start_status', 'run_config', 'record_sweep', 'sweep_settings', 'sweep', 'train_overrides', 'run_sweep',
-           'parse_overrides', 'add_sweep_arguments', 'run_sweep_from_args']
+           'parse_overrides']
 
 # %% ../notebooks/lib/12_sweep.ipynb #58665ee4
 DEFAULT_ARCHS: tuple[str, ...] = ('Unet', 'FPN', 'PAN', 'PSPNet', 'DeepLabV3Plus')  # the original comparison
@@ -395,40 +395,3 @@ def parse_overrides(items: Sequence[str]) -> dict:
         parser = parser or build_train_parser()
         out[key] = getattr(parser.parse_args([f"--{key.replace('_', '-')}={value}"]), key)
     return out
-
-# %% ../notebooks/lib/12_sweep.ipynb #d08346a7
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add the `faceseg sweep` flags to `parser` (defaults: TrainConfig's where not given)."
-    parser.add_argument('grid', nargs='*', metavar='ARCH:ENCODER',
-                        help='configurations to run (default: the original 5 architectures x 2 encoders, or --archs x --encoders)')
-    parser.add_argument('--archs', nargs='+', default=None, help=f"architectures to cross with --encoders (default: {' '.join(DEFAULT_ARCHS)})")
-    parser.add_argument('--encoders', nargs='+', default=None, help=f"encoders to cross with --archs (default: {' '.join(DEFAULT_ENCODERS)})")
-    parser.add_argument('--data-dir', default=None, help="prepared dataset (default: TrainConfig's, data/prepared/512)")
-    parser.add_argument('--out', default=None, help='sweep folder (default: outputs/sweeps/<size>px-<epochs>ep); rerun to resume')
-    parser.add_argument('--epochs', type=int, default=None, help="epochs per configuration (default: TrainConfig's)")
-    parser.add_argument('--size', type=int, default=None, help="model input size (default: TrainConfig's)")
-    parser.add_argument('--devices', nargs='+', default=None, help='devices, one run on each at a time (default: every GPU, else cpu)')
-    parser.add_argument('--encoder-weights', default=argparse.SUPPRESS, help="pretrained encoder weights, or None (default: TrainConfig's)")
-    parser.add_argument('--batch-size', type=int, default=argparse.SUPPRESS, help="batch size (default: TrainConfig's)")
-    parser.add_argument('--max-steps', type=int, default=argparse.SUPPRESS, help='steps per epoch cap (smoke tests)')
-    parser.add_argument('--preset', default=argparse.SUPPRESS, help="training recipe: default | original")
-    parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='FIELD=VALUE',
-                        help='any other TrainConfig field for every run (repeatable), e.g. --set lr=1e-3')
-    parser.add_argument('--split', default='test', help='split the configurations are scored on')
-    parser.add_argument('--retry-failed', action='store_true', help='run failed configurations again')
-    parser.add_argument('--collect-only', action='store_true', help='only rebuild the tables and plots of --out')
-    parser.add_argument('--log-output', action='store_true', help="stream the training notebooks' output")
-    parser.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
-    return parser
-
-_TRAIN_FLAGS: tuple[str, ...] = ('encoder_weights', 'batch_size', 'max_steps', 'preset')  # absent from args unless given
-
-def run_sweep_from_args(args: argparse.Namespace):
-    "`run_sweep` with the parsed `faceseg sweep` flags; the tidy results."
-    if args.grid and (args.archs or args.encoders):
-        raise DataError.from_problem('grid', 'given both as ARCH:ENCODER and as --archs/--encoders', 'use one of the two')
-    given = [f'{k}={getattr(args, k)}' for k in _TRAIN_FLAGS if hasattr(args, k)]  # not given: TrainConfig's defaults apply
-    df, _ = run_sweep(args.grid, args.archs, args.encoders, args.data_dir, args.out, args.epochs, args.size, args.devices,
-                      overrides=parse_overrides(args.overrides + given), split=args.split, retry_failed=args.retry_failed,
-                      collect_only=args.collect_only, log_output=args.log_output, progress=not args.quiet)
-    return df

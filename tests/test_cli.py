@@ -20,6 +20,64 @@ def test_help_explains_every_command(command):
     assert 'usage: faceseg' in r.stdout and len(r.stdout.splitlines()) > 5
 
 
+def _subparsers():
+    """Each subcommand's parser with its options dataclass and the TrainConfig fields it takes."""
+    from faceseg_lib import cli
+    choices = build_parser()._subparsers._group_actions[0].choices
+    return [(name, choices[name], options, (train or {}).get('only', []))
+            for name, (options, _, _, train) in cli.COMMANDS.items() if options is not None]
+
+
+@pytest.mark.parametrize('name,parser,options,train_fields', _subparsers(), ids=lambda v: v if isinstance(v, str) else '')
+def test_flags_are_the_options_fields(name, parser, options, train_fields):
+    """One schema: a subcommand's flag destinations are its options' fields (and the TrainConfig fields it takes)."""
+    import dataclasses
+    dests = {a.dest for a in parser._actions} - {'help'}
+    assert dests == {f.name for f in dataclasses.fields(options)} | set(train_fields)
+    assert len(train_fields) == len(set(train_fields))
+
+
+@pytest.mark.parametrize('name,parser,options,train_fields', _subparsers(), ids=lambda v: v if isinstance(v, str) else '')
+def test_help_shows_each_default_once(name, parser, options, train_fields):
+    formatter = parser._get_formatter()
+    twice = [a.dest for a in parser._actions if a.help and formatter._expand_help(a).count('(default:') > 1]
+    assert not twice, f'faceseg {name} --help shows the default twice for {twice}'
+    text = parser.format_help()
+    assert f'usage: faceseg {name}' in text and (options.__doc__.split()[0] in text)  # the options' docstring describes it
+
+
+def test_options_defaults_agree_with_the_functions_they_feed():
+    """Options passed on by name (`cli._call`) name a parameter of their function and share its default."""
+    import dataclasses, inspect
+    from faceseg_lib import cli
+    from faceseg_lib.pipeline import demo
+    from faceseg_lib.predict import predict
+    from faceseg_lib.prepare import prepare
+    from faceseg_lib.synthetic import synthesize
+    for options, func in ((cli.SynthOptions, synthesize), (cli.PrepareOptions, prepare), (cli.PredictOptions, predict),
+                          (cli.DemoOptions, demo)):
+        params = inspect.signature(func).parameters
+        for f in dataclasses.fields(options):
+            name = 'progress' if f.name == 'quiet' else f.name
+            assert name in params, f'{options.__name__}.{f.name} is no parameter of {func.__name__}'
+            want, have = params[name].default, f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            if want is inspect.Parameter.empty or have is dataclasses.MISSING: continue
+            have = not have if f.name == 'quiet' else have
+            assert have == want, f'{options.__name__}.{f.name} = {have!r}, but {func.__name__} defaults to {want!r}'
+
+
+def test_flags_the_readme_and_tests_use_are_accepted():
+    from faceseg_lib.cli import parse_args
+    for argv in (['prepare', 'raw', 'out', '--skip-bad'], ['prepare', 'raw', 'out', '--strict', '-q', '--workers', '2'],
+                 ['predict', 'm.pt', 'a.jpg', '--no-detect', '--json', '--quiet'], ['export', 'm.pt', 'm.onnx', '--no-check'],
+                 ['sweep', 'Unet:resnet34', '--set', 'lr=1e-3', '--set', 'seed=1', '--devices', 'cuda:0', 'cuda:1', '--retry-failed'],
+                 ['demo', 'data/CelebAMask-HQ.zip', '--overwrite', '--encoder-weights', 'None', '--n-samples', '2'],
+                 ['test', 'best.pt', '--tta', '--split', 'val', '--data', 'd', '--vis-dir', 'vis', '--n-examples', '16']):
+        parse_args(argv)
+    args = parse_args(['sweep', '--epochs', '2'])
+    assert args.epochs == 2 and not hasattr(args, 'batch_size')  # a training flag not given: TrainConfig's default applies
+
+
 def test_every_subcommand_is_in_the_main_help():
     help_text = build_parser().format_help()
     for name in ('synth', 'prepare', 'train', 'test', 'demo', 'sweep', 'predict', 'export'):

@@ -111,10 +111,9 @@ def test_backend_onnx_wants_the_onnx_file(tiny, tmp_path):
 
 
 def test_cli_arguments_run_export(tiny, tmp_path, capsys):
-    import argparse
-    from faceseg_lib.export import add_export_arguments
+    from faceseg_lib.cli import parse_args
     ckpt, _, _ = tiny
-    args = add_export_arguments(argparse.ArgumentParser()).parse_args([str(ckpt), str(tmp_path / 'cli.onnx'), '--n-check', '2'])
+    args = parse_args(['export', str(ckpt), str(tmp_path / 'cli.onnx'), '--n-check', '2'])
     r = args.func(args)
     assert (tmp_path / 'cli.onnx').is_file() and r['agreement'] >= 0.999
     assert 'argmax agreement' in capsys.readouterr().out

@@ -171,9 +171,8 @@ def test_checkpoint_with_another_class_layout_is_refused(tiny_ckpt, tmp_path):
 
 
 def test_cli_arguments_run_predict(tiny_ckpt, faces, tmp_path, capsys):
-    import argparse
-    args = P.add_predict_arguments(argparse.ArgumentParser()).parse_args(
-        [str(tiny_ckpt), str(faces[0]), '--out', str(tmp_path / 'out'), '--no-detect', '--json', '-q'])
+    from faceseg_lib.cli import parse_args
+    args = parse_args(['predict', str(tiny_ckpt), str(faces[0]), '--out', str(tmp_path / 'out'), '--no-detect', '--json', '-q'])
     s = args.func(args)
     assert s['counts']['ok'] == 1 and (tmp_path / 'out' / f'{faces[0].stem}.json').is_file()
     assert 'parsed 1 photo(s)' in capsys.readouterr().out

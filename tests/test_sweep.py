@@ -16,7 +16,7 @@ from faceseg_lib.compare import RESULT_FILES, collect, f1_table, runs_table
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASSES
 from faceseg_lib.models import count_parameters, model_from_checkpoint
-from faceseg_lib.sweep import add_sweep_arguments, run_sweep_from_args, sweep
+from faceseg_lib.sweep import sweep
 
 SIZE = 64
 GRID = ['Unet:mobilenet_v2', 'FPN:mobilenet_v2', 'PAN:mobilenet_v2']  # PAN needs >= 128 px: fails at 64
@@ -200,10 +200,10 @@ def test_bad_names_and_overrides_fail_before_any_work(swept, tmp_path, monkeypat
 
 
 def test_command_line_flags_collect_the_same_results(swept, tmp_path, capsys):
-    import argparse
+    from faceseg_lib.cli import parse_args
     out = _copy(swept, tmp_path)
-    parser = add_sweep_arguments(argparse.ArgumentParser(prog='faceseg sweep'))
-    df = run_sweep_from_args(parser.parse_args(['--collect-only', '--out', str(out), '-q']))
+    args = parse_args(['sweep', '--collect-only', '--out', str(out), '-q'])
+    df = args.func(args)
     assert '2 of 3 configurations done' in capsys.readouterr().out
     pd.testing.assert_frame_equal(f1_table(df), f1_table(collect(swept / 'sweep', write=False)))
 

@@ -184,7 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser | Any,  # a parser or argument
     for name in (only or list(by_name)):
         f = by_name[name]
         names, kw = _argument(f, hints[name], _flag_default(f, defaults or {}), text.get(name))
-        parser.add_argument(*names, **kw)
+        shown = [n for n in names if not (n.startswith('--') and '_' in n)] or names  # --data-dir in the help ...
+        parser.add_argument(*shown, **kw)
+        hidden = [n for n in names if n not in shown]                                # ... --data_dir accepted too
+        if hidden: parser.add_argument(*hidden, **kw | dict(help=argparse.SUPPRESS, default=argparse.SUPPRESS))
         for flag, value in f.metadata.get('consts', {}).items():  # more spellings, each storing one value
             parser.add_argument(flag, dest=name, action='store_const', const=value, default=argparse.SUPPRESS,
                                 help=f'same as {names[0]} {value}')

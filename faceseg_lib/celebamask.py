@@ -1,4 +1,4 @@
-"""Reading the official CelebAMask-HQ layout (folder or zip), combining part masks, finding bad files, and the splits.
+"""Reading the official CelebAMask-HQ layout (folder or zip), combining part masks, finding bad files.
 
 Docs: https://faceseg.github.io/faceseg/lib/celebamask.html.md"""
 
@@ -18,19 +18,14 @@ from .errors import DataError, Problem
 from .labels import CLASS_INDEX, PARTS
 
 # %% auto #0
-__all__ = ['IMG_DIR', 'ANNO_DIR', 'TOP_DIR', 'MAPPING_FILE', 'PARTITION_FILE', 'SPLITS', 'SEED_SIZES', 'IMAGE_EXTS', 'FETCH_FIX',
-           'anno_folder', 'mask_name', 'combine_parts', 'jpeg_size', 'decode', 'FolderStore', 'ZipStore',
-           'RawCelebAMask', 'open_raw', 'split_counts', 'seed_split', 'fraction_split', 'read_split_csv',
-           'official_split', 'resolve_split']
+__all__ = ['IMG_DIR', 'ANNO_DIR', 'TOP_DIR', 'MAPPING_FILE', 'IMAGE_EXTS', 'FETCH_FIX', 'anno_folder', 'mask_name',
+           'combine_parts', 'jpeg_size', 'decode', 'FolderStore', 'ZipStore', 'RawCelebAMask', 'open_raw']
 
 # %% ../notebooks/lib/02_celebamask.ipynb #108db195
 IMG_DIR = 'CelebA-HQ-img'                         # folder of the images
 ANNO_DIR = 'CelebAMask-HQ-mask-anno'              # folder of the per-part masks
 TOP_DIR = 'CelebAMask-HQ'                         # the top folder inside the official zip
 MAPPING_FILE = 'CelebA-HQ-to-CelebA-mapping.txt'  # CelebA-HQ id -> CelebA file name
-PARTITION_FILE = 'list_eval_partition.txt'        # CelebA's own train/val/test partition (not in the zip)
-SPLITS = ('train', 'val', 'test')
-SEED_SIZES = (3375, 375, 1250)                    # the original project's split of 5000 images
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
 FETCH_FIX = ("download CelebAMask-HQ.zip from the official page (https://github.com/switchablenorms/CelebAMask-HQ) "
              "and extract it, or point at the zip itself")
@@ -321,152 +316,3 @@ def open_raw(path: str | Path,  # extracted folder (holding CelebA-HQ-img/, or C
     if not (root / ANNO_DIR).is_dir():
         raise DataError.from_problem(root / ANNO_DIR, 'is missing (the part masks)', FETCH_FIX)
     return RawCelebAMask(FolderStore(root), path)
-
-# %% ../notebooks/lib/02_celebamask.ipynb #cd3466c0
-def split_counts(split: dict[int, str]) -> dict[str, int]:
-    "Number of ids in each split."
-    c = Counter(split.values())
-    return {s: c.get(s, 0) for s in SPLITS}
-
-def _assign(ids: list[int], sizes) -> dict[int, str]:
-    out, start = {}, 0
-    for name, n in zip(SPLITS, sizes):
-        out.update({int(i): name for i in ids[start:start + n]}); start += n
-    return out
-
-def seed_split(ids,                                   # ids to draw from (order does not matter)
-               seed: int = 0,                         # same seed, same split
-               sizes: tuple[int, int, int] = SEED_SIZES,  # train, val, test counts; other ids are left out
-              ) -> dict[int, str]:
-    "Reproducible random split of fixed sizes (the original project's 3375/375/1250)."
-    ids = sorted(set(int(i) for i in ids))
-    if len(ids) < sum(sizes):
-        raise DataError(f"a seed split of {'/'.join(map(str, sizes))} needs {sum(sizes)} images but the dataset has "
-                        f"{len(ids)}. Fix: use split='fractions:0.8,0.1,0.1' (or smaller sizes).")
-    perm = np.random.default_rng(seed).permutation(np.array(ids, dtype=np.int64))
-    return _assign(perm.tolist(), sizes)
-
-# %% ../notebooks/lib/02_celebamask.ipynb #d11ba748
-def fraction_split(ids,                                               # ids to split
-                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),  # train, val, test shares (sum <= 1)
-                   seed: int = 0,
-                  ) -> dict[int, str]:
-    "Reproducible random split by fractions; every split with a share > 0 gets at least one id when there are enough."
-    fr = [float(f) for f in fractions]
-    if len(fr) != 3 or min(fr) < 0 or sum(fr) > 1 + 1e-6:
-        raise DataError(f"fractions {fractions}: need three shares >= 0 summing to at most 1. Fix: e.g. 'fractions:0.8,0.1,0.1'.")
-    ids = sorted(set(int(i) for i in ids))
-    n, total = len(ids), round(sum(fr) * len(ids))
-    counts = [int(f * n) for f in fr]
-    for i in sorted(range(3), key=lambda i: counts[i] - fr[i] * n)[:total - sum(counts)]: counts[i] += 1  # largest remainders
-    for i in range(3):  # no empty split with a share > 0, taken from the largest
-        big = max(range(3), key=lambda j: counts[j])
-        if fr[i] > 0 and counts[i] == 0 and counts[big] > 1: counts[i], counts[big] = 1, counts[big] - 1
-    perm = np.random.default_rng(seed).permutation(np.array(ids, dtype=np.int64))
-    return _assign(perm.tolist(), counts)
-
-# %% ../notebooks/lib/02_celebamask.ipynb #8b1e7bbe
-_TRUE, _FALSE = {'1', 'true', 't', 'yes', 'y', '1.0'}, {'0', 'false', 'f', 'no', 'n', '0.0'}
-
-def read_split_csv(path: str | Path,  # csv with columns name,is_train
-                   ids,               # ids of the dataset: every name must be one of them
-                  ) -> dict[int, str]:
-    "Split from the original project's `name,is_train` csv (val = last 10% of the train rows)."
-    import pandas as pd
-    path = Path(path)
-    try: df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e: raise DataError.from_problem(path, f"cannot be read as csv ({e})", 'give a csv with header name,is_train')
-    cols = {c.strip().lower(): c for c in df.columns}
-    if not {'name', 'is_train'} <= set(cols):
-        raise DataError.from_problem(path, f"has columns {list(df.columns)}, not name,is_train", 'give a csv with header name,is_train')
-    rows, bad = [], []
-    for name, flag in zip(df[cols['name']], df[cols['is_train']]):
-        stem, f = os.path.splitext(name.strip().rsplit('/', 1)[-1])[0], flag.strip().lower()
-        if not stem.isdigit() or f not in _TRUE | _FALSE: bad.append(f"{name},{flag}"); continue
-        rows.append((int(stem), f in _TRUE))
-    if bad: raise DataError.from_problem(path, f"{len(bad)} row(s) not like '123.jpg,1' (first: {bad[:3]})", 'fix or remove those rows')
-    named = [i for i, _ in rows]
-    dup = sorted(i for i, c in Counter(named).items() if c > 1)
-    if dup: raise DataError.from_problem(path, f"names ids more than once: {dup[:5]}", 'keep one row per image')
-    have = set(int(i) for i in ids)
-    absent = [i for i in named if i not in have]
-    if absent:
-        raise DataError.from_problem(path, f"names {len(absent)} id(s) that are not in the dataset (first: {absent[:5]})",
-                                     'remove those rows, or point at the dataset the csv was made for')
-    train = [i for i, t in rows if t]
-    n_val = int(0.1 * len(train))
-    split = {i: 'test' for i, t in rows if not t}
-    split.update({i: 'train' for i in train[:len(train) - n_val]})
-    split.update({i: 'val' for i in train[len(train) - n_val:]})
-    return dict(sorted(split.items()))
-
-# %% ../notebooks/lib/02_celebamask.ipynb #8f11cd67
-def _table(text: str, file: str, ncols: int, what: str) -> list[list[str]]:
-    rows = [ln.split() for ln in text.splitlines() if ln.strip()]
-    bad = [r for r in rows if len(r) < ncols]
-    if bad: raise DataError.from_problem(file, f"has lines with fewer than {ncols} columns (first: {' '.join(bad[0])!r})",
-                                         f"give the original {what}")
-    return rows
-
-def official_split(mapping_text: str,    # contents of CelebA-HQ-to-CelebA-mapping.txt
-                   partition_text: str,  # contents of CelebA's list_eval_partition.txt
-                   ids,                  # the CelebA-HQ ids to split
-                   mapping_file: str = MAPPING_FILE,      # names for messages
-                   partition_file: str = PARTITION_FILE,
-                  ) -> dict[int, str]:
-    "CelebA's own train/val/test partition carried over to CelebA-HQ ids."
-    rows = _table(mapping_text, mapping_file, 3, 'CelebA-HQ-to-CelebA-mapping.txt')
-    hq_to_file = {int(r[0]): r[2] for r in rows if r[0].isdigit()}
-    part = {r[0]: r[1] for r in _table(partition_text, partition_file, 2, 'list_eval_partition.txt from CelebA')}
-    names = {'0': 'train', '1': 'val', '2': 'test'}
-    ids = sorted(set(int(i) for i in ids))
-    missing = [i for i in ids if i not in hq_to_file]
-    if missing:
-        raise DataError.from_problem(mapping_file, f"has no row for {len(missing)} id(s) of the dataset (first: {missing[:5]})",
-                                     "use the mapping file of the official release, or another split (split='seed' or 'fractions:...')")
-    unparted = [hq_to_file[i] for i in ids if part.get(hq_to_file[i]) not in names]
-    if unparted:
-        raise DataError.from_problem(partition_file, f"has no 0/1/2 partition for {len(unparted)} CelebA file(s) (first: {unparted[:5]})",
-                                     "use CelebA's original list_eval_partition.txt")
-    return {i: names[part[hq_to_file[i]]] for i in ids}
-
-# %% ../notebooks/lib/02_celebamask.ipynb #cc292f40
-def _fmt(x: float) -> str: return f"{x:g}"
-
-def resolve_split(spec: str | Path,         # 'auto', 'official', 'seed[:N]', 'fractions:a,b,c' or a csv path
-                  raw: RawCelebAMask,       # the raw dataset (for the mapping file)
-                  ids,                      # the ids to split
-                  partition: str | Path | None = None,  # CelebA's list_eval_partition.txt
-                 ) -> tuple[dict[int, str], str]:
-    "(split, method name) for a split spec."
-    ids = sorted(set(int(i) for i in ids))
-    s = str(spec).strip()
-    part_text = None
-    if partition is not None:
-        if not Path(partition).is_file():
-            raise DataError.from_problem(partition, 'does not exist', "point at CelebA's list_eval_partition.txt")
-        part_text = Path(partition).read_text()
-    else: part_text = raw.read_text(PARTITION_FILE)  # None where the file is absent
-    part_name = str(partition) if partition is not None else raw.store.where(PARTITION_FILE)
-    if s == 'auto':
-        if raw.has_file(MAPPING_FILE) and part_text is not None: s = 'official'
-        else: s = 'seed' if len(ids) >= sum(SEED_SIZES) else 'fractions:0.8,0.1,0.1'
-    if s == 'official':
-        mapping = raw.read_text(MAPPING_FILE)
-        if mapping is None:
-            raise DataError.from_problem(raw.store.where(MAPPING_FILE), 'is missing (the official split needs it)',
-                                         'use the complete official release, or another split (seed, fractions:...)')
-        if part_text is None:
-            raise DataError.from_problem(part_name, 'is missing (the official split needs it)',
-                                         "pass partition=<CelebA's list_eval_partition.txt> or put it in the raw folder")
-        return official_split(mapping, part_text, ids, raw.store.where(MAPPING_FILE), part_name), 'official'
-    if s == 'seed' or re.fullmatch(r'seed:-?\d+', s):
-        seed = int(s.split(':')[1]) if ':' in s else 0
-        return seed_split(ids, seed), s
-    if s.startswith('fractions:'):
-        try: fr = tuple(float(x) for x in s.split(':', 1)[1].split(','))
-        except ValueError: raise DataError(f"split {s!r}: fractions are not numbers. Fix: e.g. 'fractions:0.8,0.1,0.1'.")
-        return fraction_split(ids, fr), 'fractions:' + ','.join(map(_fmt, fr))
-    if Path(s).is_file(): return read_split_csv(s, ids), f"csv:{Path(s).name}"
-    raise DataError(f"split {s!r} is neither 'auto', 'official', 'seed', 'fractions:a,b,c' nor an existing csv file. "
-                    "Fix: pick one of those.")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .errors import DataError
 from .labels import CLASSES, NUM_CLASSES, FLIP_LUT
-from .celebamask import SPLITS
+from .splits import SPLITS
 from .prepare import FORMAT as PREPARED_FORMAT, class_pixels
 
 # %% auto #0

@@ -15,7 +15,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import faceseg_lib
-from .celebamask import RawCelebAMask, combine_parts, open_raw, resolve_split, split_counts, SPLITS
+from .celebamask import RawCelebAMask, combine_parts, open_raw
+from .splits import SPLITS, resolve_split, split_counts
 from .core import write_atomic
 from .errors import DataError, Problem
 from .labels import CLASSES, NUM_CLASSES

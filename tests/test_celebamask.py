@@ -7,9 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from faceseg_lib.celebamask import (ANNO_DIR, IMG_DIR, MAPPING_FILE, PARTITION_FILE, combine_parts, fraction_split,
-                                    mask_name, official_split, open_raw, read_split_csv, resolve_split, seed_split,
-                                    split_counts)
+from faceseg_lib.celebamask import ANNO_DIR, IMG_DIR, MAPPING_FILE, combine_parts, mask_name, open_raw
+from faceseg_lib.splits import PARTITION_FILE, fraction_split, official_split, read_split_csv, resolve_split, seed_split, split_counts
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASS_INDEX, NUM_CLASSES
 from helpers import M, fake_masks, make_zip, write_raw

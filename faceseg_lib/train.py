@@ -336,6 +336,7 @@ def _record_epoch(state: dict, row: dict) -> bool:
     state['best_score'], state['best_epoch'] = score, row['epoch']
     return True
 
+# %% ../notebooks/lib/09_train.ipynb #5a3b2c07
 def _save_epoch(run: Path, c: TrainConfig, s: TrainingSetup, state: dict, row: dict, cm: ConfusionMatrix, improved: bool,
                 steps: int, world: int) -> None:
     "Write history.csv, best.pt (if `improved`) and last.pt (with everything a resume needs)."

@@ -175,3 +175,20 @@ def test_count_parameters():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     model[0].requires_grad_(False)
     assert count_parameters(model) == 16 + 10 and count_parameters(model, trainable_only=True) == 10
+
+
+def test_encoder_weights_from_a_local_file_and_a_file_for_another_encoder_refused(tmp_path):
+    from faceseg_lib.models import create_model
+    src = create_model('Unet', 'resnet18', encoder_weights=None)
+    sd = src.encoder.state_dict() | {'fc.weight': torch.zeros(2, 2), 'fc.bias': torch.zeros(2)}  # an ImageNet head is dropped
+    torch.save(sd, tmp_path / 'r18.pth')
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in src.encoder.state_dict().items()}, str(tmp_path / 'r18.safetensors'))
+    for f in ('r18.pth', 'r18.safetensors'):
+        m = create_model('FPN', 'resnet18', encoder_weights=str(tmp_path / f))
+        assert all(torch.equal(m.encoder.state_dict()[k], v) for k, v in src.encoder.state_dict().items()), f
+    with pytest.raises(DataError) as e:
+        create_model('Unet', 'mobilenet_v2', encoder_weights=str(tmp_path / 'r18.pth'))
+    msg = str(e.value)
+    assert str(tmp_path / 'r18.pth') in msg and 'missing keys' in msg and 'unexpected keys' in msg and "'mobilenet_v2'" in msg
+    assert "['features.0.0.weight'" in msg and "['conv1.weight'" in msg  # the key lists themselves

@@ -16,8 +16,8 @@ from .celebamask import MAPPING_FILE, RawCelebAMask
 from .errors import DataError
 
 # %% auto #0
-__all__ = ['PARTITION_FILE', 'SPLITS', 'SEED_SIZES', 'split_counts', 'seed_split', 'fraction_split', 'read_split_csv',
-           'official_split', 'resolve_split']
+__all__ = ['PARTITION_FILE', 'SPLITS', 'SEED_SIZES', 'CELEBA_PARTITION', 'split_counts', 'seed_split', 'fraction_split',
+           'read_split_csv', 'celeba_split', 'official_split', 'resolve_split']
 
 # %% ../notebooks/lib/02a_splits.ipynb #e919ee70
 PARTITION_FILE = 'list_eval_partition.txt'  # CelebA's own train/val/test partition (not in the zip)
@@ -110,27 +110,45 @@ def _table(text: str, file: str, ncols: int, what: str) -> list[list[str]]:
                                          f"give the original {what}")
     return rows
 
-def official_split(mapping_text: str,    # contents of CelebA-HQ-to-CelebA-mapping.txt
-                   partition_text: str,  # contents of CelebA's list_eval_partition.txt
-                   ids,                  # the CelebA-HQ ids to split
-                   mapping_file: str = MAPPING_FILE,      # names for messages
+CELEBA_PARTITION: tuple[tuple[int, int, str], ...] = (  # CelebA's partition: (first, last original file number, split)
+    (1, 162770, 'train'), (162771, 182637, 'val'), (182638, 202599, 'test'))
+
+def celeba_split(file: str) -> str | None:
+    "The split of an original CelebA file ('000001.jpg' .. '202599.jpg') by its number; None for another name."
+    stem = Path(file).stem
+    n = int(stem) if stem.isdigit() else -1
+    return next((s for lo, hi, s in CELEBA_PARTITION if lo <= n <= hi), None)
+
+# %% ../notebooks/lib/02a_splits.ipynb #3a51dd0e
+def _cross_check(split: dict[int, str], hq_to_file: dict[int, str], partition_text: str, partition_file: str) -> None:
+    "DataError naming the files CelebA's list_eval_partition.txt puts in another split than their number does."
+    names = {'0': 'train', '1': 'val', '2': 'test'}
+    part = {r[0]: names.get(r[1]) for r in _table(partition_text, partition_file, 2, 'list_eval_partition.txt from CelebA')}
+    other = [f'{hq_to_file[i]} ({part.get(hq_to_file[i])} there, {s} by number)' for i, s in split.items() if part.get(hq_to_file[i]) != s]
+    if other: raise DataError.from_problem(partition_file, f'disagrees with CelebA\'s partition by file number for {len(other)} file(s) '
+                                           f'(first: {other[:3]})', "use CelebA's original list_eval_partition.txt, or leave it out")
+
+def official_split(mapping_text: str,                 # contents of CelebA-HQ-to-CelebA-mapping.txt
+                   partition_text: str | None = None, # CelebA's list_eval_partition.txt, to cross-check; None: not needed
+                   ids=None,                          # the CelebA-HQ ids to split; None: all in the mapping
+                   mapping_file: str = MAPPING_FILE,  # names for messages
                    partition_file: str = PARTITION_FILE,
                   ) -> dict[int, str]:
-    "CelebA's own train/val/test partition carried over to CelebA-HQ ids."
+    "CelebA's own train/val/test partition carried over to CelebA-HQ ids, through each id's original CelebA file."
     rows = _table(mapping_text, mapping_file, 3, 'CelebA-HQ-to-CelebA-mapping.txt')
     hq_to_file = {int(r[0]): r[2] for r in rows if r[0].isdigit()}
-    part = {r[0]: r[1] for r in _table(partition_text, partition_file, 2, 'list_eval_partition.txt from CelebA')}
-    names = {'0': 'train', '1': 'val', '2': 'test'}
-    ids = sorted(set(int(i) for i in ids))
+    ids = sorted(set(int(i) for i in (hq_to_file if ids is None else ids)))
     missing = [i for i in ids if i not in hq_to_file]
     if missing:
         raise DataError.from_problem(mapping_file, f"has no row for {len(missing)} id(s) of the dataset (first: {missing[:5]})",
                                      "use the mapping file of the official release, or another split (split='seed' or 'fractions:...')")
-    unparted = [hq_to_file[i] for i in ids if part.get(hq_to_file[i]) not in names]
-    if unparted:
-        raise DataError.from_problem(partition_file, f"has no 0/1/2 partition for {len(unparted)} CelebA file(s) (first: {unparted[:5]})",
-                                     "use CelebA's original list_eval_partition.txt")
-    return {i: names[part[hq_to_file[i]]] for i in ids}
+    unknown = [hq_to_file[i] for i in ids if celeba_split(hq_to_file[i]) is None]
+    if unknown:
+        raise DataError.from_problem(mapping_file, f"maps {len(unknown)} id(s) to no CelebA file 000001.jpg..202599.jpg (first: {unknown[:3]})",
+                                     'use the mapping file of the official release')
+    split = {i: celeba_split(hq_to_file[i]) for i in ids}
+    if partition_text is not None: _cross_check(split, hq_to_file, partition_text, partition_file)
+    return split
 
 # %% ../notebooks/lib/02a_splits.ipynb #6840b365
 def _fmt(x: float) -> str: return f"{x:g}"
@@ -138,7 +156,7 @@ def _fmt(x: float) -> str: return f"{x:g}"
 def resolve_split(spec: str | Path,         # 'auto', 'official', 'seed[:N]', 'fractions:a,b,c' or a csv path
                   raw: RawCelebAMask,       # the raw dataset (for the mapping file)
                   ids,                      # the ids to split
-                  partition: str | Path | None = None,  # CelebA's list_eval_partition.txt
+                  partition: str | Path | None = None,  # CelebA's list_eval_partition.txt, to cross-check (optional)
                  ) -> tuple[dict[int, str], str]:
     "(split, method name) for a split spec."
     ids = sorted(set(int(i) for i in ids))
@@ -151,16 +169,13 @@ def resolve_split(spec: str | Path,         # 'auto', 'official', 'seed[:N]', 'f
     else: part_text = raw.read_text(PARTITION_FILE)  # None where the file is absent
     part_name = str(partition) if partition is not None else raw.store.where(PARTITION_FILE)
     if s == 'auto':
-        if raw.has_file(MAPPING_FILE) and part_text is not None: s = 'official'
+        if raw.has_file(MAPPING_FILE): s = 'official'
         else: s = 'seed' if len(ids) >= sum(SEED_SIZES) else 'fractions:0.8,0.1,0.1'
     if s == 'official':
         mapping = raw.read_text(MAPPING_FILE)
         if mapping is None:
             raise DataError.from_problem(raw.store.where(MAPPING_FILE), 'is missing (the official split needs it)',
                                          'use the complete official release, or another split (seed, fractions:...)')
-        if part_text is None:
-            raise DataError.from_problem(part_name, 'is missing (the official split needs it)',
-                                         "pass partition=<CelebA's list_eval_partition.txt> or put it in the raw folder")
         return official_split(mapping, part_text, ids, raw.store.where(MAPPING_FILE), part_name), 'official'
     if s == 'seed' or re.fullmatch(r'seed:-?\d+', s):
         seed = int(s.split(':')[1]) if ':' in s else 0

@@ -225,18 +225,25 @@ def test_split_csv_naming_absent_ids(tmp_path):
         read_split_csv(csv, range(6))
 
 
-MAPPING = 'idx orig_idx orig_file\n0 119613 119614.jpg\n1 99094 099095.jpg\n2 200121 200122.jpg\n3 81059 081060.jpg\n4 202018 202019.jpg\n'
-PARTITION = '081060.jpg 0\n099095.jpg 0\n119614.jpg 1\n200122.jpg 2\n202019.jpg 2\n000001.jpg 0\n'
+MAPPING = 'idx orig_idx orig_file\n0 169999 170000.jpg\n1 99094 099095.jpg\n2 200121 200122.jpg\n3 81059 081060.jpg\n4 202018 202019.jpg\n'
+PARTITION = '081060.jpg 0\n099095.jpg 0\n170000.jpg 1\n200122.jpg 2\n202019.jpg 2\n000001.jpg 0\n'
 
 
-def test_official_split_on_made_up_files():
-    s = official_split(MAPPING, PARTITION, [0, 1, 2, 3, 4])
+def test_official_split_by_original_file_number_needs_no_partition_file():
+    # CelebA's partition is contiguous: 000001-162770 train, 162771-182637 val, 182638-202599 test
+    edges = 'idx orig_idx orig_file\n' + ''.join(f'{i} {n - 1} {n:06d}.jpg\n' for i, n in
+                                               enumerate((1, 162770, 162771, 182637, 182638, 202599)))
+    assert official_split(edges) == {0: 'train', 1: 'train', 2: 'val', 3: 'val', 4: 'test', 5: 'test'}
+    s = official_split(MAPPING, None, [0, 1, 2, 3, 4])
     assert s == {0: 'val', 1: 'train', 2: 'test', 3: 'train', 4: 'test'}
+    assert official_split(MAPPING, PARTITION, [0, 1, 2, 3, 4]) == s  # the partition file, where given, agrees
     with pytest.raises(DataError) as e:
-        official_split(MAPPING, PARTITION, [0, 1, 9])
+        official_split(MAPPING, None, [0, 1, 9])
     assert MAPPING_FILE in str(e.value) and '[9]' in str(e.value) and 'Fix:' in str(e.value)
-    with pytest.raises(DataError, match=f'{PARTITION_FILE}.*202019.jpg.*Fix'):
+    with pytest.raises(DataError, match=f'{PARTITION_FILE}.*202019.jpg \\(None there, test by number\\).*Fix'):
         official_split(MAPPING, PARTITION.replace('202019.jpg 2\n', ''), [4])
+    with pytest.raises(DataError, match='no CelebA file 000001.jpg..202599.jpg'):
+        official_split('idx orig_idx orig_file\n0 202599 202600.jpg\n')
 
 
 def test_resolve_split(tmp_path):
@@ -250,9 +257,7 @@ def test_resolve_split(tmp_path):
     with pytest.raises(DataError, match='Fix'):
         resolve_split('official', raw, raw.ids())
     (root / MAPPING_FILE).write_text(MAPPING)
-    with pytest.raises(DataError, match=f'{PARTITION_FILE}.*Fix: pass partition='):
-        resolve_split('official', raw, raw.ids())
-    assert resolve_split('auto', raw, raw.ids())[1].startswith('fractions')  # mapping alone is not enough
+    assert resolve_split('auto', raw, raw.ids()) == (official_split(MAPPING), 'official')  # the mapping alone is enough
     part = tmp_path / PARTITION_FILE
     part.write_text(PARTITION)
     assert resolve_split('auto', raw, raw.ids(), partition=part) == (official_split(MAPPING, PARTITION, range(5)), 'official')

@@ -194,3 +194,17 @@ def test_prepare_a_few_real_sample_ids(sample_dir, tmp_path):
         assert lab.shape == (64, 64) and lab.max() <= 18
     total = np.sum([meta['class_images'][s] for s in ('train', 'val', 'test')], 0)
     assert total[CLASSES.index('skin')] == 8 and total[CLASSES.index('hair')] >= 6
+
+
+def test_official_split_from_a_zip_that_holds_only_the_mapping_file(raw_dir, tmp_path):
+    """The official zip has CelebA-HQ-to-CelebA-mapping.txt but not CelebA's list_eval_partition.txt: --split auto
+    must still give CelebA's partition, which is contiguous by original file number."""
+    from faceseg_lib.celebamask import MAPPING_FILE
+    originals = {0: 1, 1: 162770, 2: 162771, 3: 182637, 4: 182638, 5: 202599, 6: 100, 7: 170000, 2001: 190000, 4123: 5}
+    (raw_dir / MAPPING_FILE).write_text('idx orig_idx orig_file\n' + ''.join(f'{i} {n - 1} {n:06d}.jpg\n' for i, n in originals.items()))
+    meta = run(make_zip(raw_dir, tmp_path / 'CelebAMask-HQ.zip'), tmp_path / 'out', split='auto')
+    by_number = lambda n: 'train' if n <= 162770 else 'val' if n <= 182637 else 'test'
+    written = dict(line.split(',') for line in (tmp_path / 'out' / 'splits.csv').read_text().split()[1:])
+    assert meta['split_method'] == 'official'
+    assert {int(i): s for i, s in written.items()} == {i: by_number(n) for i, n in originals.items()}
+    assert meta['counts'] == {'train': 4, 'val': 3, 'test': 3}

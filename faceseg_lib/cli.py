@@ -273,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         args.func(args)
-    except DataError as e:
+    except (DataError, FloatingPointError) as e:  # a training that diverged says at which step, and the fix
         print(f"faceseg {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"faceseg {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        again = 'run the same command with --resume to continue' if args.command == 'train' else 'rerun the same command to resume'
+        print(f"faceseg {args.command}: interrupted; {again}", file=sys.stderr)
         return 130
     return 0
 

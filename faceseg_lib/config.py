@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/config.html.md"""
 
 # %% ../notebooks/lib/01b_config.ipynb #3f2f3881
 from __future__ import annotations
-import argparse, inspect, re, typing
+import argparse, inspect, math, re, typing
 from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -106,7 +106,7 @@ def value_problems(c: TrainConfig) -> list[Problem]:
     "What is wrong with the numbers, device, precision and name of a filled-in config ([] when nothing)."
     p = []
     def bad(field, problem, fix): p.append(Problem(f'config.{field}', problem, fix))
-    if not (isinstance(c.lr, (int, float)) and not isinstance(c.lr, bool) and c.lr > 0):
+    if not (isinstance(c.lr, (int, float)) and not isinstance(c.lr, bool) and math.isfinite(c.lr) and c.lr > 0):
         bad('lr', f'must be a positive number, got {c.lr!r}', 'use e.g. lr=5e-4')
     for field, low in (('size', 1), ('epochs', 1), ('batch_size', 1), ('max_steps', 0), ('workers', -1), ('seed', 0)):
         v = getattr(c, field)

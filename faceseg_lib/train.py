@@ -30,10 +30,10 @@ from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f
 from .history import dead_warning, epoch_line, history_row, noise_note, small_val_warning, write_history
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'resolved', 'config_problems', 'data_problems', 'run_dir', 'validate',
-           'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'make_loaders', 'init_distributed',
-           'seed_all', 'train_epoch', 'evaluate_loader', 'image_spread', 'TrainingSetup', 'build_model',
-           'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
+__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'RUN_FILES', 'resolved', 'config_problems', 'data_problems', 'run_dir',
+           'validate', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'make_loaders',
+           'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'image_spread', 'TrainingSetup',
+           'build_model', 'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
 def resolved(config: TrainConfig) -> TrainConfig:
@@ -315,13 +315,31 @@ def training_setup(c: TrainConfig,            # a validated config
                          c.channels_last and device.type == 'cuda')
 
 # %% ../notebooks/lib/09_train.ipynb #9cc72997
+RUN_FILES: tuple[str, ...] = ('config.json', 'history.csv', 'best.pt', 'last.pt')  # what a run folder holds
+
+def _claim(run: Path, c: TrainConfig) -> None:
+    "Write config.json; a fresh run creates it exclusively, so of two trainings started under one name the second stops."
+    run.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(asdict(c), indent=2) + '\n'
+    if c.resume and (run / 'config.json').is_file(): write_atomic(run / 'config.json', text); return  # checked by _resume_state
+    try:
+        with open(run / 'config.json', 'x') as f: f.write(text)
+    except FileExistsError:
+        raise DataError.from_problem(run, 'was just taken by another training started under the same name',
+                                     'choose another name (--name), or let that one finish and pass --resume') from None
+
+def _unclaim(run: Path) -> None:
+    "Remove what a run that failed before finishing its first epoch wrote, so the same command can simply run again."
+    if (run / 'last.pt').exists(): return  # a finished epoch: keep everything, --resume continues from it
+    for name in RUN_FILES: (run / name).unlink(missing_ok=True)
+    try: run.rmdir()
+    except OSError: pass  # the folder holds other files: leave them
+
 def _start_or_resume(run: Path, c: TrainConfig, s: TrainingSetup, steps: int, world: int, main: bool) -> dict:
     "The run's state: from last.pt (model, optimizer, schedule and scaler loaded) when resuming, else fresh (config.json written)."
     ckpt = _resume_state(run, c, steps, world) if c.resume and run.is_dir() else None
     if ckpt is None:
-        if main:
-            run.mkdir(parents=True, exist_ok=True)
-            write_atomic(run / 'config.json', json.dumps(asdict(c), indent=2) + '\n')
+        if main: _claim(run, c)
         return {'epoch': 0, 'history': [], 'best_score': -math.inf, 'best_epoch': 0}
     s.model.load_state_dict(ckpt['state_dict']); s.optimizer.load_state_dict(ckpt['optimizer'])
     s.scheduler.load_state_dict(ckpt['scheduler']); s.scaler.load_state_dict(ckpt['scaler'])
@@ -377,18 +395,22 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
         f"{len(train_dl.dataset)} train / {len(val_dl.dataset.dataset)} val images, {steps} steps/epoch, "
         + (f"resuming after epoch {state['epoch']}" if state['epoch'] else 'starting') + f' ({c.epochs} epochs)')
     if small_val_warning(len(val_dl.dataset.dataset), c.val_split): log(small_val_warning(len(val_dl.dataset.dataset), c.val_split))
-    for epoch in range(state['epoch'], c.epochs):
-        t0 = time.time()
-        seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
-        tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
-                                 s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}')
-        _sync_buffers(model)
-        vl, vn, cm, image_f1 = evaluate_loader(model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
-        tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
-        row = history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)[:2])
-        improved = _record_epoch(state, row)
-        if main: _save_epoch(run, c, s, state, row, cm, improved, steps, world)
-        log(epoch_line(row, c.epochs, improved) + dead_warning(row, c.val_split))
+    try:
+        for epoch in range(state['epoch'], c.epochs):
+            t0 = time.time()
+            seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
+            tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
+                                     s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}')
+            _sync_buffers(model)
+            vl, vn, cm, image_f1 = evaluate_loader(model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
+            tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
+            row = history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)[:2])
+            improved = _record_epoch(state, row)
+            if main: _save_epoch(run, c, s, state, row, cm, improved, steps, world)
+            log(epoch_line(row, c.epochs, improved) + dead_warning(row, c.val_split))
+    except BaseException:  # failed before finishing an epoch: remove what it wrote, so the same command runs again
+        if main: _unclaim(run)
+        raise
     if dist.is_available() and dist.is_initialized(): dist.barrier()  # nobody leaves before rank 0 has written
     last = state['history'][-1]
     log(f"done: best val_mean_f1 {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}" + noise_note(last, len(val_dl.dataset.dataset))
@@ -412,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     say = (lambda msg: print(msg, file=sys.stderr)) if os.environ.get('RANK', '0') == '0' else (lambda msg: None)
     try: fit(config)
     except DataError as e:
+        say(f'faceseg train: {e}'); return 2
+    except FloatingPointError as e:
         say(f'faceseg train: {e}'); return 2
     except KeyboardInterrupt:
         say('faceseg train: interrupted; run the same command with --resume to continue'); return 130

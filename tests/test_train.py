@@ -36,6 +36,7 @@ def tiny(train_set, tmp_path, **kw):
     (dict(encoder='resnet35'), "unknown encoder 'resnet35'"),
     (dict(lr=-1e-3), 'config.lr: must be a positive number'),
     (dict(lr=0), 'config.lr: must be a positive number'),
+    (dict(lr=float('inf')), 'config.lr: must be a positive number'),  # once trained to a NaN best.pt marked best
     (dict(size=100, arch='FPN'), 'divisible by 32'),
     (dict(loss='dise'), 'config.loss'),
     (dict(epochs=0), 'config.epochs'),
@@ -280,3 +281,27 @@ def test_fit_reports_a_dead_part_in_the_epoch_line_history_and_checkpoint(train_
     assert 0 <= h['val_image_f1_mean'][0] <= 1 and h['val_image_f1_std'][0] >= 0
     assert 'nose' in load_history(run)['dead_parts'][0].split()
     assert 'nose' in torch.load(run / 'best.pt', weights_only=True)['metrics']['dead_parts']
+
+
+# --- faults: a diverging run, two runs under one name -------------------------------------------------------------
+
+def test_a_run_that_diverges_leaves_nothing_that_blocks_the_same_command(train_set, tmp_path, monkeypatch, capsys):
+    nan_loss = lambda logits, y: losses.LOSSES['ce'](logits, y) * float('nan')
+    monkeypatch.setitem(losses.LOSSES, 'dice_ce', nan_loss)  # the default loss, as with --lr 1e6
+    argv = ['--data-dir', str(train_set), '--out-dir', str(tmp_path / 'runs'), '--name', 'lr1e6', '--arch', 'Unet',
+            '--encoder', 'resnet18', '--encoder-weights', 'None', '--size', '64', '--batch-size', '4', '--workers', '0',
+            '--epochs', '1', '--max-steps', '1']
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert 'the loss became nan at step 1. Fix: lower lr' in err and 'Traceback' not in err
+    assert not (tmp_path / 'runs' / 'lr1e6').exists()  # no config.json left to refuse the rerun
+    monkeypatch.undo()
+    assert train.main(argv) == 0 and (tmp_path / 'runs' / 'lr1e6' / 'best.pt').is_file()
+
+
+def test_two_trainings_under_one_name_the_second_stops(tmp_path):
+    c = train.resolved(TrainConfig(name='twin'))
+    train._claim(tmp_path / 'twin', c)  # the first one's config.json is there
+    with pytest.raises(DataError, match='was just taken by another training started under the same name.*--resume'):
+        train._claim(tmp_path / 'twin', c)
+    assert [p.name for p in (tmp_path / 'twin').iterdir()] == ['config.json']

@@ -376,6 +376,18 @@ def fit(config: TrainConfig | Mapping | None = None, **overrides) -> Path:
     finally:
         if started: dist.destroy_process_group()
 
+def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, train_dl: DataLoader, val_dl: DataLoader,
+               steps: int, device: torch.device, main: bool) -> tuple[dict, ConfusionMatrix]:
+    "Train one epoch (reseeded from (seed, epoch)) and validate: the history row and the confusion matrix, summed over processes."
+    t0 = time.time()
+    seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
+    tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
+                             s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}')
+    _sync_buffers(s.model)
+    vl, vn, cm, image_f1 = evaluate_loader(s.model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
+    tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
+    return history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)[:2]), cm
+
 def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
     run, main = run_dir(c), rank == 0
     log = (lambda msg: print(msg, flush=True)) if main else (lambda msg: None)
@@ -397,14 +409,7 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
     if small_val_warning(len(val_dl.dataset.dataset), c.val_split): log(small_val_warning(len(val_dl.dataset.dataset), c.val_split))
     try:
         for epoch in range(state['epoch'], c.epochs):
-            t0 = time.time()
-            seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
-            tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
-                                     s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}')
-            _sync_buffers(model)
-            vl, vn, cm, image_f1 = evaluate_loader(model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
-            tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
-            row = history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)[:2])
+            row, cm = _one_epoch(c, epoch, net, s, train_dl, val_dl, steps, device, main)
             improved = _record_epoch(state, row)
             if main: _save_epoch(run, c, s, state, row, cm, improved, steps, world)
             log(epoch_line(row, c.epochs, improved) + dead_warning(row, c.val_split))

@@ -388,6 +388,7 @@ def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, tra
     tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
     return history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)[:2]), cm
 
+# %% ../notebooks/lib/09_train.ipynb #808c71ba
 def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
     run, main = run_dir(c), rank == 0
     log = (lambda msg: print(msg, flush=True)) if main else (lambda msg: None)

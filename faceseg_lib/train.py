@@ -22,6 +22,7 @@ from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, 
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
 from .losses import LOSSES
+from .optim import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler
 from .dataset import (AUGMENTATIONS, FaceParsingDataset, SeededItems, SeededSampler, SeededTransform, derive_seed,
                                  eval_transform, load_meta, model_batch, split_ids, train_transform)
 from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
@@ -30,8 +31,7 @@ from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f
 from .history import dead_warning, epoch_line, history_row, noise_note, small_val_warning, write_history
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULERS', 'SYNC_EVERY', 'RUN_FILES', 'resolved', 'config_problems', 'data_problems', 'run_dir',
-           'validate', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler', 'make_loaders',
+__all__ = ['SYNC_EVERY', 'RUN_FILES', 'resolved', 'config_problems', 'data_problems', 'run_dir', 'validate', 'make_loaders',
            'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'image_spread', 'TrainingSetup',
            'build_model', 'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
 
@@ -91,43 +91,6 @@ def validate(config: TrainConfig) -> TrainConfig:
     problems += _model_problems(c) + data_problems(c) + _run_dir_problems(c)
     if problems: raise DataError.from_problems(problems, 'Bad training config')
     return c
-
-# %% ../notebooks/lib/09_train.ipynb #51ecfb86
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    "Two groups: tensors with >= 2 dims (decayed) and the rest (biases, norms: not decayed)."
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [{'params': [p for p in params if p.ndim >= 2], 'weight_decay': weight_decay},
-            {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}]
-
-OPTIMIZERS: dict[str, Callable] = {  # name -> (param groups, lr, fused) -> optimizer
-    'adamw': lambda groups, lr, fused: torch.optim.AdamW(groups, lr=lr, fused=fused or None),
-    'adam': lambda groups, lr, fused: torch.optim.Adam(groups, lr=lr, fused=fused or None),
-    'sgd': lambda groups, lr, fused: torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True),
-}
-
-def make_optimizer(model: nn.Module, c: TrainConfig, fused: bool | None = None) -> torch.optim.Optimizer:
-    "The optimizer `c.optimizer` over `model`'s parameters; Adam(W) fused into a few kernels (None: when all live on CUDA)."
-    groups = param_groups(model, c.weight_decay)
-    if fused is None: fused = all(p.is_cuda for g in groups for p in g['params'])
-    return OPTIMIZERS[c.optimizer](groups, c.lr, fused)
-
-# %% ../notebooks/lib/09_train.ipynb #a407048c
-SCHEDULERS: tuple[str, ...] = ('cosine', 'onecycle', 'none')  # lr schedules (after the warm-up)
-
-def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    "Multiplier of the peak lr at optimizer step `step` (0-based) of `total`, after `warmup` warm-up steps."
-    if step < warmup: return (step + 1) / warmup
-    if kind == 'none': return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-def make_scheduler(optimizer: torch.optim.Optimizer, c: TrainConfig, steps_per_epoch: int):
-    "The per-step lr scheduler of config `c`."
-    total, warmup = c.epochs * steps_per_epoch, min(round(c.warmup_epochs * steps_per_epoch), c.epochs * steps_per_epoch)
-    if c.scheduler == 'onecycle':
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=c.lr, total_steps=total,
-                                                   pct_start=warmup / total if warmup else 0.3)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, c.scheduler))
 
 # %% ../notebooks/lib/09_train.ipynb #c3a81974
 def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = torch.device('cpu')

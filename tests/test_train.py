@@ -10,6 +10,7 @@ import torch
 
 import faceseg_lib.config as settings
 import faceseg_lib.losses as losses
+import faceseg_lib.optim as optim
 import faceseg_lib.train as train
 from faceseg_lib.dataset import FaceParsingDataset, eval_transform
 from faceseg_lib.errors import DataError
@@ -106,7 +107,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(train_set, loss, ratio):
     x = torch.stack([ds[i][0] for i in range(4)]); y = torch.stack([ds[i][1] for i in range(4)])
     model = create_model('Unet', 'resnet18', None)
     cfg = train.resolved(TrainConfig(lr=1e-3, loss=loss))
-    opt, loss_fn = train.make_optimizer(model, cfg), losses.LOSSES[cfg.loss]
+    opt, loss_fn = optim.make_optimizer(model, cfg), losses.LOSSES[cfg.loss]
     model.train()
     with torch.no_grad(): before = loss_fn(model(x), y).item()
     for _ in range(15):
@@ -197,9 +198,9 @@ def _epoch_setup(train_set, **kw):
     c = train.resolved(TrainConfig(data_dir=str(train_set), **{**TINY, 'batch_size': 2, **kw}))
     torch.manual_seed(0)
     model = create_model(c.arch, c.encoder, None)
-    opt = train.make_optimizer(model, c)
+    opt = optim.make_optimizer(model, c)
     dl, _ = train.make_loaders(c)
-    return c, model, opt, train.make_scheduler(opt, c, len(dl)), torch.amp.GradScaler('cpu', enabled=False), dl
+    return c, model, opt, optim.make_scheduler(opt, c, len(dl)), torch.amp.GradScaler('cpu', enabled=False), dl
 
 
 def test_losses_read_back_in_groups_add_up_as_read_one_by_one(train_set, monkeypatch):

@@ -13,6 +13,7 @@ from typing import Callable, Literal
 
 from . import __version__
 from .config import TrainConfig, add_arguments, field_help
+from .core import resolve_path
 from .errors import DataError
 from .pipeline import DEMO_RECIPE
 
@@ -175,7 +176,7 @@ def cmd_train(args) -> None:
 def cmd_test(args) -> dict:
     "Evaluate a checkpoint on a split in order, print the per-class Markdown table and save the figures."
     from faceseg_lib.evaluate import evaluate, evaluation_figures
-    absolute = lambda p: None if p is None else Path(p).expanduser().resolve()  # relative to where the command runs
+    absolute = lambda p: None if p is None else resolve_path(p)  # the one path policy: from where the command runs
     res = evaluate(absolute(args.checkpoint), data_dir=absolute(args.data), split=args.split, tta=args.tta,
                    batch_size=args.batch_size, device=args.device, workers=args.workers, out_dir=absolute(args.out),
                    progress=not args.quiet)

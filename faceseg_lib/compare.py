@@ -10,6 +10,7 @@ import json, math, re
 from pathlib import Path
 from typing import Mapping
 
+from .core import write_atomic
 from .errors import DataError
 from .labels import CLASSES, DISPLAY_NAMES
 
@@ -188,8 +189,8 @@ def write_results(df, sweep_dir: str | Path) -> list[Path]:
     "Write results.csv (tidy), results.md, and (once a configuration has scores) heatmap.png and mean_f1.png."
     sweep_dir = Path(sweep_dir)
     csv, md, heatmap, ranking = (sweep_dir / n for n in RESULT_FILES)
-    df.to_csv(csv, index=False)
-    md.write_text(results_markdown(df, f'Architecture sweep: {sweep_dir.name}'))
+    write_atomic(csv, df.to_csv(index=False))
+    write_atomic(md, results_markdown(df, f'Architecture sweep: {sweep_dir.name}'))
     if not df['mean_f1'].notna().any(): return [csv, md]
     plot_heatmap(df, heatmap); plot_ranking(df, ranking)
     return [csv, md, heatmap, ranking]

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .core import loader_workers, resolve_device, resolve_path
+from .core import loader_workers, resolve_device, resolve_path, write_atomic
 from .errors import DataError
 from .labels import CLASSES, DISPLAY_NAMES, FLIP_LUT, NUM_CLASSES
 from .dataset import FaceParsingDataset, denormalize, eval_transform, load_meta, model_batch
@@ -114,11 +114,11 @@ def write_results(out: Path, metrics: dict, per_image: pd.DataFrame, matrix: np.
     "Write metrics.json, per_image.csv, metrics.md and confusion.csv into `out`; return their paths by name."
     out.mkdir(parents=True, exist_ok=True)
     files = result_files(out)
-    files['metrics'].write_text(json.dumps(metrics, indent=2) + '\n')
-    per_image.to_csv(files['per_image'], index=False, float_format='%.6g')
+    write_atomic(files['metrics'], json.dumps(metrics, indent=2) + '\n')
+    write_atomic(files['per_image'], per_image.to_csv(index=False, float_format='%.6g'))
     title = f"{metrics['arch']}/{metrics['encoder']} · {metrics['split']} split ({metrics['images']} images)" + (' · flip TTA' if metrics['tta'] else '')
-    files['table'].write_text(markdown_table(metrics, title=f'### {title}'))
-    pd.DataFrame(matrix, index=list(CLASSES), columns=list(CLASSES)).rename_axis('truth \\ prediction').to_csv(files['confusion'])
+    write_atomic(files['table'], markdown_table(metrics, title=f'### {title}'))
+    write_atomic(files['confusion'], pd.DataFrame(matrix, index=list(CLASSES), columns=list(CLASSES)).rename_axis('truth \\ prediction').to_csv())
     return files
 
 # %% ../notebooks/lib/10_evaluate.ipynb #1e7b74e0

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import DataError
-from .core import repo_root
+from .config import weights_value
+from .core import cuda_count, repo_root, write_atomic
 
 # %% auto #0
 __all__ = ['DEMO_RECIPE', 'DEMO_SETS', 'notebook_path', 'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'demo_recipe',
@@ -69,7 +70,7 @@ DEMO_SETS: tuple[str, ...] = ('data_dir', 'out_dir', 'name')  # TrainConfig fiel
 
 def demo_encoder_weights(encoder_weights: str | None, synthetic: bool) -> str | None:
     "The encoder weights the demo trains from: 'auto' is None for the synthetic faces, 'imagenet' for real data."
-    if str(encoder_weights).strip().lower() in ('none', 'null', ''): return None
+    encoder_weights = weights_value(encoder_weights)  # None spelled any way
     if encoder_weights == 'auto': return None if synthetic else 'imagenet'
     return encoder_weights
 
@@ -103,9 +104,7 @@ def demo_data(raw_dir: Path, prepared: Path, size: int,
 # %% ../notebooks/lib/11_pipeline.ipynb #4be2f26d
 def _training_workers(device: str) -> int:
     "DataLoader workers of the demo's training: none on the CPU (the demo is small), the default on a GPU."
-    if device == 'cpu': return 0
-    import torch
-    return -1 if torch.cuda.is_available() else 0
+    return -1 if device != 'cpu' and cuda_count() else 0
 
 def demo_parameters(out: Path, prepared: Path, recipe: dict, seed: int = 0, n_samples: int = 8,
                     n_examples: int = 8, tta: bool = False) -> dict[str, dict]:
@@ -127,7 +126,7 @@ def demo_model(recipe: dict, run: Path) -> str:
 def write_summary(out: Path, lines: list[str]) -> Path:
     "Write the demo's SUMMARY.md."
     path = out / 'SUMMARY.md'
-    path.write_text('\n'.join(lines) + '\n')
+    write_atomic(path, '\n'.join(lines) + '\n')
     return path
 
 def summary_lines(out: Path, data: str, prepared: Path, meta: dict, model: str, result: dict, timings: dict) -> list[str]:

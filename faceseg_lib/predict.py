@@ -225,7 +225,7 @@ def write_outputs(out: Path, name: str, image: np.ndarray, labels: np.ndarray, r
     _write(paths[2], '.jpg', blend(image, labels)[..., ::-1], (cv2.IMWRITE_JPEG_QUALITY, 92))
     if record is not None:
         paths.append(out / f'{name}.json')
-        paths[-1].write_text(json.dumps({**record, 'area_share': area_shares(labels)}, indent=1))
+        write_atomic(paths[-1], json.dumps({**record, 'area_share': area_shares(labels)}, indent=1))
     return paths
 
 # %% ../notebooks/lib/13_predict.ipynb #4f9d285c
@@ -314,7 +314,7 @@ def _write_summary(out: Path, checkpoint: str | Path, parser, detector: str | No
     summary = {'format': SUMMARY_FORMAT, 'checkpoint': str(checkpoint), 'backend': parser.backend, 'model': parser.name,
                'size': parser.size, 'detect': detector is not None, 'detector': detector, 'out': str(out),
                'counts': counts, 'faces': sum(r['faces'] for r in items), 'seconds': round(time.time() - started, 2), 'items': items}
-    (out / 'summary.json').write_text(json.dumps(summary, indent=1))
+    write_atomic(out / 'summary.json', json.dumps(summary, indent=1))
     return summary
 
 # %% ../notebooks/lib/13_predict.ipynb #995e859c

@@ -210,13 +210,13 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, dev
     return sum(v * n for v, n in zip(values, sizes)), sum(sizes), cm, image_f1
 
 # %% ../notebooks/lib/09_train.ipynb #92a25b2c
-def image_spread(image_f1: np.ndarray, device: torch.device) -> tuple[float, float, int]:
-    "(mean, standard deviation, count) of the per-image mean F1s over all processes (images without any part left out)."
+def image_spread(image_f1: np.ndarray, device: torch.device) -> tuple[float, float]:
+    "(mean, standard deviation) of the per-image mean F1s over all processes (images without any part left out)."
     v = image_f1[~np.isnan(image_f1)]
     n, s1, s2 = _all_sum([float(v.size), float(v.sum()), float((v ** 2).sum())], device)
-    if n == 0: return math.nan, math.nan, 0
+    if n == 0: return math.nan, math.nan
     mean = s1 / n
-    return mean, math.sqrt(max(0.0, s2 / n - mean ** 2) * n / max(n - 1, 1)), int(n)
+    return mean, math.sqrt(max(0.0, s2 / n - mean ** 2) * n / max(n - 1, 1))
 
 # %% ../notebooks/lib/09_train.ipynb #ff0a5e5e
 def _config_diff(saved: Mapping, c: TrainConfig) -> list[str]:
@@ -349,7 +349,7 @@ def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, tra
     _sync_buffers(s.model)
     vl, vn, cm, image_f1 = evaluate_loader(s.model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
     tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
-    return history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)[:2]), cm
+    return history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)), cm
 
 # %% ../notebooks/lib/09_train.ipynb #808c71ba
 def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
@@ -365,12 +365,14 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
                                      f'than one batch ({c.batch_size} x {world} process(es))', 'use a smaller batch_size')
     s = training_setup(c, device, steps, model)
     state = _start_or_resume(run, c, s, steps, world, main)
+    n_val = len(val_dl.dataset.dataset)  # the whole split (each process validates its shard)
     net = torch.compile(model) if c.compile else model
     if world > 1: net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
     log(f"{run}: {c.arch}/{c.encoder} at {c.size} px on {device} x {world}, amp {str(s.dtype or 'off').replace('torch.', '')}, "
-        f"{len(train_dl.dataset)} train / {len(val_dl.dataset.dataset)} val images, {steps} steps/epoch, "
+        f"{len(train_dl.dataset)} train / {n_val} val images, {steps} steps/epoch, "
         + (f"resuming after epoch {state['epoch']}" if state['epoch'] else 'starting') + f' ({c.epochs} epochs)')
-    if small_val_warning(len(val_dl.dataset.dataset), c.val_split): log(small_val_warning(len(val_dl.dataset.dataset), c.val_split))
+    warning = small_val_warning(n_val, c.val_split)
+    if warning: log(warning)
     try:
         for epoch in range(state['epoch'], c.epochs):
             row, cm = _one_epoch(c, epoch, net, s, train_dl, val_dl, steps, device, main)
@@ -382,7 +384,7 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
         raise
     if dist.is_available() and dist.is_initialized(): dist.barrier()  # nobody leaves before rank 0 has written
     last = state['history'][-1]
-    log(f"done: best val_mean_f1 {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}" + noise_note(last, len(val_dl.dataset.dataset))
+    log(f"done: best val_mean_f1 {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}" + noise_note(last, n_val)
         + dead_warning(last, c.val_split, c.loss))
     return run
 

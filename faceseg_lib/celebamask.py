@@ -15,10 +15,10 @@ import numpy as np
 from fastcore.basics import patch
 
 from .errors import DataError, Problem
-from .labels import CLASS_INDEX, PARTS
+from .labels import CLASS_INDEX, PARTS, label_from_bits
 
 # %% auto #0
-__all__ = ['IMG_DIR', 'ANNO_DIR', 'TOP_DIR', 'MAPPING_FILE', 'IMAGE_EXTS', 'FETCH_FIX', 'anno_folder', 'mask_name',
+__all__ = ['IMG_DIR', 'ANNO_DIR', 'TOP_DIR', 'MAPPING_FILE', 'IMAGE_EXTS', 'FETCH_FIX', 'anno_folder', 'mask_name', 'part_bits',
            'combine_parts', 'jpeg_size', 'decode', 'FolderStore', 'ZipStore', 'RawCelebAMask', 'open_raw']
 
 # %% ../notebooks/lib/02_celebamask.ipynb #108db195
@@ -39,19 +39,23 @@ def mask_name(id: int, part: str) -> str:
     return f"{ANNO_DIR}/{anno_folder(id)}/{id:05d}_{part}.png"
 
 # %% ../notebooks/lib/02_celebamask.ipynb #fd1d4251
+def part_bits(masks: dict[str, np.ndarray],  # part name -> HxW mask (0/255, or bool)
+              shape: tuple[int, int] | None = None,  # (H, W) when `masks` is empty
+             ) -> np.ndarray:
+    "The int32 part-bits map of part masks (bit k-1: part k present), overlaps kept (see `labels.label_from_bits`)."
+    unknown = set(masks) - set(PARTS)
+    if unknown: raise KeyError(f"unknown part(s) {sorted(unknown)}; known: {', '.join(PARTS)}")
+    if not masks and shape is None: raise ValueError('no masks and no shape')
+    bits = np.zeros(shape if shape is not None else next(iter(masks.values())).shape[:2], np.int32)
+    for part, m in masks.items():
+        bits[m if m.dtype == bool else m > 127] |= 1 << (CLASS_INDEX[part] - 1)
+    return bits
+
 def combine_parts(masks: dict[str, np.ndarray],  # part name -> HxW mask (0/255, or bool)
                   shape: tuple[int, int] | None = None,  # (H, W) when `masks` is empty
                  ) -> np.ndarray:
     "One uint8 label map (0..18) from part masks, later `PARTS` overwriting earlier ones."
-    unknown = set(masks) - set(PARTS)
-    if unknown: raise KeyError(f"unknown part(s) {sorted(unknown)}; known: {', '.join(PARTS)}")
-    if not masks and shape is None: raise ValueError('no masks and no shape')
-    label = np.zeros(shape if shape is not None else next(iter(masks.values())).shape[:2], np.uint8)
-    for part in PARTS:
-        if part in masks:
-            m = masks[part]
-            label[m if m.dtype == bool else m > 127] = CLASS_INDEX[part]
-    return label
+    return label_from_bits(part_bits(masks, shape)).astype(np.uint8)
 
 # %% ../notebooks/lib/02_celebamask.ipynb #18590354
 def _complete(data: bytes) -> bool:

@@ -22,16 +22,16 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .errors import DataError
-from .labels import CLASSES, NUM_CLASSES, FLIP_LUT
+from .labels import CLASSES, NUM_CLASSES, FLIP_LUT, label_from_bits, swap_bits_lr
 from .splits import SPLITS
-from .prepare import FORMAT as PREPARED_FORMAT, class_pixels
+from .prepare import FORMAT as PREPARED_FORMAT, class_pixels, unpack_bits
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'check_prepared', 'load_meta', 'load_splits', 'split_ids',
-           'read_image', 'read_label', 'swap_lr', 'HorizontalFlipLR', 'augmentations', 'train_transform',
-           'eval_transform', 'denormalize', 'FaceParsingDataset', 'normalize_images', 'model_batch', 'derive_seed',
-           'SeededSampler', 'SeededItems', 'SeededTransform', 'label_stats', 'split_sizes', 'class_summary',
-           'mask_areas', 'meta_summary']
+__all__ = ['PART_BITS_DTYPE', 'IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'TARGETS', 'check_prepared', 'load_meta',
+           'load_splits', 'split_ids', 'read_image', 'read_label', 'read_parts', 'swap_lr', 'HorizontalFlipLR',
+           'augmentations', 'train_transform', 'eval_transform', 'denormalize', 'FaceParsingDataset',
+           'normalize_images', 'model_batch', 'label_map', 'derive_seed', 'SeededSampler', 'SeededItems',
+           'SeededTransform', 'label_stats', 'split_sizes', 'class_summary', 'mask_areas', 'meta_summary']
 
 # %% ../notebooks/lib/05_dataset.ipynb #e5a2cdde
 _PREPARE_FIX = 'point at the output folder of `faceseg prepare RAW OUT` (or run it to create one)'
@@ -119,8 +119,22 @@ def read_label(path: str | Path) -> np.ndarray:
         raise DataError.from_problem(path, f'holds label {lab.max()}, beyond 0..{NUM_CLASSES - 1}', _REPREPARE)
     return lab
 
+def read_parts(path: str | Path) -> np.ndarray:
+    "A `parts/<id>.png` as its int32 part-bits map (H, W) (`prepare.pack_bits`); DataError naming the file otherwise."
+    if not os.path.isfile(path):
+        raise DataError.from_problem(path, 'missing: the dataset was prepared before faceseg kept the part masks (format 1)',
+                                     'run `faceseg prepare RAW OUT` again on the same OUT: it adds parts/ and keeps the rest')
+    packed = _imread(path, cv2.IMREAD_UNCHANGED, 'a PNG')
+    if packed.ndim != 3 or packed.shape[2] != 3 or packed.dtype != np.uint8:
+        raise DataError.from_problem(path, f'not a packed part-bits picture (shape {packed.shape}, {packed.dtype})', _REPREPARE)
+    bits = unpack_bits(packed)
+    if bits.max(initial=0) >= 1 << (NUM_CLASSES - 1):
+        raise DataError.from_problem(path, f'holds part bits beyond the {NUM_CLASSES - 1} parts', _REPREPARE)
+    return bits
+
 # %% ../notebooks/lib/05_dataset.ipynb #87e87504
 _SWAP_LR_U8 = np.concatenate([FLIP_LUT, np.arange(NUM_CLASSES, 256)]).astype(np.uint8)  # FLIP_LUT, identity above 18
+PART_BITS_DTYPE = np.int32  # a mask or target of this dtype is a part-bits map (the multilabel head's), any other a label map
 
 def swap_lr(label: np.ndarray) -> np.ndarray:
     "Each l_*/r_* label swapped for its twin; values outside 0..18 (an ignore index) stay as they are."
@@ -133,17 +147,22 @@ def swap_lr(label: np.ndarray) -> np.ndarray:
 class HorizontalFlipLR(A.HorizontalFlip):
     "Horizontal flip that also swaps left/right labels in masks (l_eye <-> r_eye, l_brow <-> r_brow, l_ear <-> r_ear)."
     def apply_to_mask(self, mask: np.ndarray, *args, **params) -> np.ndarray:
-        return swap_lr(super().apply_to_mask(mask, *args, **params))
+        mask = super().apply_to_mask(mask, *args, **params)
+        return swap_bits_lr(mask) if mask.dtype == PART_BITS_DTYPE else swap_lr(mask)  # int32: a part-bits map
 
 # %% ../notebooks/lib/05_dataset.ipynb #e5db03a0
 IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)  # the encoders' pretraining statistics (albumentations' defaults)
 IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
 
+def _geometric(scale: float = 0.1, rotate: float = 15, shift: float = 0.06) -> list:
+    "The l/r-swapping flip and a random affine (nearest-neighbour masks, background fill)."
+    return [HorizontalFlipLR(p=0.5),
+            A.Affine(scale=(1 - scale, 1 + scale), rotate=(-rotate, rotate), translate_percent=(-shift, shift), interpolation=cv2.INTER_LINEAR,
+                     mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7)]
+
 def _default_augmentations() -> list:
     return [
-        HorizontalFlipLR(p=0.5),
-        A.Affine(scale=(0.9, 1.1), rotate=(-15, 15), translate_percent=(-0.06, 0.06), interpolation=cv2.INTER_LINEAR,
-                 mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.7),
+        *_geometric(),
         A.OneOf([A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
                  A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2)], p=0.8),
         A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=15, val_shift_limit=10, p=0.3),
@@ -152,6 +171,8 @@ def _default_augmentations() -> list:
 AUGMENTATIONS: dict[str, Callable[[], list]] = {  # preset name -> function returning its augmentation transforms
     'none': lambda: [],
     'flip': lambda: [HorizontalFlipLR(p=0.5)],
+    'geometric': _geometric,                                          # flip + affine, no colour changes
+    'strong': lambda: _geometric(0.25, 30, 0.1) + _default_augmentations()[2:],  # wider geometry, the default's colour
     'default': _default_augmentations}
 
 def augmentations(preset: str = 'default') -> list:
@@ -196,9 +217,11 @@ class FaceParsingDataset(Dataset):
                  root: str | Path,                  # a prepared dataset (output of `faceseg prepare`)
                  split: str | None = 'train',       # 'train', 'val', 'test', or None for all images
                  transform: Callable | None = None, # albumentations transform; default: eval_transform(meta size)
-                 ids: Sequence[int] | None = None   # explicit ids to use instead of the split's
+                 ids: Sequence[int] | None = None,  # explicit ids to use instead of the split's
+                 target: str = 'labels'             # 'labels': label maps; 'parts': part-bits maps (the multilabel head's)
                 ):
-        self.root, self.split = Path(root), split
+        if target not in TARGETS: raise ValueError(f'unknown target {target!r}; valid: {", ".join(TARGETS)}')
+        self.root, self.split, self.target = Path(root), split, target
         self.meta = load_meta(self.root)
         self.ids = [int(i) for i in ids] if ids is not None else split_ids(self.root, split)
         self.transform = transform if transform is not None else eval_transform(int(self.meta['size']))
@@ -210,16 +233,19 @@ class FaceParsingDataset(Dataset):
         return f"{type(self).__name__}({str(self.root)!r}, split={self.split!r}, n={len(self)}, size={self.meta.get('size')})"
 
     def image_path(self, id: int) -> Path: return self.root / 'images' / f'{id}.jpg'
-    def label_path(self, id: int) -> Path: return self.root / 'labels' / f'{id}.png'
+    def label_path(self, id: int) -> Path: return self.root / self.target / f'{id}.png'
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        "Item `i` as stored, no transform: (uint8 HxWx3 RGB image, uint8 HxW label map)."
+        "Item `i` as stored, no transform: (uint8 HxWx3 RGB image, uint8 HxW label map or int32 part-bits map)."
         id = self.ids[i]
-        img, lab = read_image(self.image_path(id)), read_label(self.label_path(id))
+        img, lab = read_image(self.image_path(id)), TARGETS[self.target](self.label_path(id))
         if img.shape[:2] != lab.shape:
             raise DataError.from_problem(self.label_path(id), f'size {lab.shape} differs from its image {img.shape[:2]}',
                                          'run `faceseg prepare RAW OUT` again')
         return img, lab
+
+# %% ../notebooks/lib/05_dataset.ipynb #4d09bd31
+TARGETS: dict[str, Callable] = {'labels': read_label, 'parts': read_parts}  # what a dataset item's target is -> its reader
 
 # %% ../notebooks/lib/05_dataset.ipynb #caf655c2
 @patch
@@ -244,6 +270,7 @@ def __getitem__(self: FaceParsingDataset, i: int) -> tuple[torch.Tensor, torch.T
     out = self.transform(image=img, mask=lab)
     image, label = out['image'], torch.as_tensor(out['mask'])
     if isinstance(image, np.ndarray): image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    if label.dtype == torch.int32: return (image if image.dtype == torch.uint8 else image.float()), label  # part bits
     if image.dtype == torch.uint8: return image, label.to(torch.uint8)  # compact: `model_batch` finishes it on the device
     return image.float(), label.long()
 
@@ -266,11 +293,16 @@ def model_batch(x: torch.Tensor,               # (N, 3, H, W) images: uint8 (com
                 device: torch.device | str,    # where the model is
                 channels_last: bool = False    # lay the images out channels-last (for AMP convolutions on CUDA)
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    "A loader batch as the model takes it on `device`: float32 normalised images and int64 labels."
+    "A loader batch as the model takes it on `device`: float32 normalised images and int64 labels (int32 part bits stay int32)."
     device = torch.device(device)
     x = normalize_images(x.to(device, non_blocking=True))
-    y = y.to(device, non_blocking=True).long()
+    y = y.to(device, non_blocking=True)
+    y = y if y.dtype == torch.int32 else y.long()
     return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y
+
+def label_map(y: torch.Tensor) -> torch.Tensor:
+    "The int64 label maps of a batch of targets: part-bits maps (int32) decoded by the overwrite rule, label maps as they are."
+    return label_from_bits(y).long() if y.dtype == torch.int32 else y.long()
 
 # %% ../notebooks/lib/05_dataset.ipynb #4b04cbbe
 def derive_seed(*keys: int) -> int:

@@ -21,7 +21,7 @@ from .core import loader_workers, resolve_device, resolve_path, write_atomic
 from .errors import DataError
 from .labels import CLASSES, DISPLAY_NAMES, FLIP_LUT, NUM_CLASSES
 from .dataset import FaceParsingDataset, denormalize, eval_transform, load_meta, model_batch
-from .models import load_checkpoint, model_from_checkpoint
+from .models import HEADS, load_checkpoint, model_from_checkpoint, model_scores
 from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
 from .report import markdown_table, plot_per_class
 
@@ -37,13 +37,13 @@ def unflip(probs: torch.Tensor) -> torch.Tensor:
     return probs[:, torch.from_numpy(FLIP_LUT.astype(np.int64)).to(probs.device)].flip(-1)
 
 @torch.no_grad()
-def predict_probs(model: nn.Module,     # returns logits (N, 19, H, W)
+def predict_probs(model: nn.Module,     # returns logits of either head (`models.HEADS`)
                   x: torch.Tensor,      # normalised images (N, 3, H, W)
                   tta: bool = False     # also predict the mirrored images and average
                  ) -> torch.Tensor:
-    "Class probabilities (N, 19, H, W) of a batch; with `tta` the mean of the image's and its mirror's (swapped back)."
-    probs = model(x).float().softmax(1)
-    return (probs + unflip(model(x.flip(-1)).float().softmax(1))) / 2 if tta else probs
+    "Class scores (N, 19, H, W) of a batch (`models.class_scores`); with `tta` the mean of the image's and its mirror's (swapped back)."
+    probs = model_scores(model, x)
+    return (probs + unflip(model_scores(model, x.flip(-1)))) / 2 if tta else probs
 
 # %% ../notebooks/lib/10_evaluate.ipynb #afb690e6
 def image_rows(ids: Sequence[int],
@@ -81,9 +81,10 @@ def load_for_eval(checkpoint: str | Path,           # a faceseg checkpoint (best
                  ) -> tuple[nn.Module, dict]:
     "The model of a checkpoint, in eval mode on `device`, once it is known to predict the 19 classes; DataError otherwise."
     ckpt = load_checkpoint(checkpoint)
-    n = ckpt['model'].get('num_classes', NUM_CLASSES)
-    if n != NUM_CLASSES:
-        raise DataError.from_problem(checkpoint, f'its model predicts {n} classes, not the {NUM_CLASSES} CelebAMask-HQ classes',
+    n, head = ckpt['model'].get('num_classes', NUM_CLASSES), ckpt['model'].get('head', 'multiclass')
+    if head not in HEADS or n != HEADS[head]:
+        raise DataError.from_problem(checkpoint, f'its {head} model has {n} output channels, not the {HEADS.get(head, NUM_CLASSES)} '
+                                     f'that head needs for the {NUM_CLASSES} CelebAMask-HQ classes',
                                      'evaluate a checkpoint trained by faceseg on the 19 classes (outputs/runs/<name>/best.pt)')
     model, ckpt = model_from_checkpoint(ckpt)
     return model.to(device).eval(), ckpt

@@ -46,11 +46,12 @@ def compare(onnx: OnnxParser,       # the exported model
             model,                  # the PyTorch model (eval mode, on the CPU)
             batch: np.ndarray,      # uint8 (N, size, size, 3) images
             ) -> dict:
-    "Max abs logit difference and argmax agreement of the ONNX and PyTorch models on `batch`."
+    "Max abs class-score difference and argmax agreement of the ONNX and PyTorch models on `batch`."
     import torch
+    from faceseg_lib.models import model_scores
     x = normalize_batch(batch, onnx.mean, onnx.std)
-    theirs = onnx.logits(x)
-    with torch.inference_mode(): ours = model(torch.from_numpy(x)).float().numpy()
+    theirs = onnx.scores(x)
+    with torch.inference_mode(): ours = model_scores(model, torch.from_numpy(x)).numpy()
     if theirs.shape != ours.shape:
         return {'max_abs_diff': float('inf'), 'agreement': 0.0, 'images': len(batch), 'problem': f'output shape {theirs.shape} != {ours.shape}'}
     return {'max_abs_diff': float(np.abs(theirs - ours).max()), 'agreement': float((theirs.argmax(1) == ours.argmax(1)).mean()),
@@ -78,7 +79,7 @@ def check_onnx(path: str | Path,          # .onnx file written by export_onnx
               'min_agreement': min_agreement, 'batch_sizes': sorted({len(chunk) for chunk in chunks})}
     if bad or report['agreement'] < min_agreement:
         raise DataError.from_problem(path, bad or f"disagrees with {checkpoint}: argmax agreement {report['agreement']:.4%} < {min_agreement:.1%} "
-                                     f"(max |logit difference| {report['max_abs_diff']:.3g})",
+                                     f"(max |score difference| {report['max_abs_diff']:.3g})",
                                      'export it again (try exporter="dynamo" or another opset); do not use this file')
     return report
 
@@ -86,14 +87,14 @@ def check_onnx(path: str | Path,          # .onnx file written by export_onnx
 def _torch_export(model, x, path: Path, opset: int, exporter: str) -> str:
     "Export `model` to `path` with a dynamic batch axis; returns the exporter used."
     import torch
-    kw = dict(input_names=['image'], output_names=['logits'], opset_version=opset)
+    kw = dict(input_names=['image'], output_names=['scores'], opset_version=opset)
     errors = []
     for kind in (['torchscript', 'dynamo'] if exporter == 'auto' else [exporter]):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 if kind == 'torchscript':
-                    torch.onnx.export(model, (x,), str(path), dynamo=False, dynamic_axes={'image': {0: 'batch'}, 'logits': {0: 'batch'}}, **kw)
+                    torch.onnx.export(model, (x,), str(path), dynamo=False, dynamic_axes={'image': {0: 'batch'}, 'scores': {0: 'batch'}}, **kw)
                 else:
                     torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=False,
                                       dynamic_shapes={'x': {0: torch.export.Dim('batch', min=1, max=4096)}}, **kw)
@@ -127,7 +128,7 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
     try: import onnx, onnxruntime  # noqa: F401  (the file's metadata and the parity check)
     except ImportError as e: raise DataError.from_problem('faceseg export', f'needs {e.name}', 'pip install onnx onnxruntime') from e
     import torch
-    from faceseg_lib.models import model_from_checkpoint
+    from faceseg_lib.models import Scorer, model_from_checkpoint
     from faceseg_lib.dataset import IMAGENET_MEAN, IMAGENET_STD
     started, path = time.time(), Path(path)
     if exporter not in ('auto', 'torchscript', 'dynamo'):
@@ -139,12 +140,13 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
     if size <= 0: raise DataError.from_problem(checkpoint, 'its config has no input size', 'pass size=')
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix='.onnx') as tmp:  # the kit's one atomic writer: nothing lands unless it passes the check
-        used = _torch_export(model, torch.zeros(2, 3, size, size), tmp, opset, exporter)
+        used = _torch_export(Scorer(model).eval(), torch.zeros(2, 3, size, size), tmp, opset, exporter)  # the graph ends in class scores
         spec = ckpt['model']
         props = {'format': ONNX_FORMAT, 'faceseg_version': __version__, 'classes': json.dumps(list(ckpt['classes'])),
                  'size': size, 'mean': json.dumps(list(IMAGENET_MEAN)), 'std': json.dumps(list(IMAGENET_STD)),
                  'model': f"{spec['arch']}/{spec['encoder']}", 'checkpoint': str(checkpoint), 'input': 'image: float32 (N, 3, size, size), RGB/255 normalised by mean/std',
-                 'output': 'logits: float32 (N, classes, size, size)', 'exporter': used, 'opset': opset}
+                 'output': 'scores: float32 (N, classes, size, size); argmax = label (softmax, or 0.5 for background and a sigmoid per part)',
+                 'head': spec.get('head', 'multiclass'), 'exporter': used, 'opset': opset}
         _add_metadata(tmp, props)
         report = {'path': str(path), 'size': size, 'opset': opset, 'exporter': used, 'checked': check}
         if check:

@@ -16,13 +16,14 @@ from .labels import CLASSES
 from .metrics import ConfusionMatrix
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'STABLE_VAL_IMAGES', 'history_row', 'write_history', 'load_history', 'dead_warning',
+__all__ = ['HISTORY_COLUMNS', 'BEST_BY', 'STABLE_VAL_IMAGES', 'history_row', 'write_history', 'load_history', 'dead_warning',
            'small_val_warning', 'noise_note', 'epoch_line']
 
 # %% ../notebooks/lib/08b_history.ipynb #e52136a8
 HISTORY_COLUMNS: tuple[str, ...] = ('epoch', 'train_loss', 'val_loss', 'val_mean_f1', 'val_mean_iou', 'val_micro_fscore',
                                     'val_image_f1_mean', 'val_image_f1_std', *(f'f1_{c}' for c in CLASSES), 'dead_parts',
                                     'lr', 'seconds')
+BEST_BY: tuple[str, ...] = ('mean_f1', 'micro_fscore')  # validation scores that may pick best.pt: history column 'val_<name>'
 
 def history_row(epoch: int, train_loss: float, val_loss: float, cm: ConfusionMatrix, lr: float, seconds: float,
                 spread: tuple = (math.nan, math.nan)) -> dict:

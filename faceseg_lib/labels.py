@@ -10,7 +10,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['CLASSES', 'PARTS', 'NUM_CLASSES', 'CLASS_INDEX', 'DISPLAY_NAMES', 'PALETTE', 'LR_PAIRS', 'FLIP_LUT', 'flip_lut',
-           'class_names']
+           'class_names', 'label_from_bits', 'swap_bits_lr']
 
 # %% ../notebooks/lib/00_labels.ipynb #6ad62107
 CLASSES: tuple[str, ...] = (
@@ -49,3 +49,19 @@ FLIP_LUT.setflags(write=False)
 def class_names(display: bool = False) -> list[str]:
     "The 19 class names in label order, official (`l_eye`) or readable (`left eye`)."
     return [DISPLAY_NAMES[c] for c in CLASSES] if display else list(CLASSES)
+
+# %% ../notebooks/lib/00_labels.ipynb #eb0cc806
+def label_from_bits(bits):
+    "The label map (0..18) of a part-bits map (numpy array or torch tensor): the highest part present wins, 0 where none is."
+    label = bits * 0
+    for k in range(1, NUM_CLASSES):  # later parts overwrite earlier ones
+        label = label + (k - label) * ((bits >> (k - 1)) & 1)
+    return label
+
+def swap_bits_lr(bits):
+    "A part-bits map after a horizontal flip's relabelling: the bits of each l_*/r_* pair swapped."
+    for left, right in LR_PAIRS:
+        lo, hi = CLASS_INDEX[left] - 1, CLASS_INDEX[right] - 1
+        a, b = (bits >> lo) & 1, (bits >> hi) & 1
+        bits = (bits & ~((1 << lo) | (1 << hi))) | (a << hi) | (b << lo)
+    return bits

@@ -13,17 +13,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 import segmentation_models_pytorch as smp
 
+from .labels import PARTS
+
 # %% auto #0
-__all__ = ['LOSSES', 'dice_loss', 'dice_ce_loss']
+__all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'part_masks', 'multilabel_dice',
+           'make_loss']
 
 # %% ../notebooks/lib/08a_losses.ipynb #150daa8e
+def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    "1 - smoothed soft Dice of each channel of (N, C, H, W) probabilities and 0/1 truths over the batch, averaged over channels."
+    dims = (0, 2, 3)
+    inter, card = (probs * truth).sum(dims), probs.sum(dims) + truth.sum(dims)
+    return 1 - ((2 * inter + smooth) / (card + smooth)).mean()
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     "1 - soft Dice per class over the whole batch, averaged over all classes (absent classes pay for false positives)."
     probs = logits.float().softmax(1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    dims = (0, 2, 3)
-    inter, card = (probs * onehot).sum(dims), probs.sum(dims) + onehot.sum(dims)
-    return 1 - ((2 * inter + smooth) / (card + smooth)).mean()
+    return soft_dice_loss(probs, F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype), smooth)
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     "Dice loss plus pixel-wise cross-entropy (the CE term gives well-scaled gradients early on)."
@@ -36,3 +42,33 @@ LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
     'focal': smp.losses.FocalLoss(mode='multiclass'),
     'dice_smp': smp.losses.DiceLoss(mode='multiclass', from_logits=True),  # smp's Dice: absent classes cost nothing
 }
+
+# %% ../notebooks/lib/08a_losses.ipynb #77db04b2
+def part_masks(bits: torch.Tensor, parts: int = len(PARTS)) -> torch.Tensor:
+    "(N, parts, H, W) float 0/1 part masks of int32 part-bits maps (N, H, W)."
+    shifts = torch.arange(parts, device=bits.device, dtype=bits.dtype).view(1, -1, 1, 1)
+    return ((bits.unsqueeze(1) >> shifts) & 1).float()
+
+def _on_parts(loss: Callable) -> Callable:
+    "`loss(logits, masks)` as a loss of (logits, part-bits maps)."
+    def on_bits(logits: torch.Tensor, bits: torch.Tensor) -> torch.Tensor: return loss(logits.float(), part_masks(bits, logits.shape[1]))
+    on_bits.__name__ = getattr(loss, '__name__', type(loss).__name__)
+    return on_bits
+
+def multilabel_dice(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    "Our Dice over the sigmoid part channels (absent parts pay for false positives)."
+    return soft_dice_loss(logits.sigmoid(), masks)
+
+MULTILABEL_LOSSES: dict[str, Callable] = {  # name -> loss(logits (N, 18, H, W), part bits (N, H, W))
+    'dice': _on_parts(multilabel_dice),
+    'ce': _on_parts(nn.BCEWithLogitsLoss()),
+    'dice_ce': _on_parts(lambda l, m: multilabel_dice(l, m) + F.binary_cross_entropy_with_logits(l, m)),
+    'focal': _on_parts(smp.losses.FocalLoss(mode='multilabel')),
+    'dice_smp': _on_parts(smp.losses.DiceLoss(mode='multilabel', from_logits=True)),  # the original project's loss
+}
+
+def make_loss(name: str, head: str = 'multiclass') -> Callable:
+    "The loss `name` for a model with `head` ('multiclass': LOSSES, 'multilabel': MULTILABEL_LOSSES); KeyError naming the valid ones."
+    table = MULTILABEL_LOSSES if head == 'multilabel' else LOSSES
+    if name not in table: raise KeyError(f'unknown loss {name!r} for the {head} head; valid: {", ".join(table)}')
+    return table[name]

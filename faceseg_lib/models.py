@@ -24,10 +24,10 @@ from .errors import DataError
 from .labels import CLASSES, NUM_CLASSES
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'WEIGHT_FILE_EXTS', 'HEAD_PREFIXES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'resolve_arch',
-           'list_encoders', 'resolve_encoder', 'is_weights_path', 'read_state_dict', 'load_encoder_weights',
-           'create_model', 'count_parameters', 'check_input_size', 'to_jsonable', 'save_checkpoint', 'load_checkpoint',
-           'model_from_checkpoint']
+__all__ = ['ARCHITECTURES', 'WEIGHT_FILE_EXTS', 'HEAD_PREFIXES', 'HEADS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION',
+           'resolve_arch', 'list_encoders', 'resolve_encoder', 'is_weights_path', 'read_state_dict',
+           'load_encoder_weights', 'class_scores', 'create_model', 'count_parameters', 'model_head', 'model_scores',
+           'Scorer', 'check_input_size', 'to_jsonable', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint']
 
 # %% ../notebooks/lib/08_models.ipynb #89762c9c
 ARCHITECTURES: tuple[str, ...] = tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
@@ -137,12 +137,25 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 # %% ../notebooks/lib/08_models.ipynb #babc7e6e
+HEADS: dict[str, int] = {'multiclass': NUM_CLASSES, 'multilabel': NUM_CLASSES - 1}  # head -> output channels
+
+def class_scores(logits: torch.Tensor, head: str = 'multiclass') -> torch.Tensor:
+    "(N, 19, H, W) scores of a head's logits, argmax = the label: softmax, or (0.5 for background, sigmoid of each part)."
+    logits = logits.float()
+    if head == 'multiclass': return logits.softmax(1)
+    if head != 'multilabel': raise _unknown('head', head, list(HEADS))
+    return torch.cat([torch.full_like(logits[:, :1], 0.5), logits.sigmoid()], 1)
+
+# %% ../notebooks/lib/08_models.ipynb #22f89bc4
 def create_model(arch: str,                         # architecture, one of ARCHITECTURES (any case)
                  encoder: str = 'resnet34',          # encoder, see list_encoders()
                  encoder_weights: str | bool | None = 'imagenet',  # pretrained encoder weights; None: random (offline)
-                 num_classes: int = NUM_CLASSES,     # output channels, one per label
+                 num_classes: int | None = None,     # output channels; None: the head's (19 or 18)
+                 head: str = 'multiclass',           # 'multiclass' (19-way softmax) | 'multilabel' (18 sigmoid part channels)
                  **kwargs) -> nn.Module:             # passed on to the smp model (encoder_depth, decoder_channels, ...)
     "An smp segmentation model by name, returning raw logits (N, num_classes, H, W)."
+    if head not in HEADS: raise _unknown('head', head, list(HEADS))
+    num_classes = HEADS[head] if num_classes is None else num_classes
     arch = resolve_arch(arch)
     encoder = resolve_encoder(encoder, arch)
     local = is_weights_path(encoder_weights)
@@ -154,12 +167,33 @@ def create_model(arch: str,                         # architecture, one of ARCHI
         if encoder_weights is not None: fix += '; offline, pass encoder_weights=None'
         raise DataError.from_problem('model', f"smp cannot build {arch} with encoder {encoder!r} and {smp_kwargs}: {e}", fix) from e
     model.faceseg_spec = {'arch': arch, 'encoder': encoder, 'encoder_weights': None if encoder_weights is None else str(encoder_weights),
-                          'num_classes': num_classes, 'kwargs': kwargs}
+                          'num_classes': num_classes, 'head': head, 'kwargs': kwargs}
     return load_encoder_weights(model, encoder_weights) if local else model
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     "Number of parameters (only those with requires_grad if `trainable_only`)."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    "The model inside DistributedDataParallel/DataParallel and torch.compile wrappers."
+    while True:
+        if isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
+        else: return model
+
+def model_head(model: nn.Module) -> str:
+    "The head of a model built by `create_model` (inside DDP or torch.compile wrappers too); 'multiclass' for any other."
+    return (getattr(_unwrap(model), 'faceseg_spec', None) or {}).get('head', 'multiclass')
+
+def model_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    "The (N, 19, H, W) class scores of `model` on the batch `x`, whatever its head (see `class_scores`)."
+    return class_scores(model(x), model_head(model))
+
+class Scorer(nn.Module):
+    "A model whose forward gives its class scores instead of logits (what `faceseg export` writes to ONNX)."
+    def __init__(self, model: nn.Module):
+        super().__init__(); self.model, self.head = model, model_head(model)
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return class_scores(self.model(x), self.head)
 
 # %% ../notebooks/lib/08_models.ipynb #fa5fe173
 def _shape_model(arch: str, encoder: str, num_classes: int, kwargs: dict) -> nn.Module:
@@ -246,13 +280,6 @@ def _loadable(x, where: str):
     raise TypeError(f"{where}: {type(x).__name__} cannot be loaded with weights_only=True; store it as numbers, strings, lists, dicts or tensors")
 
 # %% ../notebooks/lib/08_models.ipynb #a590fcc3
-def _unwrap(model: nn.Module) -> nn.Module:
-    "The model inside DistributedDataParallel/DataParallel and torch.compile wrappers."
-    while True:
-        if isinstance(getattr(model, '_orig_mod', None), nn.Module): model = model._orig_mod
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
-        else: return model
-
 def save_checkpoint(path: str | Path,              # the .pt file to write (its folder is created)
                     model: nn.Module,              # built by create_model (or config names 'arch' and 'encoder')
                     config: Mapping | Any,         # the run's full config (dict or dataclass), stored as JSON values
@@ -316,7 +343,8 @@ def model_from_checkpoint(path_or_ckpt: str | Path | dict,
     "Rebuild the model a checkpoint describes (encoder_weights=None), load its weights strictly: (model in eval mode, ckpt)."
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt, map_location)
     src, spec = ckpt.get('path', '<checkpoint dict>'), ckpt['model']
-    try: model = create_model(spec['arch'], spec['encoder'], None, spec.get('num_classes', NUM_CLASSES), **spec.get('kwargs', {}))
+    try: model = create_model(spec['arch'], spec['encoder'], None, spec.get('num_classes', NUM_CLASSES), spec.get('head', 'multiclass'),
+                              **spec.get('kwargs', {}))
     except (ValueError, KeyError, TypeError) as e:
         raise DataError.from_problem(src, f"its model {spec.get('arch')}/{spec.get('encoder')} cannot be built here ({_first_line(e)})",
                                      f"install the smp version it was trained with ({ckpt.get('smp_version')})") from e

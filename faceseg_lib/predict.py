@@ -132,9 +132,9 @@ class TorchParser:
     backend = 'torch'
     def __init__(self, checkpoint: str | Path, device: str = 'auto'):
         import torch
-        from faceseg_lib.models import model_from_checkpoint
+        from faceseg_lib.models import model_from_checkpoint, model_scores
         from faceseg_lib.dataset import IMAGENET_MEAN, IMAGENET_STD
-        self.torch, self.device = torch, resolve_device(device)
+        self.torch, self.device, self._scores = torch, resolve_device(device), model_scores
         self.model, ckpt = model_from_checkpoint(checkpoint, map_location=self.device)
         size = (ckpt.get('config') or {}).get('size')
         if not isinstance(size, int) or size <= 0:
@@ -149,11 +149,12 @@ class TorchParser:
             return self.model(self.torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        "Class scores (N, 19, H, W) of uint8 crops (N, H, W, 3): argmax = label, whatever the head (`models.class_scores`)."
         t = self.torch
         with t.inference_mode():
             x = t.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
             x = (x - self._mean) / self._std
-            return self.model(x).float().softmax(1).cpu().numpy()
+            return self._scores(self.model, x).cpu().numpy()
 
 # %% ../notebooks/lib/13_predict.ipynb #3294b85c
 class OnnxParser:
@@ -180,13 +181,20 @@ class OnnxParser:
         self.size, self.mean, self.std = int(meta['size']), json.loads(meta['mean']), json.loads(meta['std'])
         self.name, self.path = meta.get('model', path.name), path
         self.input = self.session.get_inputs()[0].name
+        self.scored = meta.get('output', '').startswith('scores')  # exports since the multilabel head give class scores
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        "Raw logits (N, C, H, W) of normalised float32 inputs (N, 3, H, W)."
+        "The graph's raw output (N, C, H, W) for normalised float32 inputs (N, 3, H, W): class scores, or logits (older exports)."
         return self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0]
 
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        "Class scores (N, 19, H, W) of normalised float32 inputs (older exports' logits through a softmax)."
+        out = self.logits(x)
+        return out if self.scored else softmax(out)
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(normalize_batch(batch, self.mean, self.std)))
+        "Class scores (N, 19, H, W) of uint8 crops (N, H, W, 3): argmax = label."
+        return self.scores(normalize_batch(batch, self.mean, self.std))
 
 # %% ../notebooks/lib/13_predict.ipynb #5ac434f1
 def load_parser(checkpoint: str | Path,  # a faceseg .pt checkpoint, or an .onnx file from `faceseg export`

@@ -15,19 +15,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import faceseg_lib
-from .celebamask import RawCelebAMask, combine_parts, open_raw
+from .celebamask import RawCelebAMask, open_raw, part_bits
 from .splits import SPLITS, resolve_split, split_counts
 from .core import write_atomic
 from .errors import DataError, Problem
-from .labels import CLASSES, NUM_CLASSES
+from .labels import CLASSES, NUM_CLASSES, label_from_bits
 
 # %% auto #0
-__all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'resize_image', 'resize_label', 'class_pixels', 'prepare_one', 'check_out',
-           'prepare']
+__all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'PREPARED_DIRS', 'resize_image', 'resize_label', 'class_pixels', 'pack_bits',
+           'unpack_bits', 'prepare_one', 'check_out', 'prepare']
 
 # %% ../notebooks/lib/03_prepare.ipynb #48147572
 JPEG_QUALITY = 95
-FORMAT, VERSION = 'faceseg-prepared', 1
+FORMAT, VERSION = 'faceseg-prepared', 2  # 2: parts/ keeps the overlapping part masks (the multilabel head trains on them)
+PREPARED_DIRS: tuple[str, ...] = ('images', 'labels', 'parts')  # one file per image in each
 
 # %% ../notebooks/lib/03_prepare.ipynb #f4935a70
 def resize_image(im: np.ndarray, size: int) -> np.ndarray:
@@ -44,6 +45,17 @@ def class_pixels(label: np.ndarray) -> np.ndarray:
     "Pixels of each of the 19 classes in a label map."
     return np.bincount(label.ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES].astype(np.int64)
 
+# %% ../notebooks/lib/03_prepare.ipynb #369a7536
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    "A part-bits map (H, W) as an (H, W, 3) uint8 picture: its low, middle and high byte."
+    bits = np.asarray(bits, np.int64)
+    return np.stack([(bits >> s) & 255 for s in (0, 8, 16)], -1).astype(np.uint8)
+
+def unpack_bits(packed: np.ndarray) -> np.ndarray:
+    "The int32 part-bits map of a `pack_bits` picture."
+    p = packed.astype(np.int32)
+    return p[..., 0] | (p[..., 1] << 8) | (p[..., 2] << 16)
+
 # %% ../notebooks/lib/03_prepare.ipynb #9559a321
 _W: dict = {}  # per-process worker state: raw, out, size
 
@@ -58,14 +70,16 @@ def _existing_label(path: Path, size: int) -> np.ndarray | None:
 def prepare_one(id: int) -> tuple[int, np.ndarray | None, list[Problem], bool]:
     "(id, class pixels or None, problems, written) for one id, in a worker set up by `_init_worker`."
     raw, out, size = _W['raw'], _W['out'], _W['size']
-    img_path, lab_path = out / 'images' / f"{id}.jpg", out / 'labels' / f"{id}.png"
-    if img_path.is_file():
+    img_path, lab_path, parts_path = out / 'images' / f"{id}.jpg", out / 'labels' / f"{id}.png", out / 'parts' / f"{id}.png"
+    if img_path.is_file() and parts_path.is_file():
         lab = _existing_label(lab_path, size)
         if lab is not None: return id, class_pixels(lab), [], False
     (im, masks), problems = raw.read_pair(id, min_size=size)
     if problems: return id, None, problems, False
-    label = resize_label(combine_parts(masks), size)
+    packed = resize_label(pack_bits(part_bits(masks, shape=im.shape[:2] if not masks else None)), size)
+    label = label_from_bits(unpack_bits(packed)).astype(np.uint8)
     write_atomic(img_path, cv2.imencode('.jpg', resize_image(im, size)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes())
+    write_atomic(parts_path, cv2.imencode('.png', packed)[1].tobytes())
     write_atomic(lab_path, cv2.imencode('.png', label)[1].tobytes())
     return id, class_pixels(label), [], True
 
@@ -119,8 +133,8 @@ def _index_bad(raw: RawCelebAMask, keep: set[int] | None) -> dict[int | None, li
     return bad
 
 def _clear_leftovers(out: Path):
-    "Make `out`/images and `out`/labels, and remove the temporary files an interrupted run left there."
-    for sub in ('images', 'labels'):
+    "Make `out`/images, labels and parts, and remove the temporary files an interrupted run left there."
+    for sub in PREPARED_DIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
         for t in (out / sub).glob('*.tmp'): t.unlink(missing_ok=True)  # leftovers of an interrupted run
 

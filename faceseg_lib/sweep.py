@@ -219,13 +219,12 @@ def run_config(arch: str, encoder: str,
                device: str = 'cpu') -> dict:
     "Train (papermill run of 02_train), evaluate and measure one configuration; its final status (also in status.json)."
     from faceseg_lib.pipeline import run_notebook
-    from faceseg_lib.config import TrainConfig
     s, run = settings, Path(settings['out']) / run_name(arch, encoder)
     params = run_parameters(arch, encoder, s['data_dir'], s['out'], s['epochs'], s['size'], device, s['overrides'])
     status, t0 = start_status(run, arch, encoder, device, params), time.time()
     try:
         run_notebook('02_train', run / NOTEBOOK_RECORD, params, log_output=s.get('log_output', False), progress=False)
-        batch = int(params.get('batch_size', TrainConfig.batch_size))
+        batch = int(json.loads((run / 'config.json').read_text())['batch_size'])  # as the run resolved it (presets set it)
         metrics = evaluate_run(run, s['data_dir'], s.get('split', 'test'), batch, device, params.get('workers'))
         status.update(status='done', mean_f1=metrics.get('mean_f1'), micro_fscore=metrics.get('micro_fscore'),
                       measures=measure_run(run, s['size'], batch, device))

@@ -21,14 +21,14 @@ from .core import amp_dtype, loader_workers, resolve_device, resolve_path, write
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
-from .losses import LOSSES
+from .losses import LOSSES, MULTILABEL_LOSSES, make_loss
 from .optim import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler
 from .dataset import (AUGMENTATIONS, FaceParsingDataset, SeededItems, SeededSampler, SeededTransform, derive_seed,
-                                 eval_transform, load_meta, model_batch, split_ids, train_transform)
-from .models import (create_model, check_input_size, resolve_arch, resolve_encoder, save_checkpoint,
-                                load_checkpoint)
+                                 eval_transform, label_map, load_meta, model_batch, split_ids, train_transform)
+from .models import (HEADS, class_scores, create_model, check_input_size, model_head, resolve_arch, resolve_encoder,
+                                save_checkpoint, load_checkpoint)
 from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
-from .history import dead_warning, epoch_line, history_row, noise_note, small_val_warning, write_history
+from .history import BEST_BY, dead_warning, epoch_line, history_row, noise_note, small_val_warning, write_history
 
 # %% auto #0
 __all__ = ['SYNC_EVERY', 'RUN_FILES', 'resolved', 'config_problems', 'data_problems', 'run_dir', 'validate', 'make_loaders',
@@ -48,7 +48,9 @@ def resolved(config: TrainConfig) -> TrainConfig:
 def config_problems(c: TrainConfig) -> list[Problem]:
     "Everything wrong with the values of a resolved config (not the dataset): numbers, device, and the registered names."
     p = value_problems(c)
-    for field, valid in (('loss', LOSSES), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS), ('augmentation', AUGMENTATIONS)):
+    losses = MULTILABEL_LOSSES if c.head == 'multilabel' else LOSSES
+    for field, valid in (('head', HEADS), ('loss', losses), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS),
+                         ('augmentation', AUGMENTATIONS), ('best_by', BEST_BY)):
         if getattr(c, field) not in valid:
             p.append(Problem(f'config.{field}', f'unknown value {getattr(c, field)!r}', f"use one of {', '.join(map(str, valid))}"))
     return p
@@ -68,6 +70,9 @@ def data_problems(c: TrainConfig) -> list[Problem]:
         load_meta(resolve_path(c.data_dir))
         for split in (c.train_split, c.val_split): split_ids(resolve_path(c.data_dir), split)
     except DataError as e: return e.problems or [Problem(c.data_dir, str(e), 'run `faceseg prepare RAW OUT`')]
+    if c.head == 'multilabel' and not (resolve_path(c.data_dir) / 'parts').is_dir():
+        return [Problem(str(resolve_path(c.data_dir) / 'parts'), 'missing: the multilabel head trains on the part masks, which '
+                        'this dataset was prepared without', 'run `faceseg prepare RAW OUT` again on the same OUT (it adds parts/)')]
     return []
 
 def run_dir(config: TrainConfig) -> Path:
@@ -97,8 +102,9 @@ def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.de
                 ) -> tuple[DataLoader, DataLoader]:
     "Training loader (seeded shuffle and augmentation, this process's shard) and validation loader (its shard, in order); compact uint8 batches."
     root = resolve_path(c.data_dir)
-    train_ds = FaceParsingDataset(root, c.train_split, transform=SeededTransform(train_transform(c.size, c.augmentation, normalize=False)))
-    val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size, normalize=False))
+    target = 'parts' if c.head == 'multilabel' else 'labels'  # the multilabel head trains on the overlapping part masks
+    train_ds = FaceParsingDataset(root, c.train_split, transform=SeededTransform(train_transform(c.size, c.augmentation, normalize=False)), target=target)
+    val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size, normalize=False), target=target)
     shuffle = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
     workers = loader_workers(c.workers, world)
     common = dict(num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
@@ -203,7 +209,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, dev
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x).float()
         losses.append(loss_fn(logits, y)); sizes.append(len(x))
-        counts = confusion_counts(logits, y, per_image=True)
+        counts = confusion_counts(class_scores(logits, model_head(model)), label_map(y), per_image=True)
         cm.add(counts.sum(0)); per_image.append(counts)
     values = torch.stack(losses).tolist() if losses else []  # read back once, at the end
     image_f1 = image_means(per_image_f1(torch.cat(per_image).cpu().numpy())) if per_image else np.zeros(0)
@@ -255,7 +261,7 @@ class TrainingSetup:
 
 def build_model(c: TrainConfig, device: torch.device) -> nn.Module:
     "The model of config `c` on `device` (channels-last on CUDA); a DataError naming the setting when its weights cannot be had."
-    try: model = create_model(c.arch, c.encoder, c.encoder_weights).to(device)
+    try: model = create_model(c.arch, c.encoder, c.encoder_weights, head=c.head).to(device)
     except OSError as e:  # offline: the pretrained weights cannot be downloaded
         raise DataError.from_problem(f'config.encoder_weights={c.encoder_weights!r}', f"{c.encoder}'s pretrained weights cannot be "
                                      f"loaded ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})", 'go online once (they are cached), '
@@ -274,7 +280,7 @@ def training_setup(c: TrainConfig,            # a validated config
     optimizer = make_optimizer(model, c, fused)
     dtype = amp_dtype(c.amp, device)
     return TrainingSetup(model, optimizer, make_scheduler(optimizer, c, steps_per_epoch),
-                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), LOSSES[c.loss], dtype,
+                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), make_loss(c.loss, c.head), dtype,
                          c.channels_last and device.type == 'cuda')
 
 # %% ../notebooks/lib/09_train.ipynb #9cc72997
@@ -309,10 +315,10 @@ def _start_or_resume(run: Path, c: TrainConfig, s: TrainingSetup, steps: int, wo
     extra = ckpt['extra']
     return {'epoch': extra['epoch'], 'history': list(extra['history']), 'best_score': extra['best_score'], 'best_epoch': extra['best_epoch']}
 
-def _record_epoch(state: dict, row: dict) -> bool:
-    "Add an epoch's history row to the run's state; whether its validation mean F1 is the best so far."
+def _record_epoch(state: dict, row: dict, best_by: str = 'mean_f1') -> bool:
+    "Add an epoch's history row to the run's state; whether its validation score `best_by` (see BEST_BY) is the best so far."
     state['history'].append(row); state['epoch'] = row['epoch']
-    score = -1.0 if math.isnan(row['val_mean_f1']) else row['val_mean_f1']
+    score = -1.0 if math.isnan(row[f'val_{best_by}']) else row[f'val_{best_by}']
     if score <= state['best_score']: return False
     state['best_score'], state['best_epoch'] = score, row['epoch']
     return True
@@ -376,7 +382,7 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
     try:
         for epoch in range(state['epoch'], c.epochs):
             row, cm = _one_epoch(c, epoch, net, s, train_dl, val_dl, steps, device, main)
-            improved = _record_epoch(state, row)
+            improved = _record_epoch(state, row, c.best_by)
             if main: _save_epoch(run, c, s, state, row, cm, improved, steps, world)
             log(epoch_line(row, c.epochs, improved) + dead_warning(row, c.val_split))
     except BaseException:  # failed before finishing an epoch: remove what it wrote, so the same command runs again
@@ -384,7 +390,7 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
         raise
     if dist.is_available() and dist.is_initialized(): dist.barrier()  # nobody leaves before rank 0 has written
     last = state['history'][-1]
-    log(f"done: best val_mean_f1 {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}" + noise_note(last, n_val)
+    log(f"done: best val_{c.best_by} {state['best_score']:.4f} at epoch {state['best_epoch']}; {run}" + noise_note(last, n_val)
         + dead_warning(last, c.val_split, c.loss))
     return run
 

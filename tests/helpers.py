@@ -108,8 +108,12 @@ def evaluate_checkpoint(path, data_dir, split='val'):
     with torch.no_grad():
         for i in range(len(ds)):
             x, y = ds[i]
-            pred = model(x[None]).argmax(1)[0]
-            m += np.bincount(NUM_CLASSES * y.numpy().ravel() + pred.numpy().ravel(), minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+            out = model(x[None])[0].numpy()
+            if ckpt['model'].get('head') == 'multilabel':  # the most probable part above 0.5, else background
+                p = 1 / (1 + np.exp(-np.clip(out, -50, 50)))
+                pred = np.where(p.max(0) > 0.5, p.argmax(0) + 1, 0)
+            else: pred = out.argmax(0)
+            m += np.bincount(NUM_CLASSES * y.numpy().ravel() + pred.ravel(), minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
     return m, ckpt
 
 

@@ -82,7 +82,7 @@ def test_resize_to_model_size_keeps_labels_nearest():
 
 
 def test_unknown_preset_lists_valid_names():
-    with pytest.raises(ValueError, match='none, flip, default'):
+    with pytest.raises(ValueError, match='none, flip, geometric, strong, default'):
         D.train_transform(64, 'heavy')
     assert set(D.AUGMENTATIONS) >= {'none', 'default'}
 

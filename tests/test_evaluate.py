@@ -161,7 +161,7 @@ def test_not_a_checkpoint(tmp_path):
 def test_checkpoint_for_another_class_count(tmp_path, train_set):
     path = save_checkpoint(tmp_path / 'five.pt', create_model('Unet', 'resnet18', None, num_classes=5),
                            {'arch': 'Unet', 'encoder': 'resnet18', 'size': SIZE, 'data_dir': str(train_set)})
-    with pytest.raises(DataError, match='predicts 5 classes') as e:
+    with pytest.raises(DataError, match='has 5 output channels') as e:
         E.evaluate(path, progress=False)
     assert str(path) in str(e.value)
 

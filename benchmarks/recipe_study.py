@@ -133,7 +133,8 @@ def main(argv=None) -> int:
     ids = split_ids(prepared, None)
     folds = folds_of(ids, a.folds)
     rows, results = [], work / f'results-{a.size}px-{a.epochs}ep'
-    plan = [(recipe, init, r) for init in a.inits.split(',') for recipe in a.recipes.split(',') for r in range(a.runs)]
+    # run 0 of every recipe first, then run 1, ...: wherever the study stops, the recipes have had the same folds
+    plan = [(recipe, init, r) for init in a.inits.split(',') for r in range(a.runs) for recipe in a.recipes.split(',')]
     for n, (recipe, init, r) in enumerate(plan, 1):
         name = f'{recipe}-{init}-r{r}'
         run = work / f'runs-{a.size}px-{a.epochs}ep' / name

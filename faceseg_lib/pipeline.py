@@ -6,17 +6,18 @@ Docs: https://faceseg.github.io/faceseg/lib/pipeline.html.md"""
 
 # %% ../notebooks/lib/11_pipeline.ipynb #3ff37a1d
 from __future__ import annotations
-import shutil, time
+import os, shutil, sys, time
 from pathlib import Path
 from typing import Callable
 
 from .errors import DataError
 from .config import weights_value
-from .core import cuda_count, repo_root, write_atomic
+from .core import PROGRESS_ENV, cuda_count, repo_root, write_atomic
 
 # %% auto #0
-__all__ = ['DEMO_RECIPE', 'DEMO_SETS', 'notebook_path', 'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'demo_recipe',
-           'Laps', 'demo_data', 'demo_parameters', 'demo_model', 'write_summary', 'summary_lines', 'demo']
+__all__ = ['DEMO_RECIPE', 'DEMO_SETS', 'notebook_path', 'kernel_arguments', 'run_notebook', 'demo_data_paths',
+           'demo_encoder_weights', 'demo_recipe', 'Laps', 'demo_data', 'demo_parameters', 'demo_model', 'write_summary',
+           'summary_lines', 'demo']
 
 # %% ../notebooks/lib/11_pipeline.ipynb #c9f309a5
 def notebook_path(name: str) -> Path:
@@ -28,19 +29,42 @@ def notebook_path(name: str) -> Path:
     return path
 
 # %% ../notebooks/lib/11_pipeline.ipynb #83b7adef
+def kernel_arguments(bars: bool) -> list[str]:
+    "Arguments of the notebook's kernel: a quiet log and FACESEG_PROGRESS ('terminal': the kit's bars on the kernel's own, uncaptured stderr; '0': none)."
+    mode = 'terminal' if bars else '0'
+    return (['--log-level=ERROR', f"--IPKernelApp.exec_lines=__import__('os').environ.update({PROGRESS_ENV}={mode!r})"]
+            + (['--IPKernelApp.capture_fd_output=False'] if bars else []))
+
+class _Lines:
+    "A stream for the kernel's text: each write starts on a clean line (the text bar the kernel draws there is wiped first)."
+    def __init__(self, stream, wipe: bool): self.stream, self.wipe = stream, wipe
+    def write(self, text: str):
+        self.stream.write(('\r\x1b[K' if self.wipe else '') + text); self.stream.flush()
+    def flush(self): self.stream.flush()
+
+def _terminal_bars() -> bool:
+    "Whether the kernel should draw its bars on this process's terminal: stderr is one, or FACESEG_PROGRESS=terminal asks."
+    return sys.stderr.isatty() or os.environ.get(PROGRESS_ENV) == 'terminal'
+
+# %% ../notebooks/lib/11_pipeline.ipynb #0f8d5ab4
 def run_notebook(name: str,           # pipeline notebook, e.g. '01_data_exploration'
                  output: str | Path,  # where the executed copy is written
                  parameters: dict | None = None,  # values for the notebook's `parameters` cell
-                 log_output: bool = False,        # stream cell outputs to the terminal (headless runs)
-                 progress: bool = True,           # papermill's cell progress bar
+                 log_output: bool = False,        # every cell output through papermill's logger (CI logs)
+                 progress: bool = True,           # progress: the kernel's bars with `stream`, else papermill's cell bar
+                 stream: bool = False,            # print the notebook's text (e.g. the epoch lines) here as it runs
                 ) -> Path:
     "Execute a pipeline notebook with papermill into `output` and return that path."
     import papermill as pm
     output = Path(output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in (parameters or {}).items()}
+    bars = progress and stream and _terminal_bars()
+    text = dict(stdout_file=_Lines(sys.stdout, bars), stderr_file=_Lines(sys.stderr, bars)) if stream else {}
+    if stream: print(f'[{name}] running notebooks/{notebook_path(name).name} -> {output}', flush=True)
     pm.execute_notebook(str(notebook_path(name)), str(output), parameters=params, kernel_name='python3',
-                        cwd=str(repo_root()), log_output=log_output, progress_bar=progress)
+                        cwd=str(repo_root()), log_output=log_output, progress_bar=progress and not stream,
+                        extra_arguments=kernel_arguments(bars), **text)
     return output
 
 # %% ../notebooks/lib/11_pipeline.ipynb #4c5509a9
@@ -157,8 +181,8 @@ def demo(raw: str | Path | None = None,   # real CelebAMask-HQ (folder or zip); 
          n_examples: int = 8,              # images in the worst/best/overlay figures of 04_test_and_visualize
          tta: bool = False,                # flip test-time augmentation in the test
          overwrite: bool = False,          # replace an earlier demo in `out`
-         log_output: bool = False,         # stream notebook cell outputs (headless logs)
-         progress: bool = True,
+         log_output: bool = False,         # also every cell output through papermill's logger (CI logs)
+         progress: bool = True,            # progress bars: synth, prepare, each training epoch, the test (on a terminal)
          **train,                          # TrainConfig fields for 02_train (DEMO_RECIPE's where not given)
         ) -> Path:
     "Run the whole kit end to end (data, exploration, training, test) and return the path of SUMMARY.md."
@@ -169,7 +193,7 @@ def demo(raw: str | Path | None = None,   # real CelebAMask-HQ (folder or zip); 
     meta = demo_data(raw_dir, prepared, recipe['size'], n if raw is None else None, seed, workers, progress, lap)
     params = demo_parameters(out, prepared, recipe, seed, n_samples, n_examples, tta)
     for name, parameters in params.items():
-        run_notebook(name, out / f'{name}.ipynb', parameters, log_output=log_output, progress=progress); lap(name)
+        run_notebook(name, out / f'{name}.ipynb', parameters, log_output=log_output, progress=progress, stream=True); lap(name)
     data = f'synthetic ({n} faces, seed {seed}, {raw_dir})' if raw is None else str(raw_dir)
     result = load_evaluation(params['04_test_and_visualize']['out_dir'])
     return write_summary(out, summary_lines(out, data, prepared, meta, demo_model(recipe, out / 'runs' / 'demo'), result, lap.seconds))

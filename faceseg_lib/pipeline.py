@@ -186,7 +186,7 @@ def zero_part_lines(result: dict,   # the test's metrics (`evaluate.load_evaluat
     size, split = result['size'], result['split']
     lines = ['## Parts at F1 0', '', f'Present in the {split} split but never predicted right. How often and how large '
              f'each is in the data (pixels per image where present, at {size} x {size} px):', '',
-             f'| part | {split} images with it | training images with it | median pixels | about |', '|:--|--:|--:|--:|--:|']
+             f'| part | {split} images with it | training images with it | median pixels | as a square |', '|:--|--:|--:|--:|--:|']
     for c in zeros:
         test, train, present = stats[stats.split == split][c], stats[stats.split == 'train'][c], stats[c][stats[c] > 0]
         px = float(present.median()) if len(present) else 0.0

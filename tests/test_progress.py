@@ -27,7 +27,8 @@ def test_demo_prints_one_line_per_epoch_while_it_trains(tmp_path):
     training (history.csv has that epoch's row and not yet the last one), the kernel draws its epoch bars on the
     terminal (stderr), not into the executed notebook, and neither the kernel's TCP warning nor TqdmWarning shows."""
     out = tmp_path / 'demo'
-    args = ['demo', '--out', out, '--n', 10, '--size', 64, '--n-samples', 2, '--epochs', EPOCHS, '--max-steps', 3,
+    args = ['demo', '--out', out, '--n', 10, '--size', 32,  # 32: not the prepared folder test_cli's demo uses
+            '--n-samples', 2, '--epochs', EPOCHS, '--max-steps', 3,
             '--batch-size', 2, '--n-examples', 1, '--device', 'cpu', '--workers', 1]
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'FACESEG_PROGRESS': 'terminal'}  # bars as on a terminal, though piped
     proc = subprocess.Popen([sys.executable, '-m', 'faceseg_lib.cli', *map(str, args)], stdout=subprocess.PIPE,

@@ -88,7 +88,7 @@ def test_readme_runs_as_written_after_the_demo(tmp_path):
         assert r.returncode == 0, f'README command failed as written: {command}\n(run as: {line})\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
     assert not (clone / 'out.ipynb').exists() and not list(clone.glob('*.ipynb'))  # examples write under outputs/
     status = subprocess.run([sys.executable, '-c', 'import faceseg_lib; print(faceseg_lib.__file__)'], env=env,
-                            capture_output=True, text=True)
+                            cwd=tmp_path, capture_output=True, text=True)
     assert str(clone) in status.stdout  # the walk ran the clone's code, not an installed copy
 
 

@@ -15,7 +15,7 @@ from . import __version__
 from .config import TrainConfig, add_arguments, field_help
 from .core import resolve_path
 from .errors import DataError
-from .pipeline import DEMO_RECIPE
+from .pipeline import DEMO_OUT, DEMO_RECIPE, DEMO_SYNTHETIC
 
 # %% auto #0
 __all__ = ['DEMO_TRAIN', 'SWEEP_TRAIN_FIELDS', 'SWEEP_TRAIN', 'COMMANDS', 'SynthOptions', 'PrepareOptions', 'TestOptions',
@@ -107,7 +107,7 @@ class DemoOptions:
     04_test_and_visualize headlessly with papermill, leaving executed notebooks, the training run, figures, metrics and
     SUMMARY.md in --out. The defaults take a few minutes on a laptop CPU."""
     raw: str | None = field(default=None, metadata={'positional': True})  # real CelebAMask-HQ folder or zip; None: generate the synthetic dataset
-    out: str = 'outputs/demo'    # results folder
+    out: str = DEMO_OUT          # results folder
     n: int = 200                 # synthetic faces to generate
     seed: int = 0                # seed for data, split and training
     n_samples: int = 8           # example images in the exploration grid
@@ -120,7 +120,8 @@ class DemoOptions:
 
 _TRAIN_HELP = field_help(TrainConfig)
 DEMO_TRAIN: dict = dict(only=list(DEMO_RECIPE), defaults=DEMO_RECIPE, helps={'encoder_weights':  # add_arguments(TrainConfig) of the demo
-    f"{_TRAIN_HELP['encoder_weights']}; auto: None for the synthetic faces, imagenet for real data"})
+    f"{_TRAIN_HELP['encoder_weights']}; auto: None for the synthetic faces, imagenet for real data",
+    'lr': f"{_TRAIN_HELP['lr']}; on the synthetic faces None is {DEMO_SYNTHETIC['lr']:g}, which they measurably need"})
 
 # %% ../notebooks/lib/20_cli.ipynb #d79c0540
 @dataclass

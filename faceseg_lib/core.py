@@ -13,9 +13,9 @@ from typing import BinaryIO, Callable, Iterator
 from .errors import DataError, Problem
 
 # %% auto #0
-__all__ = ['DEVICE_PATTERN', 'AMP_MODES', 'find_repo_root', 'repo_root', 'resolve_path', 'repo_path', 'cuda_count',
-           'device_problems', 'check_device', 'wants_cuda', 'resolve_device', 'amp_dtype', 'atomic_path',
-           'write_atomic', 'usable_cores', 'loader_workers']
+__all__ = ['DEVICE_PATTERN', 'AMP_MODES', 'PROGRESS_ENV', 'find_repo_root', 'repo_root', 'resolve_path', 'repo_path',
+           'cuda_count', 'device_problems', 'check_device', 'wants_cuda', 'resolve_device', 'amp_dtype', 'atomic_path',
+           'write_atomic', 'usable_cores', 'loader_workers', 'progress_bar']
 
 # %% ../notebooks/lib/01a_core.ipynb #370c097b
 def find_repo_root(start: str | Path | None = None,  # folder to start from; default: the working directory
@@ -140,3 +140,17 @@ def loader_workers(requested: int,   # worker processes asked for; -1: automatic
     cores = usable_cores()
     if requested < 0: return max(1, cores // max(world, 1) - 1)
     return min(requested, cores)
+
+# %% ../notebooks/lib/01a_core.ipynb #0b99f76c
+PROGRESS_ENV = 'FACESEG_PROGRESS'  # 'terminal': text bars on the process's own stderr; '0': none; unset: tqdm.auto's choice
+
+def progress_bar(enabled: bool = True, **kwargs):
+    "A tqdm bar (kwargs as tqdm's): text on the terminal under FACESEG_PROGRESS=terminal, off under FACESEG_PROGRESS=0, else tqdm.auto's."
+    import sys
+    mode = os.environ.get(PROGRESS_ENV)
+    off = mode is not None and mode.strip().lower() in ('0', 'false', 'no', '')
+    if mode == 'terminal' and sys.__stderr__ is not None:
+        from tqdm.std import tqdm
+        kwargs = {**kwargs, 'file': sys.__stderr__}
+    else: from tqdm.auto import tqdm
+    return tqdm(disable=not enabled or off, **kwargs)

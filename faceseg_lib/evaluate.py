@@ -15,9 +15,8 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from .core import loader_workers, resolve_device, resolve_path, write_atomic
+from .core import loader_workers, progress_bar, resolve_device, resolve_path, write_atomic
 from .errors import DataError
 from .labels import CLASSES, DISPLAY_NAMES, FLIP_LUT, NUM_CLASSES
 from .dataset import FaceParsingDataset, denormalize, eval_transform, load_meta, model_batch
@@ -68,7 +67,7 @@ def evaluate_model(model: nn.Module,             # returns logits (N, 19, H, W)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=workers,
                         pin_memory=device.type == 'cuda')
     cm, rows = ConfusionMatrix(NUM_CLASSES, device), []
-    for x, y in tqdm(loader, desc='evaluate', disable=not progress, leave=False):
+    for x, y in progress_bar(progress, iterable=loader, desc='evaluate', leave=False):
         x, y = model_batch(x, y, device)
         counts = confusion_counts(predict_probs(model, x, tta).argmax(1), y, per_image=True)  # counted once per batch
         cm.add(counts.sum(0))

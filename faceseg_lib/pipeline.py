@@ -6,17 +6,18 @@ Docs: https://faceseg.github.io/faceseg/lib/pipeline.html.md"""
 
 # %% ../notebooks/lib/11_pipeline.ipynb #3ff37a1d
 from __future__ import annotations
-import shutil, time
+import os, shutil, sys, time
 from pathlib import Path
 from typing import Callable
 
 from .errors import DataError
-from .config import weights_value
-from .core import cuda_count, repo_root, write_atomic
+from .config import PRESETS, as_none, weights_value
+from .core import PROGRESS_ENV, cuda_count, repo_root, write_atomic
 
 # %% auto #0
-__all__ = ['DEMO_RECIPE', 'DEMO_SETS', 'notebook_path', 'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'demo_recipe',
-           'Laps', 'demo_data', 'demo_parameters', 'demo_model', 'write_summary', 'summary_lines', 'demo']
+__all__ = ['DEMO_RECIPE', 'DEMO_SYNTHETIC', 'DEMO_SETS', 'DEMO_OUT', 'notebook_path', 'kernel_arguments', 'run_notebook',
+           'demo_data_paths', 'demo_encoder_weights', 'demo_recipe', 'Laps', 'demo_data', 'demo_parameters',
+           'demo_model', 'write_summary', 'summary_lines', 'zero_part_lines', 'demo']
 
 # %% ../notebooks/lib/11_pipeline.ipynb #c9f309a5
 def notebook_path(name: str) -> Path:
@@ -28,19 +29,42 @@ def notebook_path(name: str) -> Path:
     return path
 
 # %% ../notebooks/lib/11_pipeline.ipynb #83b7adef
+def kernel_arguments(bars: bool) -> list[str]:
+    "Arguments of the notebook's kernel: a quiet log and FACESEG_PROGRESS ('terminal': the kit's bars on the kernel's own, uncaptured stderr; '0': none)."
+    mode = 'terminal' if bars else '0'
+    return (['--log-level=ERROR', f"--IPKernelApp.exec_lines=__import__('os').environ.update({PROGRESS_ENV}={mode!r})"]
+            + (['--IPKernelApp.capture_fd_output=False'] if bars else []))
+
+class _Lines:
+    "A stream for the kernel's text: each write starts on a clean line (the text bar the kernel draws there is wiped first)."
+    def __init__(self, stream, wipe: bool): self.stream, self.wipe = stream, wipe
+    def write(self, text: str):
+        self.stream.write(('\r\x1b[K' if self.wipe else '') + text); self.stream.flush()
+    def flush(self): self.stream.flush()
+
+def _terminal_bars() -> bool:
+    "Whether the kernel should draw its bars on this process's terminal: stderr is one, or FACESEG_PROGRESS=terminal asks."
+    return sys.stderr.isatty() or os.environ.get(PROGRESS_ENV) == 'terminal'
+
+# %% ../notebooks/lib/11_pipeline.ipynb #0f8d5ab4
 def run_notebook(name: str,           # pipeline notebook, e.g. '01_data_exploration'
                  output: str | Path,  # where the executed copy is written
                  parameters: dict | None = None,  # values for the notebook's `parameters` cell
-                 log_output: bool = False,        # stream cell outputs to the terminal (headless runs)
-                 progress: bool = True,           # papermill's cell progress bar
+                 log_output: bool = False,        # every cell output through papermill's logger (CI logs)
+                 progress: bool = True,           # progress: the kernel's bars with `stream`, else papermill's cell bar
+                 stream: bool = False,            # print the notebook's text (e.g. the epoch lines) here as it runs
                 ) -> Path:
     "Execute a pipeline notebook with papermill into `output` and return that path."
     import papermill as pm
     output = Path(output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in (parameters or {}).items()}
+    bars = progress and stream and _terminal_bars()
+    text = dict(stdout_file=_Lines(sys.stdout, bars), stderr_file=_Lines(sys.stderr, bars)) if stream else {}
+    if stream: print(f'[{name}] running notebooks/{notebook_path(name).name} -> {output}', flush=True)
     pm.execute_notebook(str(notebook_path(name)), str(output), parameters=params, kernel_name='python3',
-                        cwd=str(repo_root()), log_output=log_output, progress_bar=progress)
+                        cwd=str(repo_root()), log_output=log_output, progress_bar=progress and not stream,
+                        extra_arguments=kernel_arguments(bars), **text)
     return output
 
 # %% ../notebooks/lib/11_pipeline.ipynb #4c5509a9
@@ -62,11 +86,12 @@ def demo_data_paths(raw: str | Path | None, size: int) -> tuple[Path, Path]:
     return Path(raw).resolve(), data / 'prepared' / str(size)
 
 # %% ../notebooks/lib/11_pipeline.ipynb #07d2fd38
-DEMO_RECIPE: dict = dict(  # the demo's TrainConfig values where the caller gives none
-    size=128, arch='Unet', encoder='resnet18', encoder_weights='auto', epochs=15, batch_size=8,
-    loss='dice_ce',  # Dice + cross-entropy learns fastest from random weights
-    lr=2e-3, max_steps=0, device='auto')
+DEMO_RECIPE: dict = dict(  # the demo's TrainConfig values where the caller gives none; None recipe fields: the preset's
+    size=128, arch='Unet', encoder='resnet18', encoder_weights='auto', preset='default', epochs=15, batch_size=8,
+    loss=None, lr=None, max_steps=0, device='auto')
+DEMO_SYNTHETIC: dict = dict(lr=2e-3)  # on the synthetic faces, for the recipe fields left None (measured: README, Results)
 DEMO_SETS: tuple[str, ...] = ('data_dir', 'out_dir', 'name')  # TrainConfig fields the demo sets itself
+DEMO_OUT: str = 'outputs/demo'  # the demo's results folder: executed notebooks, runs/demo/best.pt, SUMMARY.md
 
 def demo_encoder_weights(encoder_weights: str | None, synthetic: bool) -> str | None:
     "The encoder weights the demo trains from: 'auto' is None for the synthetic faces, 'imagenet' for real data."
@@ -80,6 +105,7 @@ def demo_recipe(synthetic: bool, **train) -> dict:
     unknown = sorted(set(train) - set(config_fields()) | set(train) & set(DEMO_SETS))
     if unknown: raise TypeError(f"demo() takes TrainConfig fields but not {', '.join(unknown)} (it sets {', '.join(DEMO_SETS)} itself)")
     recipe = {**DEMO_RECIPE, **train}
+    if synthetic: recipe.update({k: v for k, v in DEMO_SYNTHETIC.items() if as_none(recipe[k]) is None})
     return {**recipe, 'encoder_weights': demo_encoder_weights(recipe['encoder_weights'], synthetic)}
 
 # %% ../notebooks/lib/11_pipeline.ipynb #b43d7aec
@@ -118,9 +144,10 @@ def demo_parameters(out: Path, prepared: Path, recipe: dict, seed: int = 0, n_sa
 
 def demo_model(recipe: dict, run: Path) -> str:
     "The model line of SUMMARY.md."
-    r = recipe
-    return (f"{r['arch']}/{r['encoder']}, encoder weights {r['encoder_weights']}, loss {r['loss'] or 'preset'}, "
-            f"lr {r['lr'] or 'preset'}, {r['epochs']} epochs" + (f" x {r['max_steps']} steps" if r['max_steps'] else '') + f", run {run}")
+    r, preset = recipe, PRESETS.get(recipe.get('preset') or 'default', {})
+    loss, lr = as_none(r['loss']) or preset.get('loss'), as_none(r['lr']) or preset.get('lr')
+    return (f"{r['arch']}/{r['encoder']}, encoder weights {r['encoder_weights']}, preset {r.get('preset') or 'default'} "
+            f"(loss {loss}, lr {lr:g}), {r['epochs']} epochs" + (f" x {r['max_steps']} steps" if r['max_steps'] else '') + f", run {run}")
 
 # %% ../notebooks/lib/11_pipeline.ipynb #e2e23a74
 def write_summary(out: Path, lines: list[str]) -> Path:
@@ -129,8 +156,9 @@ def write_summary(out: Path, lines: list[str]) -> Path:
     write_atomic(path, '\n'.join(lines) + '\n')
     return path
 
-def summary_lines(out: Path, data: str, prepared: Path, meta: dict, model: str, result: dict, timings: dict) -> list[str]:
-    "The demo's SUMMARY.md: data, model, the test scores and where the table, notebooks and figures are."
+def summary_lines(out: Path, data: str, prepared: Path, meta: dict, model: str, result: dict, timings: dict,
+                  zeros: list[str] = ()) -> list[str]:
+    "The demo's SUMMARY.md: data, model, the test scores (with `zeros`, the account of parts at F1 0) and where the table, notebooks and figures are."
     rel = lambda p: Path(p).resolve().relative_to(out) if Path(p).resolve().is_relative_to(out) else Path(p)
     table = Path(result['files']['table'])
     mean = result['mean_f1']
@@ -144,12 +172,32 @@ def summary_lines(out: Path, data: str, prepared: Path, meta: dict, model: str, 
             f'- per-class table (Markdown): [{rel(table)}]({rel(table)}); metrics: [{rel(result["files"]["metrics"])}]({rel(result["files"]["metrics"])})',
             '- executed notebooks: ' + ', '.join(sorted(p.name for p in out.glob('*.ipynb'))),
             '- seconds: ' + ', '.join(f'{k} {v:.1f}' for k, v in timings.items()) + f', total {sum(timings.values()):.1f}',
-            '', '## Test scores', '', table.read_text().strip(), '',
+            '', '## Test scores', '', table.read_text().strip(), ''] + list(zeros) + ([''] if zeros else []) + [
             '## Figures', ''] + [f'- [{p}]({p})' for p in sorted(p.relative_to(out) for p in out.rglob('*.png'))]
+
+# %% ../notebooks/lib/11_pipeline.ipynb #a1b2836a
+def zero_part_lines(result: dict,   # the test's metrics (`evaluate.load_evaluation`)
+                    stats,          # pixels per class and image of the prepared set (`dataset.label_stats`)
+                   ) -> list[str]:
+    "SUMMARY.md's section on the face parts the test scored at F1 0: how often and how large each is in the data."
+    from faceseg_lib.labels import CLASSES
+    zeros = [c for c in CLASSES[1:] if result['f1'].get(c) == 0]
+    if not zeros: return []
+    size, split = result['size'], result['split']
+    lines = ['## Parts at F1 0', '', f'Present in the {split} split but never predicted right. How often and how large '
+             f'each is in the data (pixels per image where present, at {size} x {size} px):', '',
+             f'| part | {split} images with it | training images with it | median pixels | as a square |', '|:--|--:|--:|--:|--:|']
+    for c in zeros:
+        test, train, present = stats[stats.split == split][c], stats[stats.split == 'train'][c], stats[c][stats[c] > 0]
+        px = float(present.median()) if len(present) else 0.0
+        lines.append(f'| {c} | {(test > 0).sum()} of {len(test)} | {(train > 0).sum()} of {len(train)} | {px:.0f} | '
+                     f'{px ** 0.5:.0f} x {px ** 0.5:.0f} px |')
+    return lines + ['', 'Small parts (a few pixels across at this size) and parts in few training images are learnt last: '
+                    'a larger `--size`, more `--epochs` or more faces (`--n`) give them more to learn from.']
 
 # %% ../notebooks/lib/11_pipeline.ipynb #be35a965
 def demo(raw: str | Path | None = None,   # real CelebAMask-HQ (folder or zip); None = the synthetic default
-         out: str | Path = 'outputs/demo', # where executed notebooks, the run, figures and SUMMARY.md land
+         out: str | Path = DEMO_OUT,       # where executed notebooks, the run, figures and SUMMARY.md land
          n: int = 200,                     # synthetic faces to generate (ignored for real data)
          seed: int = 0,                    # synthetic data, split and training seed
          workers: int | None = None,       # processes for synth/prepare; None: all cores
@@ -157,19 +205,22 @@ def demo(raw: str | Path | None = None,   # real CelebAMask-HQ (folder or zip); 
          n_examples: int = 8,              # images in the worst/best/overlay figures of 04_test_and_visualize
          tta: bool = False,                # flip test-time augmentation in the test
          overwrite: bool = False,          # replace an earlier demo in `out`
-         log_output: bool = False,         # stream notebook cell outputs (headless logs)
-         progress: bool = True,
+         log_output: bool = False,         # also every cell output through papermill's logger (CI logs)
+         progress: bool = True,            # progress bars: synth, prepare, each training epoch, the test (on a terminal)
          **train,                          # TrainConfig fields for 02_train (DEMO_RECIPE's where not given)
         ) -> Path:
     "Run the whole kit end to end (data, exploration, training, test) and return the path of SUMMARY.md."
     from faceseg_lib.evaluate import load_evaluation
+    from faceseg_lib.dataset import label_stats
     recipe = demo_recipe(raw is None, **train)
     out, lap = _fresh_output(Path(out).resolve(), overwrite), Laps()
     raw_dir, prepared = demo_data_paths(raw, recipe['size'])
     meta = demo_data(raw_dir, prepared, recipe['size'], n if raw is None else None, seed, workers, progress, lap)
     params = demo_parameters(out, prepared, recipe, seed, n_samples, n_examples, tta)
     for name, parameters in params.items():
-        run_notebook(name, out / f'{name}.ipynb', parameters, log_output=log_output, progress=progress); lap(name)
+        run_notebook(name, out / f'{name}.ipynb', parameters, log_output=log_output, progress=progress, stream=True); lap(name)
     data = f'synthetic ({n} faces, seed {seed}, {raw_dir})' if raw is None else str(raw_dir)
     result = load_evaluation(params['04_test_and_visualize']['out_dir'])
-    return write_summary(out, summary_lines(out, data, prepared, meta, demo_model(recipe, out / 'runs' / 'demo'), result, lap.seconds))
+    zeros = zero_part_lines(result, label_stats(prepared, workers=workers, progress=False))
+    return write_summary(out, summary_lines(out, data, prepared, meta, demo_model(recipe, out / 'runs' / 'demo'), result,
+                                            lap.seconds, zeros))

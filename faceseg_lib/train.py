@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .core import amp_dtype, loader_workers, resolve_device, resolve_path, write_atomic
+from .core import amp_dtype, loader_workers, progress_bar, resolve_device, resolve_path, write_atomic
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
@@ -168,7 +168,6 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
                 steps: int, device: torch.device, dtype: torch.dtype | None = None, channels_last: bool = False,
                 grad_clip: float = 0.0, progress: bool = False, desc: str = 'train') -> tuple[float, int, float]:
     "Train for `steps` steps: (sum of batch loss x batch size, images seen, lr of the last step) on this process."
-    from tqdm.auto import tqdm
     model.train()
     total, seen, lr, pending = 0.0, 0, optimizer.param_groups[0]['lr'], []
     def drain():  # read the pending losses back (a wait for the device), add them up, show the last
@@ -177,7 +176,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
         for (_, n, _), v in zip(pending, values): total += v * n
         if values: bar.set_postfix(loss=f'{values[-1]:.4f}')
         pending.clear()
-    with tqdm(total=steps, desc=desc, leave=False, disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(progress, total=steps, desc=desc, leave=False, dynamic_ncols=True) as bar:
         for step, (x, y) in enumerate(loader):
             if step >= steps: break
             x, y = model_batch(x, y, device, channels_last)

@@ -33,7 +33,9 @@ def test_notebook_without_checkpoint_says_so(tmp_path):
     """The notebook's first cells, run in this process with a missing checkpoint, stop with a message that says what to do."""
     from conftest import REPO
     from faceseg_lib.errors import DataError
-    cells = [''.join(c['source']) for c in json.loads((REPO / 'notebooks' / '05_parse_photos.ipynb').read_text())['cells'] if c['cell_type'] == 'code']
+    code = [c for c in json.loads((REPO / 'notebooks' / '05_parse_photos.ipynb').read_text())['cells'] if c['cell_type'] == 'code']
+    at = next(i for i, c in enumerate(code) if 'parameters' in c.get('metadata', {}).get('tags', []))  # after the Colab cell
+    cells = [''.join(c['source']) for c in code[at:]]
     ns = {}
     exec(cells[0], ns)                                                     # the parameters cell: its defaults work as code
     ns.update(checkpoint=str(tmp_path / 'none.pt'), inputs=[str(tmp_path)], out_dir=str(tmp_path / 'out'))

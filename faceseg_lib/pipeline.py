@@ -15,9 +15,9 @@ from .config import PRESETS, as_none, weights_value
 from .core import PROGRESS_ENV, cuda_count, repo_root, write_atomic
 
 # %% auto #0
-__all__ = ['DEMO_RECIPE', 'DEMO_SYNTHETIC', 'DEMO_SETS', 'DEMO_OUT', 'notebook_path', 'kernel_arguments', 'run_notebook',
-           'demo_data_paths', 'demo_encoder_weights', 'demo_recipe', 'Laps', 'demo_data', 'demo_parameters',
-           'demo_model', 'write_summary', 'summary_lines', 'zero_part_lines', 'demo']
+__all__ = ['DEMO_RECIPE', 'DEMO_SYNTHETIC', 'DEMO_SETS', 'DEMO_OUT', 'REAL_DATA_DEFAULTS', 'notebook_path', 'kernel_arguments',
+           'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'demo_recipe', 'after_demo', 'Laps', 'demo_data',
+           'demo_parameters', 'demo_model', 'write_summary', 'summary_lines', 'zero_part_lines', 'demo']
 
 # %% ../notebooks/lib/11_pipeline.ipynb #c9f309a5
 def notebook_path(name: str) -> Path:
@@ -107,6 +107,24 @@ def demo_recipe(synthetic: bool, **train) -> dict:
     recipe = {**DEMO_RECIPE, **train}
     if synthetic: recipe.update({k: v for k, v in DEMO_SYNTHETIC.items() if as_none(recipe[k]) is None})
     return {**recipe, 'encoder_weights': demo_encoder_weights(recipe['encoder_weights'], synthetic)}
+
+# %% ../notebooks/lib/11_pipeline.ipynb #90965bca
+REAL_DATA_DEFAULTS: dict = dict(data_dir='data/prepared/512', size=512, encoder_weights='imagenet')  # TrainConfig's (checked below)
+
+def after_demo(params: dict,                    # a notebook's parameters (its globals())
+               root: str | Path | None = None,  # relative data_dir from here; None: the repository root
+               say: Callable[[str], None] = print) -> dict:
+    "The data settings to use instead of `params`' ({} to keep them): the demo's synthetic set when only it exists."
+    root = Path(root) if root is not None else repo_root()
+    if any(params.get(k) != v for k, v in REAL_DATA_DEFAULTS.items()) or (root / REAL_DATA_DEFAULTS['data_dir']).exists(): return {}
+    size = DEMO_RECIPE['size']
+    prepared = demo_data_paths(None, size)[1]
+    if root != repo_root(): prepared = root / prepared.relative_to(repo_root())
+    if not (prepared / 'meta.json').is_file(): return {}
+    new = dict(data_dir=str(prepared), size=size, encoder_weights=demo_encoder_weights(DEMO_RECIPE['encoder_weights'], True))
+    say(f"{REAL_DATA_DEFAULTS['data_dir']} does not exist yet: using the demo's synthetic faces ({prepared}, {size} px, "
+        f"encoder_weights {new['encoder_weights']}). To train on real faces, prepare CelebAMask-HQ (data/README.md) or set data_dir.")
+    return new
 
 # %% ../notebooks/lib/11_pipeline.ipynb #b43d7aec
 class Laps:

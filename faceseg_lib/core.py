@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/core.html.md"""
 
 # %% ../notebooks/lib/01a_core.ipynb #bed81fac
 from __future__ import annotations
-import contextlib, os, re, tempfile
+import contextlib, contextvars, glob, os, re, shutil, tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -15,7 +15,7 @@ from .errors import DataError, Problem
 # %% auto #0
 __all__ = ['DEVICE_PATTERN', 'AMP_MODES', 'find_repo_root', 'repo_root', 'resolve_path', 'repo_path', 'cuda_count',
            'device_problems', 'check_device', 'wants_cuda', 'resolve_device', 'amp_dtype', 'atomic_path',
-           'write_atomic', 'usable_cores', 'loader_workers']
+           'write_atomic', 'spell', 'command_line', 'out_dir_problems', 'fresh_dir', 'usable_cores', 'loader_workers']
 
 # %% ../notebooks/lib/01a_core.ipynb #370c097b
 def find_repo_root(start: str | Path | None = None,  # folder to start from; default: the working directory
@@ -126,6 +126,69 @@ def write_atomic(path: str | Path,
         if callable(data): data(f)
         else: f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+# %% ../notebooks/lib/01a_core.ipynb #aadc47b0
+_SPELLING: contextvars.ContextVar[str] = contextvars.ContextVar('faceseg_spelling', default='python')
+
+def spell(python: str,  # the setting as a Python argument, e.g. "on_bad='skip'"
+          cli: str      # the same as a command-line flag, e.g. '--skip-bad'
+         ) -> str:
+    "The setting as the user writes it: `cli` inside `command_line()`, else `python`."
+    return cli if _SPELLING.get() == 'cli' else python
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    "Within the block, messages spell settings as command-line flags."
+    token = _SPELLING.set('cli')
+    try: yield
+    finally: _SPELLING.reset(token)
+
+# %% ../notebooks/lib/01a_core.ipynb #e09861e4
+def out_dir_problems(path: str | Path,       # the output folder (it need not exist)
+                     field: str = 'output folder'  # how the setting is called where the user gave it
+                    ) -> list[Problem]:
+    "What stops `path` from being an output folder: a file in its place or in place of a folder above it ([] when fine)."
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            return [] if p.is_dir() else [Problem(str(p), f'is a file, so it cannot hold the {field}', 'choose a folder path')]
+    return []
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+    except (PermissionError, OSError): return True
+
+def _remove_stale(path: Path) -> None:
+    "Remove the hidden folders a killed process left beside `path` while it replaced `path`."
+    for p in path.parent.glob(f'.{glob.escape(path.name)}.*.new*'):
+        pid = p.name[len(path.name) + 2:].split('.', 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)): shutil.rmtree(p, ignore_errors=True)
+
+# %% ../notebooks/lib/01a_core.ipynb #f20d9641
+@contextlib.contextmanager
+def fresh_dir(path: str | Path,          # the output folder to (re)place
+              overwrite: bool = False,   # replace a non-empty `path`; False: refuse it
+              holds: str = 'the results of an earlier run'  # what a non-empty `path` holds, for the refusal
+             ) -> Iterator[Path]:
+    "A new hidden folder beside `path` to write into; it replaces `path` when the block succeeds and is removed when it fails."
+    path = Path(path)
+    problems = out_dir_problems(path)
+    if problems: raise DataError(str(problems[0]), problems)
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise DataError.from_problem(path, f'holds {holds}', f"pass {spell('overwrite=True', '--overwrite')} to replace "
+                                     'them, or choose another output folder')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.new', dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if path.exists():  # two renames: the old folder goes only once the new one is complete
+            old = tmp.with_suffix('.new-old'); os.replace(path, old); os.replace(tmp, path); shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
 
 # %% ../notebooks/lib/01a_core.ipynb #aca8194d
 def usable_cores() -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, json, math, os, random, re, sys, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -101,11 +101,13 @@ def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.de
     val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size, normalize=False))
     shuffle = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
     workers = loader_workers(c.workers, world)
-    common = dict(num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+    # own generators: starting an iterator (once with persistent workers, every epoch without) draws no global numbers
+    common = lambda: dict(num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0,
+                          generator=torch.Generator().manual_seed(c.seed))
     train_dl = DataLoader(SeededItems(train_ds), batch_size=c.batch_size, sampler=SeededSampler(shuffle, c.seed),
-                          drop_last=len(shuffle) >= c.batch_size, **common)
+                          drop_last=len(shuffle) >= c.batch_size, **common())
     # validation: every image exactly once over all processes (no padding), so reduced metrics cover the whole split
-    val_dl = DataLoader(Subset(val_ds, range(rank, len(val_ds), world)), batch_size=c.batch_size, shuffle=False, **common)
+    val_dl = DataLoader(Subset(val_ds, range(rank, len(val_ds), world)), batch_size=c.batch_size, shuffle=False, **common())
     return train_dl, val_dl
 
 # %% ../notebooks/lib/09_train.ipynb #0d726897
@@ -160,7 +162,8 @@ def _read_losses(pending: list[tuple[int, int, torch.Tensor]], desc: str) -> lis
 # %% ../notebooks/lib/09_train.ipynb #39a255f9
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, loss_fn: Callable,
                 steps: int, device: torch.device, dtype: torch.dtype | None = None, channels_last: bool = False,
-                grad_clip: float = 0.0, progress: bool = False, desc: str = 'train') -> tuple[float, int, float]:
+                grad_clip: float = 0.0, progress: bool = False, desc: str = 'train',
+                seed: Sequence[int] | None = None) -> tuple[float, int, float]:
     "Train for `steps` steps: (sum of batch loss x batch size, images seen, lr of the last step) on this process."
     from tqdm.auto import tqdm
     model.train()
@@ -174,6 +177,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
     with tqdm(total=steps, desc=desc, leave=False, disable=not progress, dynamic_ncols=True) as bar:
         for step, (x, y) in enumerate(loader):
             if step >= steps: break
+            if seed is not None: torch.manual_seed(derive_seed(*seed, step))  # dropout: (seed, epoch, rank, step) only
             x, y = model_batch(x, y, device, channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(x)
@@ -345,7 +349,8 @@ def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, tra
     t0 = time.time()
     seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
     tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
-                             s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}')
+                             s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}',
+                             seed=(c.seed, epoch, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0))
     _sync_buffers(s.model)
     vl, vn, cm, image_f1 = evaluate_loader(s.model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
     tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()

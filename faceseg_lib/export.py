@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .core import atomic_path
+from .core import atomic_path, spell
 from .errors import DataError
 from .detect import Region, extract
 from .predict import IMAGE_EXTENSIONS, ONNX_FORMAT, OnnxParser, normalize_batch, read_photo
@@ -133,7 +133,9 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
     if exporter not in ('auto', 'torchscript', 'dynamo'):
         raise DataError.from_problem(f'exporter={exporter!r}', 'unknown exporter', "use 'auto', 'torchscript' or 'dynamo'")
     if path.suffix.lower() != '.onnx': raise DataError.from_problem(path, 'does not end in .onnx', 'name the output file like model.onnx')
-    if path.exists() and not overwrite: raise DataError.from_problem(path, 'exists', 'pass overwrite=True (--overwrite) or another path')
+    if path.exists() and not overwrite: raise DataError.from_problem(path, 'exists', f"pass {spell('overwrite=True', '--overwrite')} or another path")
+    if check and n_check < 1: raise DataError.from_problem(f"{spell('n_check', '--n-check')} {n_check}", 'the parity check needs at least one image',
+                                                           f"pass a positive number, or {spell('check=False', '--no-check')} to keep the file unchecked")
     model, ckpt = model_from_checkpoint(checkpoint, map_location='cpu')
     size = int(size or (ckpt.get('config') or {}).get('size') or 0)
     if size <= 0: raise DataError.from_problem(checkpoint, 'its config has no input size', 'pass size=')

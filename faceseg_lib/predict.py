@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .celebamask import jpeg_damage
 from .colors import blend, colorize
 from .core import fresh_dir, out_dir_problems, resolve_device, spell, write_atomic
 from .detect import DEFAULT_DETECTOR, DETECTORS, FaceBox, Region, detect_faces, extract, face_region, get_detector, paste
@@ -68,6 +69,8 @@ def read_photo(path: str | Path) -> np.ndarray:
     "A photo as upright uint8 RGB (H, W, 3) (EXIF orientation applied); DataError naming the file if it is no image."
     path = Path(path)
     if not path.is_file(): raise DataError.from_problem(path, 'no such file' if not path.exists() else 'not a file', 'check the path')
+    with open(path, 'rb') as f: damage = jpeg_damage(f.read())
+    if damage: raise DataError.from_problem(path, damage, 'replace it with an undamaged copy of the photo')  # no fallback decodes it
     try:
         with Image.open(path) as im:
             im.load()

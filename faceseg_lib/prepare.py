@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 import faceseg_lib
 from .celebamask import RawCelebAMask, combine_parts, open_raw
 from .splits import SPLITS, resolve_split, split_counts
-from .core import write_atomic
+from .core import out_dir_problems, spell, write_atomic
 from .errors import DataError, Problem
 from .labels import CLASSES, NUM_CLASSES
 
@@ -71,8 +71,9 @@ def prepare_one(id: int) -> tuple[int, np.ndarray | None, list[Problem], bool]:
 
 # %% ../notebooks/lib/03_prepare.ipynb #84f64182
 def check_out(raw: RawCelebAMask, out: Path, size: int):
-    "Raise DataError when `out` lies inside the raw dataset or already holds another size."
+    "Raise DataError when `out` is no folder, lies inside the raw dataset or already holds another size."
     out = Path(out).expanduser().resolve()
+    for p in out_dir_problems(out, 'prepared dataset'): raise DataError(str(p), [p])
     roots = {Path(raw.source).expanduser().resolve()} | ({raw.store.root.resolve()} if hasattr(raw.store, 'root') else set())
     for root in roots:
         if out.is_relative_to(root):
@@ -201,8 +202,9 @@ def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip 
 
     problems = [p for ps in bad.values() for p in ps]
     if problems and on_bad == 'strict':
+        skip = spell("on_bad='skip'", '--skip-bad')
         raise DataError.from_problems(problems, f"prepare {raw.source}: {len(bad)} bad id(s); the {len(pixels)} good ones are "
-                                      f"written to {out}. Fix each problem below and rerun, or rerun with on_bad='skip' to leave them out")
+                                      f"written to {out}. Fix each problem below and rerun, or rerun with {skip} to leave them out")
     final = {i: s for i, s in sorted(split_map.items()) if i in pixels}
     meta = _meta(raw, size, method, final, pixels, _report_skipped(bad, problems, out), written)
     write_atomic(out / 'splits.csv', 'id,split\n' + ''.join(f"{i},{s}\n" for i, s in final.items()))

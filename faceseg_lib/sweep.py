@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/sweep.html.md"""
 
 # %% ../notebooks/lib/12_sweep.ipynb #0b7ca003
 from __future__ import annotations
-import json, queue, re, threading, time, traceback
+import argparse, json, queue, re, threading, time, traceback
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -393,5 +393,10 @@ def parse_overrides(items: Sequence[str]) -> dict:
                 raise DataError.from_problem(f'--set {item}', 'is not a yes/no value', f'use {key}=true or {key}=false')
             out[key] = value.lower() in ('true', '1', 'yes'); continue
         parser = parser or build_train_parser()
-        out[key] = getattr(parser.parse_args([f"--{key.replace('_', '-')}={value}"]), key)
+        action = next(a for a in parser._actions if a.dest == key)
+        try: out[key] = action.type(value) if action.type else value  # typed as `faceseg train` types the flag
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise DataError.from_problem(f'--set {item}', f'is not a valid {key} ({e})', f"give {key} a value that `faceseg train --{key.replace('_', '-')}` takes (faceseg train --help)") from None
+        if action.choices and out[key] not in action.choices:
+            raise DataError.from_problem(f'--set {item}', f'is not one of the {key} choices', f"use one of {', '.join(map(str, action.choices))}")
     return out

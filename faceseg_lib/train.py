@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .core import amp_dtype, loader_workers, resolve_device, resolve_path, write_atomic
+from .core import amp_dtype, loader_workers, out_dir_problems, resolve_device, resolve_path, spell, write_atomic
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
@@ -76,11 +76,12 @@ def run_dir(config: TrainConfig) -> Path:
     return resolve_path(c.out_dir) / c.name
 
 def _run_dir_problems(c: TrainConfig) -> list[Problem]:
-    "A run folder that holds an earlier run while resume is off."
+    "A run folder that cannot be one (a file in its place), or that holds an earlier run while resume is off."
     run = run_dir(c)
+    if out_dir_problems(run): return out_dir_problems(run, 'runs')
     if not c.resume and run.is_dir() and any(run.iterdir()):
         return [Problem(str(run), 'holds an earlier run (training never overwrites one)',
-                        'pass resume=True (--resume) to continue it, or choose another name / out_dir')]
+                        f"pass {spell('resume=True', '--resume')} to continue it, or choose another {spell('name / out_dir', '--name / --out-dir')}")]
     return []
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -263,7 +264,7 @@ def build_model(c: TrainConfig, device: torch.device) -> nn.Module:
     except OSError as e:  # offline: the pretrained weights cannot be downloaded
         raise DataError.from_problem(f'config.encoder_weights={c.encoder_weights!r}', f"{c.encoder}'s pretrained weights cannot be "
                                      f"loaded ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})", 'go online once (they are cached), '
-                                     'pass a local weights file, or pass encoder_weights=None (--encoder-weights None) to train from random weights') from e
+                                     f"pass a local weights file, or pass {spell('encoder_weights=None', '--encoder-weights None')} to train from random weights") from e
     if device.type == 'cuda': model = model.to(memory_format=torch.channels_last) if c.channels_last else model
     return model
 
@@ -293,7 +294,7 @@ def _claim(run: Path, c: TrainConfig) -> None:
         with open(run / 'config.json', 'x') as f: f.write(text)
     except FileExistsError:
         raise DataError.from_problem(run, 'was just taken by another training started under the same name',
-                                     'choose another name (--name), or let that one finish and pass --resume') from None
+                                     f"choose another {spell('name', '--name')}, or let that one finish and pass {spell('resume=True', '--resume')}") from None
 
 def _unclaim(run: Path) -> None:
     "Remove what a run that failed before finishing its first epoch wrote, so the same command can simply run again."

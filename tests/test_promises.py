@@ -43,3 +43,142 @@ def test_workers_do_not_change_the_run_and_resume_is_exact_with_workers(train_se
         fit(config(train_set, tmp_path, name='killed', workers=2))
     monkeypatch.setattr(train, 'save_checkpoint', save)
     same_run(serial, fit(config(train_set, tmp_path, name='killed', workers=2, resume=True)))
+
+
+# --- bad input: named with its fix, no traceback, nothing touched outside the output folder ----------------------
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import cv2
+
+from faceseg_lib.cli import main
+from faceseg_lib.synthetic import synthesize
+
+
+@pytest.fixture(scope='module')
+def kit(tmp_path_factory, train_set):
+    """A raw tree (8 faces), the shared prepared set and a checkpoint trained for one step on it."""
+    root = tmp_path_factory.mktemp('kit')
+    synthesize(root / 'raw', n=8, seed=0, image_size=128, mask_size=64, workers=1, progress=False)
+    torch.set_num_threads(1)
+    run = fit(TrainConfig(data_dir=str(train_set), out_dir=str(root / 'runs'), name='base', arch='Unet', encoder='resnet18',
+                          encoder_weights=None, size=SIZE, batch_size=4, epochs=1, max_steps=1, workers=0))
+    return {'raw': root / 'raw', 'prep': train_set, 'ckpt': run / 'best.pt'}
+
+
+def damaged_jpeg(data: bytes) -> bytes:
+    "The JPEG with bytes of its scan data overwritten; its end marker intact."
+    bad = bytearray(data); k = len(bad) // 3
+    bad[k:k + 60] = np.random.default_rng(1).integers(0, 256, 60, np.uint8).tobytes()
+    return bytes(bad)
+
+
+def _bad_crc_zip(raw: Path, zip_path: Path, member: str) -> Path:
+    "The raw tree zipped like the official zip, with one member's stored bytes flipped (its CRC no longer matches)."
+    with zipfile.ZipFile(zip_path, 'w', zipfile.ZIP_STORED) as zf:
+        for p in sorted(raw.rglob('*')): zf.write(p, 'CelebAMask-HQ/' + p.relative_to(raw).as_posix())
+    with zipfile.ZipFile(zip_path) as zf: info = zf.getinfo('CelebAMask-HQ/' + member)
+    data = bytearray(zip_path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 100] ^= 0xFF
+    zip_path.write_bytes(bytes(data))
+    return zip_path
+
+
+def _tampered(prep: Path, here: Path) -> Path:
+    "A copy of the prepared set with its labels overwritten by junk."
+    copy = here / 'prep'; shutil.copytree(prep, copy)
+    for p in (copy / 'labels').glob('*.png'): p.write_bytes(b'junk')
+    return copy
+
+
+def setup(case: str, kit: dict, here: Path) -> list[str]:
+    "Make the bad input of `case` inside `here` (the working directory); the command line."
+    ckpt = here / 'run' / 'best.pt'; ckpt.parent.mkdir(); os.link(kit['ckpt'], ckpt)  # results land beside the checkpoint
+    photo = here / 'photo.jpg'; shutil.copy(next((kit['prep'] / 'images').glob('*.jpg')), photo)
+    (here / 'afile').write_text('not a folder')
+    raw = lambda: shutil.copytree(kit['raw'], here / 'raw')
+    if case == 'prepare into a file': raw(); return ['prepare', 'raw', 'afile', '--size', '64', '--workers', '1', '-q']
+    if case == 'predict into a file': return ['predict', 'run/best.pt', 'photo.jpg', '--out', 'afile', '--no-detect', '-q']
+    if case == 'train into a file':
+        return ['train', '--data-dir', str(kit['prep']), '--size', '64', '--encoder-weights', 'None', '--out-dir', 'afile']
+    if case == 'test --batch-size 0': return ['test', 'run/best.pt', '--batch-size', '0', '-q']
+    if case == 'export --n-check 0': return ['export', 'run/best.pt', 'm.onnx', '--n-check', '0']
+    if case == 'predict --device gpu0': return ['predict', 'run/best.pt', 'photo.jpg', '--device', 'gpu0', '--no-detect', '-q']
+    if case == 'predict --device cuda without CUDA':
+        return ['predict', 'run/best.pt', 'photo.jpg', '--device', 'cuda', '--no-detect', '-q']
+    if case == 'sweep --set lr=abc': return ['sweep', 'Unet:resnet18', '--set', 'lr=abc', '--data-dir', str(kit['prep'])]
+    if case == 'predict with a typo in the checkpoint, --overwrite':
+        assert main(['predict', 'run/best.pt', 'photo.jpg', '--out', 'pout', '--no-detect', '-q']) == 0
+        return ['predict', 'run/bset.pt', 'photo.jpg', '--out', 'pout', '--no-detect', '--overwrite', '-q']
+    if case == 'test rerun without --overwrite':
+        assert main(['test', 'run/best.pt', '--data', str(kit['prep']), '--n-examples', '0', '-q']) == 0
+        return ['test', 'run/best.pt', '--data', str(kit['prep']), '--n-examples', '0', '-q']
+    if case == 'prepare a damaged JPEG':
+        raw(); p = here / 'raw' / 'CelebA-HQ-img' / '3.jpg'; p.write_bytes(damaged_jpeg(p.read_bytes()))
+        return ['prepare', 'raw', 'prep', '--size', '64', '--workers', '1', '-q']
+    if case == 'prepare a truncated JPEG':
+        raw(); p = here / 'raw' / 'CelebA-HQ-img' / '3.jpg'; p.write_bytes(p.read_bytes()[:-300])
+        return ['prepare', 'raw', 'prep', '--size', '64', '--workers', '1', '-q']
+    if case == 'prepare a zip member with a bad CRC':
+        _bad_crc_zip(kit['raw'], here / 'raw.zip', 'CelebA-HQ-img/3.jpg')
+        return ['prepare', 'raw.zip', 'prep', '--size', '64', '--workers', '1', '-q']
+    if case == 'prepare a broken symlink as a mask':
+        raw(); mask = next((here / 'raw' / 'CelebAMask-HQ-mask-anno' / '0').glob('00003_*.png'))
+        mask.unlink(); mask.symlink_to(here / 'gone.png')
+        return ['prepare', 'raw', 'prep', '--size', '64', '--workers', '1', '-q']
+    if case == 'train on a tampered label, 2 workers':
+        return ['train', '--data-dir', str(_tampered(kit['prep'], here)), '--size', '64', '--arch', 'Unet', '--encoder',
+                'resnet18', '--encoder-weights', 'None', '--epochs', '1', '--max-steps', '2', '--workers', '2', '--out-dir', 'runs']
+    if case == 'test on a tampered label, 2 workers':
+        return ['test', 'run/best.pt', '--data', str(_tampered(kit['prep'], here)), '--split', 'train', '--workers', '2', '-q']
+    raise KeyError(case)
+
+
+BAD = {  # case: (text stderr must show: the file or setting named, and the output folder of the command)
+    'prepare into a file': ('afile: is a file', None),
+    'predict into a file': ('afile: is a file', None),
+    'train into a file': ('afile: is a file', None),
+    'test --batch-size 0': ('--batch-size 0: must be at least 1', 'run/eval-test'),
+    'export --n-check 0': ('--n-check 0', None),
+    'predict --device gpu0': ("device 'gpu0': is not a device name", None),
+    'predict --device cuda without CUDA': ("device 'cuda': CUDA is not available here", None),
+    'sweep --set lr=abc': ('--set lr=abc: is not a valid lr', None),
+    'predict with a typo in the checkpoint, --overwrite': ('bset.pt', None),   # pout: kept as it was
+    'test rerun without --overwrite': ('eval-test: holds the results of an earlier run', None),
+    'prepare a damaged JPEG': ('3.jpg: cannot be decoded', 'prep'),
+    'prepare a truncated JPEG': ('3.jpg: cannot be decoded', 'prep'),
+    'prepare a zip member with a bad CRC': ('3.jpg: cannot be read (BadZipFile', 'prep'),
+    'prepare a broken symlink as a mask': ('00003_', 'prep'),
+    'train on a tampered label, 2 workers': ('.png: cannot be decoded', 'runs'),
+    'test on a tampered label, 2 workers': ('.png: cannot be decoded', 'run/eval-train'),
+}
+
+
+def _tree(root: Path, skip: str | None) -> dict:
+    "Every path under `root` but those under `skip`, with a file's size and mtime (a folder's own mtime may change)."
+    out = {}
+    for p in root.rglob('*'):
+        rel = p.relative_to(root).as_posix()
+        if skip and (rel == skip or rel.startswith(skip + '/')): continue
+        st = p.lstat(); out[rel] = None if p.is_dir() and not p.is_symlink() else (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize('case', list(BAD))
+def test_bad_input_is_named_without_traceback_and_touches_nothing_else(case, kit, tmp_path, monkeypatch, capsys):
+    if case.endswith('without CUDA') and torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    monkeypatch.chdir(tmp_path); torch.set_num_threads(1)
+    argv = setup(case, kit, tmp_path)
+    named, out = BAD[case]
+    before = _tree(tmp_path, out); capsys.readouterr()
+    rc = main(argv)  # an exception escaping main would be the traceback the user sees
+    err = capsys.readouterr().err
+    assert rc == 2, (case, rc, err)
+    assert named in err and 'Fix:' in err, err
+    assert 'Traceback' not in err and 'Caught' not in err and 'worker process' not in err, err
+    after = _tree(tmp_path, out)
+    assert after == before, f'{case}: changed outside {out}: {set(after.items()) ^ set(before.items())}'

@@ -15,7 +15,8 @@ from .errors import DataError, Problem
 # %% auto #0
 __all__ = ['DEVICE_PATTERN', 'AMP_MODES', 'find_repo_root', 'repo_root', 'resolve_path', 'repo_path', 'cuda_count',
            'device_problems', 'check_device', 'wants_cuda', 'resolve_device', 'amp_dtype', 'atomic_path',
-           'write_atomic', 'spell', 'command_line', 'out_dir_problems', 'fresh_dir', 'usable_cores', 'loader_workers']
+           'write_atomic', 'spell', 'command_line', 'out_dir_problems', 'NewFolder', 'fresh_dir', 'replaced_in_place',
+           'usable_cores', 'loader_workers']
 
 # %% ../notebooks/lib/01a_core.ipynb #370c097b
 def find_repo_root(start: str | Path | None = None,  # folder to start from; default: the working directory
@@ -160,35 +161,73 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OSError): return True
 
 def _remove_stale(path: Path) -> None:
-    "Remove the hidden folders a killed process left beside `path` while it replaced `path`."
-    for p in path.parent.glob(f'.{glob.escape(path.name)}.*.new*'):
+    "Clean up after a killed process that was replacing `path`: remove its new folder, put back the old one it set aside."
+    for p in sorted(path.parent.glob(f'.{glob.escape(path.name)}.*.new*')):
         pid = p.name[len(path.name) + 2:].split('.', 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)): shutil.rmtree(p, ignore_errors=True)
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)): continue
+        if p.name.endswith('.aside'):  # the earlier results, set aside by replaced_in_place: its partial run goes
+            shutil.rmtree(path, ignore_errors=True); os.replace(p, path)
+        else: shutil.rmtree(p, ignore_errors=True)
 
-# %% ../notebooks/lib/01a_core.ipynb #f20d9641
-@contextlib.contextmanager
-def fresh_dir(path: str | Path,          # the output folder to (re)place
-              overwrite: bool = False,   # replace a non-empty `path`; False: refuse it
-              holds: str = 'the results of an earlier run'  # what a non-empty `path` holds, for the refusal
-             ) -> Iterator[Path]:
-    "A new hidden folder beside `path` to write into; it replaces `path` when the block succeeds and is removed when it fails."
-    path = Path(path)
+def _refuse(path: Path, overwrite: bool, holds: str) -> None:
+    "DataError when `path` cannot be an output folder, or holds files and `overwrite` is off."
     problems = out_dir_problems(path)
     if problems: raise DataError(str(problems[0]), problems)
     if not overwrite and path.is_dir() and any(path.iterdir()):
         raise DataError.from_problem(path, f'holds {holds}', f"pass {spell('overwrite=True', '--overwrite')} to replace "
                                      'them, or choose another output folder')
+
+# %% ../notebooks/lib/01a_core.ipynb #f20d9641
+class NewFolder:
+    "A new hidden folder beside `path` to write into (`tmp`); `commit()` puts it in place of `path`, `discard()` removes it."
+    def __init__(self, path: str | Path,          # the output folder to (re)place
+                 overwrite: bool = False,         # replace a non-empty `path`; False: refuse it
+                 holds: str = 'the results of an earlier run'):  # what a non-empty `path` holds, for the refusal
+        self.path = Path(path)
+        if self.path.parent.is_dir(): _remove_stale(self.path)
+        _refuse(self.path, overwrite, holds)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f'.{self.path.name}.{os.getpid()}.', suffix='.new', dir=self.path.parent))
+
+    def commit(self) -> Path:
+        "Swap the new folder in: the old one goes only now (two renames), and `path` is returned."
+        os.chmod(self.tmp, 0o777 & ~_UMASK)
+        if self.path.exists():
+            old = self.tmp.with_suffix('.new-old'); os.replace(self.path, old); os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None: shutil.rmtree(self.tmp, ignore_errors=True)
+
+@contextlib.contextmanager
+def fresh_dir(path: str | Path, overwrite: bool = False, holds: str = 'the results of an earlier run') -> Iterator[Path]:
+    "A `NewFolder` to write into: it replaces `path` when the block succeeds and is removed when it fails."
+    new = NewFolder(path, overwrite, holds)
+    try: yield new.tmp; new.commit()
+    except BaseException: new.discard(); raise
+
+# %% ../notebooks/lib/01a_core.ipynb #da047498
+@contextlib.contextmanager
+def replaced_in_place(path: str | Path,          # the output folder to (re)place
+                      overwrite: bool = False,   # replace a non-empty `path`; False: refuse it
+                      holds: str = 'the results of an earlier run'  # what a non-empty `path` holds, for the refusal
+                     ) -> Iterator[Path]:
+    "`path`, empty, to write into; the earlier folder waits beside it, removed when the block succeeds, put back when it fails."
+    path = Path(path)
+    if path.parent.is_dir(): _remove_stale(path)
+    _refuse(path, overwrite, holds)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.new', dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_UMASK)
-        if path.exists():  # two renames: the old folder goes only once the new one is complete
-            old = tmp.with_suffix('.new-old'); os.replace(path, old); os.replace(tmp, path); shutil.rmtree(old, ignore_errors=True)
-        else: os.replace(tmp, path)
+    aside = None
+    if path.is_dir() and any(path.iterdir()):
+        aside = Path(tempfile.mkdtemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.new.aside', dir=path.parent))
+        os.replace(path, aside)
+    path.mkdir(exist_ok=True)
+    try: yield path
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        if aside is not None: shutil.rmtree(path, ignore_errors=True); os.replace(aside, path)
+        raise
+    if aside is not None: shutil.rmtree(aside, ignore_errors=True)
 
 # %% ../notebooks/lib/01a_core.ipynb #aca8194d
 def usable_cores() -> int:

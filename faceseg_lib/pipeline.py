@@ -6,13 +6,13 @@ Docs: https://faceseg.github.io/faceseg/lib/pipeline.html.md"""
 
 # %% ../notebooks/lib/11_pipeline.ipynb #3ff37a1d
 from __future__ import annotations
-import shutil, time
+import time
 from pathlib import Path
 from typing import Callable
 
 from .errors import DataError
 from .config import weights_value
-from .core import cuda_count, repo_root, write_atomic
+from .core import cuda_count, replaced_in_place, repo_root, write_atomic
 
 # %% auto #0
 __all__ = ['DEMO_RECIPE', 'DEMO_SETS', 'notebook_path', 'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'demo_recipe',
@@ -42,17 +42,6 @@ def run_notebook(name: str,           # pipeline notebook, e.g. '01_data_explora
     pm.execute_notebook(str(notebook_path(name)), str(output), parameters=params, kernel_name='python3',
                         cwd=str(repo_root()), log_output=log_output, progress_bar=progress)
     return output
-
-# %% ../notebooks/lib/11_pipeline.ipynb #4c5509a9
-def _fresh_output(out: Path, overwrite: bool) -> Path:
-    "Create `out`, refusing to reuse a non-empty folder unless `overwrite`."
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError.from_problem(out, 'holds the results of an earlier run',
-                                         'pass --overwrite to replace them, or choose another --out folder')
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 # %% ../notebooks/lib/11_pipeline.ipynb #d352f0f3
 def demo_data_paths(raw: str | Path | None, size: int) -> tuple[Path, Path]:
@@ -164,12 +153,13 @@ def demo(raw: str | Path | None = None,   # real CelebAMask-HQ (folder or zip); 
     "Run the whole kit end to end (data, exploration, training, test) and return the path of SUMMARY.md."
     from faceseg_lib.evaluate import load_evaluation
     recipe = demo_recipe(raw is None, **train)
-    out, lap = _fresh_output(Path(out).resolve(), overwrite), Laps()
-    raw_dir, prepared = demo_data_paths(raw, recipe['size'])
-    meta = demo_data(raw_dir, prepared, recipe['size'], n if raw is None else None, seed, workers, progress, lap)
-    params = demo_parameters(out, prepared, recipe, seed, n_samples, n_examples, tta)
-    for name, parameters in params.items():
-        run_notebook(name, out / f'{name}.ipynb', parameters, log_output=log_output, progress=progress); lap(name)
-    data = f'synthetic ({n} faces, seed {seed}, {raw_dir})' if raw is None else str(raw_dir)
-    result = load_evaluation(params['04_test_and_visualize']['out_dir'])
-    return write_summary(out, summary_lines(out, data, prepared, meta, demo_model(recipe, out / 'runs' / 'demo'), result, lap.seconds))
+    lap = Laps()
+    with replaced_in_place(Path(out).resolve(), overwrite) as out:  # an earlier demo comes back if this one fails
+        raw_dir, prepared = demo_data_paths(raw, recipe['size'])
+        meta = demo_data(raw_dir, prepared, recipe['size'], n if raw is None else None, seed, workers, progress, lap)
+        params = demo_parameters(out, prepared, recipe, seed, n_samples, n_examples, tta)
+        for name, parameters in params.items():
+            run_notebook(name, out / f'{name}.ipynb', parameters, log_output=log_output, progress=progress); lap(name)
+        data = f'synthetic ({n} faces, seed {seed}, {raw_dir})' if raw is None else str(raw_dir)
+        result = load_evaluation(params['04_test_and_visualize']['out_dir'])
+        return write_summary(out, summary_lines(out, data, prepared, meta, demo_model(recipe, out / 'runs' / 'demo'), result, lap.seconds))

@@ -182,3 +182,16 @@ def test_bad_input_is_named_without_traceback_and_touches_nothing_else(case, kit
     assert 'Traceback' not in err and 'Caught' not in err and 'worker process' not in err, err
     after = _tree(tmp_path, out)
     assert after == before, f'{case}: changed outside {out}: {set(after.items()) ^ set(before.items())}'
+
+
+def test_test_overwrite_replaces_the_whole_folder_and_a_failing_one_keeps_it(kit, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path); torch.set_num_threads(1)
+    ckpt = tmp_path / 'run' / 'best.pt'; ckpt.parent.mkdir(); os.link(kit['ckpt'], ckpt)
+    argv = ['test', 'run/best.pt', '--data', str(kit['prep']), '--n-examples', '0', '-q']
+    assert main(argv) == 0
+    out = tmp_path / 'run' / 'eval-test'; (out / 'figures' / 'worst.png').write_bytes(b'an earlier run with examples')
+    before = _tree(out, None)
+    assert main(['test', 'run/best.pt', '--data', str(tmp_path / 'gone'), '--overwrite', '-q']) == 2  # fails: no dataset
+    assert _tree(out, None) == before and sorted(p.name for p in out.parent.iterdir()) == ['best.pt', 'eval-test']
+    assert main([*argv, '--overwrite']) == 0
+    assert not (out / 'figures' / 'worst.png').exists() and (out / 'metrics.json').is_file()  # nothing stale beside it

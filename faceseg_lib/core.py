@@ -186,6 +186,7 @@ class NewFolder:
         self.path = Path(path)
         if self.path.parent.is_dir(): _remove_stale(self.path)
         _refuse(self.path, overwrite, holds)
+        self.made = [p for p in self.path.parents if not p.exists()]  # folders made for it: removed again by discard
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f'.{self.path.name}.{os.getpid()}.', suffix='.new', dir=self.path.parent))
 
@@ -198,7 +199,11 @@ class NewFolder:
         else: os.replace(self.tmp, self.path)
         return self.path
 
-    def discard(self) -> None: shutil.rmtree(self.tmp, ignore_errors=True)
+    def discard(self) -> None:
+        "Remove the new folder, and the folders made to hold it."
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        for p in self.made:
+            with contextlib.suppress(OSError): p.rmdir()
 
 @contextlib.contextmanager
 def fresh_dir(path: str | Path, overwrite: bool = False, holds: str = 'the results of an earlier run') -> Iterator[Path]:

@@ -83,8 +83,8 @@ def check_onnx(path: str | Path,          # .onnx file written by export_onnx
     return report
 
 # %% ../notebooks/lib/14_export.ipynb #d2360706
-def _torch_export(model, x, path: Path, opset: int, exporter: str) -> str:
-    "Export `model` to `path` with a dynamic batch axis; returns the exporter used."
+def _torch_export(model, x, path: Path, opset: int, exporter: str, name: Path | None = None) -> str:
+    "Export `model` to `path` with a dynamic batch axis; returns the exporter used (errors name `name`, default `path`)."
     import torch
     kw = dict(input_names=['image'], output_names=['logits'], opset_version=opset)
     errors = []
@@ -99,7 +99,7 @@ def _torch_export(model, x, path: Path, opset: int, exporter: str) -> str:
                                       dynamic_shapes={'x': {0: torch.export.Dim('batch', min=1, max=4096)}}, **kw)
             return kind
         except Exception as e: errors.append(f"{kind}: {type(e).__name__}: {str(e).strip()[:200]}")
-    raise DataError.from_problem(path, 'torch.onnx.export failed (' + '; '.join(errors) + ')', "try exporter='dynamo' or 'torchscript', or another opset")
+    raise DataError.from_problem(name or path, 'torch.onnx.export failed (' + '; '.join(errors) + ')', "try exporter='dynamo' or 'torchscript', or another opset")
 
 def _add_metadata(path: Path, props: dict) -> None:
     "Store `props` (strings) in the ONNX file's metadata_props."
@@ -127,7 +127,7 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
     try: import onnx, onnxruntime  # noqa: F401  (the file's metadata and the parity check)
     except ImportError as e: raise DataError.from_problem('faceseg export', f'needs {e.name}', 'pip install onnx onnxruntime') from e
     import torch
-    from faceseg_lib.models import model_from_checkpoint
+    from faceseg_lib.models import check_input_size, model_from_checkpoint
     from faceseg_lib.dataset import IMAGENET_MEAN, IMAGENET_STD
     started, path = time.time(), Path(path)
     if exporter not in ('auto', 'torchscript', 'dynamo'):
@@ -139,9 +139,13 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
     model, ckpt = model_from_checkpoint(checkpoint, map_location='cpu')
     size = int(size or (ckpt.get('config') or {}).get('size') or 0)
     if size <= 0: raise DataError.from_problem(checkpoint, 'its config has no input size', 'pass size=')
+    try: check_input_size(ckpt['model']['arch'], ckpt['model']['encoder'], size)  # before any export, naming sizes that work
+    except DataError as e:
+        p = e.problems[0]
+        raise DataError.from_problem(path, f"cannot be exported at {spell('size', '--size')} {size}: {p.problem}", p.fix) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix='.onnx') as tmp:  # the kit's one atomic writer: nothing lands unless it passes the check
-        used = _torch_export(model, torch.zeros(2, 3, size, size), tmp, opset, exporter)
+        used = _torch_export(model, torch.zeros(2, 3, size, size), tmp, opset, exporter, name=path)
         spec = ckpt['model']
         props = {'format': ONNX_FORMAT, 'faceseg_version': __version__, 'classes': json.dumps(list(ckpt['classes'])),
                  'size': size, 'mean': json.dumps(list(IMAGENET_MEAN)), 'std': json.dumps(list(IMAGENET_STD)),

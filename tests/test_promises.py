@@ -52,7 +52,6 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import cv2
 
 from faceseg_lib.cli import main
 from faceseg_lib.synthetic import synthesize

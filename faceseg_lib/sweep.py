@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from .compare import (RESULT_FILES, STATUS_FILE, SWEEP_FILE, collect, read_status, run_name, run_state,
                                  runs_table, split_entry)
+from .core import spell
 from .errors import DataError, Problem
 
 # %% auto #0
@@ -373,7 +374,12 @@ def run_sweep(grid: Sequence | str | None = None,   # 'Arch:encoder' entries; No
     df = collect(out) if collect_only else sweep(choose_grid(grid, archs, encoders), data_dir, out, epochs, size, devices,
                                                  overrides, split, retry_failed, log_output, progress, root)
     runs = runs_table(df)
-    print(f"{(runs['status'] == 'done').sum()} of {len(runs)} configurations done; results in {out}: {', '.join(RESULT_FILES)}")
+    done, written = int((runs['status'] == 'done').sum()), [f for f in RESULT_FILES if (out / f).is_file()]
+    print(f"{done} of {len(runs)} configurations done; results in {out}: {', '.join(written) or 'none'}")
+    if len(runs) and not done:  # nothing to compare: the command fails, naming each configuration's error
+        raise DataError.from_problems([Problem(str(out / config), f"failed: {str(r['error']).strip()[:300]}",
+                                               f"see its 02_train.ipynb; fix it and rerun with {spell('retry_failed=True', '--retry-failed')}")
+                                       for config, r in runs.iterrows()], f'sweep {out}: every configuration failed')
     return df, out
 
 # %% ../notebooks/lib/12_sweep.ipynb #bf2e34eb

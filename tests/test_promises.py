@@ -194,3 +194,14 @@ def test_test_overwrite_replaces_the_whole_folder_and_a_failing_one_keeps_it(kit
     assert _tree(out, None) == before and sorted(p.name for p in out.parent.iterdir()) == ['best.pt', 'eval-test']
     assert main([*argv, '--overwrite']) == 0
     assert not (out / 'figures' / 'worst.png').exists() and (out / 'metrics.json').is_file()  # nothing stale beside it
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_configuration_failed_exits_non_zero_and_lists_no_figures(kit, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('OMP_NUM_THREADS', '1'); torch.set_num_threads(1)
+    rc = main(['sweep', 'PAN:mobilenet_v2', '--data-dir', str(kit['prep']), '--size', '64', '--epochs', '1', '--devices', 'cpu',
+               '--set', 'encoder_weights=None', '--set', 'max_steps=1', '--out', str(tmp_path / 'sw'), '-q'])  # PAN needs >= 128 px
+    out, err = capsys.readouterr()
+    assert rc == 2 and 'every configuration failed' in err and 'PAN-mobilenet_v2: failed' in err and '--retry-failed' in err, err
+    assert 'results in' in out and not any(f in out for f in ('heatmap.png', 'mean_f1.png')), out
+    assert not any((tmp_path / 'sw' / f).exists() for f in ('heatmap.png', 'mean_f1.png'))

@@ -164,7 +164,8 @@ def cmd_prepare(args) -> dict:
     meta = _call(prepare, args, PrepareOptions)
     counts = ', '.join(f'{k} {v}' for k, v in meta['counts'].items())
     print(f"prepared {args.out}: {meta['size']} px, split {meta['split_method']} ({counts}); "
-          f"{len(meta.get('skipped', []))} bad image(s) skipped")
+          f"{len(meta.get('skipped', []))} bad image(s) skipped"
+          + (f"; {meta['not_in_split']} image(s) that the split does not name left out" if meta.get('not_in_split') else ''))
     return meta
 
 def cmd_train(args) -> None:

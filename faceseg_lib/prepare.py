@@ -207,6 +207,7 @@ def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip 
                                       f"written to {out}. Fix each problem below and rerun, or rerun with {skip} to leave them out")
     final = {i: s for i, s in sorted(split_map.items()) if i in pixels}
     meta = _meta(raw, size, method, final, pixels, _report_skipped(bad, problems, out), written)
+    meta['not_in_split'] = len(set(chosen) - set(split_map))  # ids the split (e.g. a csv naming only some) leaves out
     write_atomic(out / 'splits.csv', 'id,split\n' + ''.join(f"{i},{s}\n" for i, s in final.items()))
     write_atomic(out / 'meta.json', json.dumps(meta, indent=1) + '\n')
     return meta

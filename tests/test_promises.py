@@ -1,5 +1,9 @@
 """What faceseg guarantees (README, "What faceseg guarantees"): exact resume whatever the workers, results replaced
 only once the new ones exist, bad input named without a traceback. Issue 12's cases, one test each."""
+import json
+
+import cv2
+
 import numpy as np
 import pytest
 import torch
@@ -205,3 +209,34 @@ def test_a_sweep_whose_every_configuration_failed_exits_non_zero_and_lists_no_fi
     assert rc == 2 and 'every configuration failed' in err and 'PAN-mobilenet_v2: failed' in err and '--retry-failed' in err, err
     assert 'results in' in out and not any(f in out for f in ('heatmap.png', 'mean_f1.png')), out
     assert not any((tmp_path / 'sw' / f).exists() for f in ('heatmap.png', 'mean_f1.png'))
+
+
+def test_a_split_csv_naming_only_some_ids_says_how_many_are_left_out(kit, tmp_path, capsys):
+    csv = tmp_path / 'split.csv'; csv.write_text('name,is_train\n0.jpg,1\n1.jpg,1\n2.jpg,0\n')  # 3 of the 8 faces
+    assert main(['prepare', str(kit['raw']), str(tmp_path / 'prep'), '--size', '64', '--split', str(csv), '--workers', '1', '-q']) == 0
+    assert '5 image(s) that the split does not name left out' in capsys.readouterr().out
+    assert json.loads((tmp_path / 'prep' / 'meta.json').read_text())['not_in_split'] == 5
+
+
+def test_prepare_messages_give_the_files_real_size_and_the_flag_on_the_command_line(kit, tmp_path, capsys):
+    raw = tmp_path / 'raw'; shutil.copytree(kit['raw'], raw)
+    wide = np.random.default_rng(0).integers(0, 256, (768, 1024, 3), np.uint8)  # masks are square: another aspect ratio
+    (raw / 'CelebA-HQ-img' / '3.jpg').write_bytes(cv2.imencode('.jpg', wide)[1].tobytes())
+    assert main(['prepare', str(raw), str(tmp_path / 'prep'), '--size', '64', '--workers', '1', '-q']) == 2
+    err = capsys.readouterr().err
+    assert '3.jpg: is 1024x768 but its masks are 64x64' in err, err  # the file's size, not that of the reduced decode
+    assert '--skip-bad' in err and "on_bad='skip'" not in err and 'Traceback' not in err
+
+
+def test_predict_calls_a_truncated_or_damaged_jpeg_an_error_not_ok(kit, tmp_path):
+    from faceseg_lib.predict import predict
+    good = cv2.imencode('.jpg', cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8), (9, 9), 3))[1].tobytes()
+    (tmp_path / 'truncated.jpg').write_bytes(good[:len(good) * 2 // 3])
+    (tmp_path / 'damaged.jpg').write_bytes(damaged_jpeg(good))
+    (tmp_path / 'good.jpg').write_bytes(good)
+    s = predict(kit['ckpt'], [tmp_path / n for n in ('truncated.jpg', 'damaged.jpg', 'good.jpg')], tmp_path / 'out',
+                detect=False, progress=False, log=lambda m: None)
+    status = {Path(i['input']).name: (i['status'], i.get('problem') or '') for i in s['items']}
+    assert status['good.jpg'][0] == 'ok'
+    assert status['truncated.jpg'][0] == 'error' and 'truncated.jpg: is truncated' in status['truncated.jpg'][1]
+    assert status['damaged.jpg'][0] == 'error' and 'damaged.jpg: is damaged (libjpeg: Corrupt JPEG data' in status['damaged.jpg'][1]

@@ -376,7 +376,7 @@ def run_sweep(grid: Sequence | str | None = None,   # 'Arch:encoder' entries; No
     runs = runs_table(df)
     done, written = int((runs['status'] == 'done').sum()), [f for f in RESULT_FILES if (out / f).is_file()]
     print(f"{done} of {len(runs)} configurations done; results in {out}: {', '.join(written) or 'none'}")
-    if len(runs) and not done:  # nothing to compare: the command fails, naming each configuration's error
+    if not collect_only and len(runs) and (runs['status'] == 'failed').all():  # nothing to compare: fail, naming each error
         raise DataError.from_problems([Problem(str(out / config), f"failed: {str(r['error']).strip()[:300]}",
                                                f"see its 02_train.ipynb; fix it and rerun with {spell('retry_failed=True', '--retry-failed')}")
                                        for config, r in runs.iterrows()], f'sweep {out}: every configuration failed')

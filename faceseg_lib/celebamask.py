@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/celebamask.html.md"""
 
 # %% ../notebooks/lib/02_celebamask.ipynb #ffdb4076
 from __future__ import annotations
-import os, re, sys, tempfile, zipfile, zlib
+import hashlib, os, re, sys, tempfile, zipfile, zlib
 from collections import Counter
 from pathlib import Path
 
@@ -125,6 +125,10 @@ class FolderStore:
     def where(self, rel: str) -> str: return str(self.root / rel)
     def exists(self, rel: str) -> bool: return (self.root / rel).is_file()
     def read(self, rel: str) -> bytes: return (self.root / rel).read_bytes()
+    def stamp(self, rel: str) -> list | None:
+        "What identifies the file's content cheaply: its size and mtime (None: unreadable)."
+        try: st = (self.root / rel).stat(); return [st.st_size, st.st_mtime_ns]
+        except OSError: return None
     def list(self, folder: str) -> list[str]:
         "Relative paths of all files under `folder` (hidden files left out)."
         out, base = [], self.root / folder
@@ -148,6 +152,10 @@ class ZipStore:
         try: self._zip().getinfo(self.prefix + rel); return True
         except KeyError: return False
     def read(self, rel: str) -> bytes: return self._zip().read(self.prefix + rel)
+    def stamp(self, rel: str) -> list | None:
+        "What identifies the member's content cheaply: its size and CRC from the zip's directory (None: absent)."
+        try: info = self._zip().getinfo(self.prefix + rel); return [info.file_size, info.CRC]
+        except KeyError: return None
     def list(self, folder: str) -> list[str]:
         "Relative paths of all files under `folder` (hidden files left out)."
         start, n = f"{self.prefix}{folder}/", len(self.prefix)
@@ -231,6 +239,12 @@ def part_files(self: RawCelebAMask, id: int) -> dict[str, str]:
     "Part name -> mask file, for the parts present, in `PARTS` order."
     bits = self._parts.get(id, 0)
     return {p: self.store.where(mask_name(id, p)) for i, p in enumerate(PARTS) if bits >> i & 1}
+
+@patch
+def stamp(self: RawCelebAMask, id: int) -> str:
+    "A fingerprint of the raw files of `id` (names, sizes, mtimes or CRCs): it changes when any of them does."
+    rels = [self._images[id]] + [mask_name(id, p) for i, p in enumerate(PARTS) if self._parts.get(id, 0) >> i & 1]
+    return hashlib.blake2b(repr([(r, self.store.stamp(r)) for r in rels]).encode(), digest_size=8).hexdigest()
 
 @patch
 def has_file(self: RawCelebAMask, name: str) -> bool: return self.store.exists(name)

@@ -6,7 +6,8 @@ Docs: https://faceseg.github.io/faceseg/lib/prepare.html.md"""
 
 # %% ../notebooks/lib/03_prepare.ipynb #c4ae8e9f
 from __future__ import annotations
-import json, multiprocessing as mp, os
+import json, multiprocessing as mp, os, time
+from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from .errors import DataError, Problem
 from .labels import CLASSES, NUM_CLASSES
 
 # %% auto #0
-__all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'resize_image', 'resize_label', 'class_pixels', 'prepare_one', 'check_out',
-           'prepare']
+__all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'PROVENANCE_FILE', 'resize_image', 'resize_label', 'class_pixels', 'prepare_one',
+           'check_out', 'Provenance', 'prepare']
 
 # %% ../notebooks/lib/03_prepare.ipynb #48147572
 JPEG_QUALITY = 95
@@ -130,6 +131,7 @@ def _prepare_ids(raw: RawCelebAMask, out: Path, size: int,
                  work: list[int],                    # the ids to prepare
                  workers: int | None, chunksize: int | None, progress: bool,  # as for `prepare`
                  bad: dict[int | None, list[Problem]],  # id -> problems: those found here are added
+                 done: Callable[[int], None] | None = None,  # called with each good id as it is ready
                 ) -> tuple[dict[int, np.ndarray], int]:
     "Run `prepare_one` over `work` in `workers` processes (1: in this one): (id -> class pixels of the good ids, files written)."
     pixels: dict[int, np.ndarray] = {}
@@ -147,6 +149,7 @@ def _prepare_ids(raw: RawCelebAMask, out: Path, size: int,
         for id, px, problems, wrote in results:
             if problems: bad.setdefault(id, []).extend(problems)
             else: pixels[id] = px
+            if done and not problems: done(id)
             written += wrote
             bar.update()
         if pool is not None: pool.close(); pool.join()
@@ -177,6 +180,41 @@ def _meta(raw: RawCelebAMask, size: int, method: str, final: dict[int, str], pix
             'faceseg_version': faceseg_lib.__version__}
 
 # %% ../notebooks/lib/03_prepare.ipynb #5c4c5535
+PROVENANCE_FILE = 'provenance.json'
+
+def _file_stamp(path: Path) -> list | None:
+    try: st = path.stat(); return [st.st_size, st.st_mtime_ns]
+    except OSError: return None
+
+class Provenance:
+    "The provenance record of the prepared folder `out`: per id, its raw files' fingerprint and its prepared files' stamps."
+    def __init__(self, raw: RawCelebAMask, out: Path, every: float = 5.0):  # every: seconds between saves
+        self.raw, self.out, self.path, self.every = raw, Path(out), Path(out) / PROVENANCE_FILE, every
+        try: self.ids = dict(json.loads(self.path.read_text()).get('ids', {}))
+        except (OSError, ValueError, AttributeError): self.ids = {}
+        self.saved = time.monotonic()
+
+    def entry(self, id: int) -> list:
+        return [self.raw.stamp(id), _file_stamp(self.out / 'images' / f'{id}.jpg'), _file_stamp(self.out / 'labels' / f'{id}.png')]
+
+    def forget_changed(self, ids: list[int]) -> list[int]:
+        "Remove the prepared files of the `ids` whose record does not match (so they are prepared again); those ids."
+        stale = [i for i in ids if (self.out / 'images' / f'{i}.jpg').is_file() and self.ids.get(str(i)) != self.entry(i)]
+        for i in stale:
+            for p in (self.out / 'images' / f'{i}.jpg', self.out / 'labels' / f'{i}.png'): p.unlink(missing_ok=True)
+            self.ids.pop(str(i), None)
+        return stale
+
+    def record(self, id: int) -> None:
+        "Record the prepared `id` as it is now (saved every `every` seconds)."
+        self.ids[str(id)] = self.entry(id)
+        if time.monotonic() - self.saved > self.every: self.save()
+
+    def save(self) -> None:
+        write_atomic(self.path, json.dumps({'format': 'faceseg-provenance', 'source': str(self.raw.source), 'ids': self.ids}))
+        self.saved = time.monotonic()
+
+# %% ../notebooks/lib/03_prepare.ipynb #ce1722af
 def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip (or an opened one)
             out: str | Path,                   # output folder (e.g. data/prepared/512); created
             size: int = 512,                   # side of the square images and labels
@@ -198,7 +236,9 @@ def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip 
     bad = _index_bad(raw, None if ids is None else set(chosen))
     work = [i for i in sorted(split_map) if i not in bad]
     _clear_leftovers(out)
-    pixels, written = _prepare_ids(raw, out, size, work, workers, chunksize, progress, bad)
+    provenance = Provenance(raw, out); provenance.forget_changed(work)  # redo what no longer matches its source
+    try: pixels, written = _prepare_ids(raw, out, size, work, workers, chunksize, progress, bad, done=provenance.record)
+    finally: provenance.save()
 
     problems = [p for ps in bad.values() for p in ps]
     if problems and on_bad == 'strict':

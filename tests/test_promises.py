@@ -240,3 +240,38 @@ def test_predict_calls_a_truncated_or_damaged_jpeg_an_error_not_ok(kit, tmp_path
     assert status['good.jpg'][0] == 'ok'
     assert status['truncated.jpg'][0] == 'error' and 'truncated.jpg: is truncated' in status['truncated.jpg'][1]
     assert status['damaged.jpg'][0] == 'error' and 'damaged.jpg: is damaged (libjpeg: Corrupt JPEG data' in status['damaged.jpg'][1]
+
+
+# --- prepare: what each prepared file came from ------------------------------------------------------------------
+
+def _prepared(raw, out, **kw):
+    return main(['prepare', str(raw), str(out), '--size', '64', '--split', 'fractions:0.6,0.2,0.2', '--workers', '1', '-q', *kw.get('more', [])])
+
+
+def _pixels(out: Path) -> dict:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob('*')) if p.suffix in ('.jpg', '.png')}
+
+
+def test_another_source_into_the_same_folder_replaces_the_old_pixels(kit, tmp_path, capsys):
+    other = tmp_path / 'other'
+    synthesize(other, n=8, seed=5, image_size=128, mask_size=64, workers=1, progress=False)  # same ids, other faces
+    assert _prepared(kit['raw'], tmp_path / 'prep') == 0 and _prepared(other, tmp_path / 'fresh') == 0
+    assert _prepared(other, tmp_path / 'prep') == 0
+    assert _pixels(tmp_path / 'prep') == _pixels(tmp_path / 'fresh')  # not the first source's pixels
+    assert json.loads((tmp_path / 'prep' / 'meta.json').read_text())['written'] == 8
+
+
+def test_a_damaged_prepared_label_or_a_changed_raw_file_is_redone_by_the_rerun(kit, tmp_path):
+    raw = tmp_path / 'raw'; shutil.copytree(kit['raw'], raw)
+    assert _prepared(raw, tmp_path / 'prep') == 0
+    before = _pixels(tmp_path / 'prep')
+    label = sorted((tmp_path / 'prep' / 'labels').glob('*.png'))[0]
+    lab = cv2.imread(str(label), cv2.IMREAD_UNCHANGED); lab[:8] = 3
+    cv2.imwrite(str(label), lab)                                   # still a valid PNG of the right size: only its record tells
+    assert _prepared(raw, tmp_path / 'prep') == 0 and _pixels(tmp_path / 'prep') == before
+    image = raw / 'CelebA-HQ-img' / '2.jpg'
+    image.write_bytes((raw / 'CelebA-HQ-img' / '5.jpg').read_bytes())  # a raw file replaced
+    assert _prepared(raw, tmp_path / 'prep') == 0
+    after = _pixels(tmp_path / 'prep')
+    assert after['images/2.jpg'] != before['images/2.jpg'] and after['images/2.jpg'] == after['images/5.jpg']
+    assert json.loads((tmp_path / 'prep' / 'meta.json').read_text())['written'] == 1

@@ -114,7 +114,7 @@ def decode(data: bytes,                # the encoded file
 def jpeg_damage(data: bytes) -> str | None:
     "What is wrong with a JPEG's bytes: truncated, or damaged as libjpeg reports it; None when whole (or not a JPEG)."
     if data[:2] != b'\xff\xd8': return None
-    if not _complete(data): return 'is truncated (no end-of-image marker)'
+    if not _complete(data): return 'is not a whole JPEG (no end-of-image marker: truncated?)'
     damage = imdecode_strict(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)[1]  # the whole scan is still entropy-decoded
     return f'is damaged (libjpeg: {damage})' if damage else None
 

@@ -238,7 +238,7 @@ def test_predict_calls_a_truncated_or_damaged_jpeg_an_error_not_ok(kit, tmp_path
                 detect=False, progress=False, log=lambda m: None)
     status = {Path(i['input']).name: (i['status'], i.get('problem') or '') for i in s['items']}
     assert status['good.jpg'][0] == 'ok'
-    assert status['truncated.jpg'][0] == 'error' and 'truncated.jpg: is truncated' in status['truncated.jpg'][1]
+    assert status['truncated.jpg'][0] == 'error' and 'truncated.jpg: is not a whole JPEG (no end-of-image marker: truncated?)' in status['truncated.jpg'][1]
     assert status['damaged.jpg'][0] == 'error' and 'damaged.jpg: is damaged (libjpeg: Corrupt JPEG data' in status['damaged.jpg'][1]
 
 

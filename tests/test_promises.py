@@ -113,6 +113,10 @@ def setup(case: str, kit: dict, here: Path) -> list[str]:
     if case == 'predict --device gpu0': return ['predict', 'run/best.pt', 'photo.jpg', '--device', 'gpu0', '--no-detect', '-q']
     if case == 'predict --device cuda without CUDA':
         return ['predict', 'run/best.pt', 'photo.jpg', '--device', 'cuda', '--no-detect', '-q']
+    if case == 'export --size 65 (FPN needs multiples of 32)':
+        from faceseg_lib.models import create_model, save_checkpoint
+        save_checkpoint(here / 'fpn.pt', create_model('FPN', 'mobilenet_v2', None), {'arch': 'FPN', 'encoder': 'mobilenet_v2', 'size': 64})
+        return ['export', 'fpn.pt', 'out/m.onnx', '--size', '65']
     if case == 'sweep --set lr=abc': return ['sweep', 'Unet:resnet18', '--set', 'lr=abc', '--data-dir', str(kit['prep'])]
     if case == 'predict with a typo in the checkpoint, --overwrite':
         assert main(['predict', 'run/best.pt', 'photo.jpg', '--out', 'pout', '--no-detect', '-q']) == 0
@@ -150,6 +154,7 @@ BAD = {  # case: (text stderr must show: the file or setting named, and the outp
     'predict --device gpu0': ("device 'gpu0': is not a device name", None),
     'predict --device cuda without CUDA': ("device 'cuda': CUDA is not available here", None),
     'sweep --set lr=abc': ('--set lr=abc: is not a valid lr', None),
+    'export --size 65 (FPN needs multiples of 32)': ('out/m.onnx: cannot be exported at --size 65', 'out'),
     'predict with a typo in the checkpoint, --overwrite': ('bset.pt', None),   # pout: kept as it was
     'test rerun without --overwrite': ('eval-test: holds the results of an earlier run', None),
     'prepare a damaged JPEG': ('3.jpg: cannot be decoded', 'prep'),

@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/celebamask.html.md"""
 
 # %% ../notebooks/lib/02_celebamask.ipynb #ffdb4076
 from __future__ import annotations
-import os, re, zipfile
+import hashlib, os, re, sys, tempfile, zipfile, zlib
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +19,8 @@ from .labels import CLASS_INDEX, PARTS, label_from_bits
 
 # %% auto #0
 __all__ = ['IMG_DIR', 'ANNO_DIR', 'TOP_DIR', 'MAPPING_FILE', 'IMAGE_EXTS', 'FETCH_FIX', 'anno_folder', 'mask_name', 'part_bits',
-           'combine_parts', 'jpeg_size', 'decode', 'FolderStore', 'ZipStore', 'RawCelebAMask', 'open_raw']
+           'combine_parts', 'jpeg_size', 'imdecode_strict', 'decode', 'jpeg_damage', 'FolderStore', 'ZipStore',
+           'RawCelebAMask', 'open_raw']
 
 # %% ../notebooks/lib/02_celebamask.ipynb #108db195
 IMG_DIR = 'CelebA-HQ-img'                         # folder of the images
@@ -77,6 +78,27 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 # %% ../notebooks/lib/02_celebamask.ipynb #a3e490f9
+_CAPTURE: dict[int, object] = {}  # per process: the file that catches libjpeg's messages on stderr
+_LIBJPEG_DAMAGE = ('Corrupt JPEG data', 'Premature end of JPEG file', 'Invalid JPEG file structure')
+
+def imdecode_strict(data: bytes,  # the encoded file
+                    flags: int    # cv2.IMREAD_* flags
+                   ) -> tuple[np.ndarray | None, str | None]:
+    "(image or None, libjpeg's damage warning or None): `cv2.imdecode` with libjpeg's corrupt-data warnings caught."
+    if data[:2] != b'\xff\xd8': return cv2.imdecode(np.frombuffer(data, np.uint8), flags), None
+    f = _CAPTURE.get(os.getpid()) or _CAPTURE.setdefault(os.getpid(), tempfile.TemporaryFile())
+    sys.stderr.flush(); f.seek(0); f.truncate(); saved = os.dup(2)
+    try:
+        os.dup2(f.fileno(), 2)  # libjpeg writes its warnings to the process's stderr, not to Python
+        im = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    finally: os.dup2(saved, 2); os.close(saved)
+    f.seek(0); said = f.read().decode('utf-8', 'replace')
+    damage = [line.strip() for line in said.splitlines() if line.startswith(_LIBJPEG_DAMAGE)]
+    other = ''.join(line + '\n' for line in said.splitlines() if not line.startswith(_LIBJPEG_DAMAGE))
+    if other: sys.stderr.write(other)  # anything else said meanwhile is passed on
+    return im, (damage[0] if damage else None)
+
+# %% ../notebooks/lib/02_celebamask.ipynb #179f3ae4
 _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 def decode(data: bytes,                # the encoded file
@@ -88,9 +110,17 @@ def decode(data: bytes,                # the encoded file
     flags, hw = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR, None
     if min_size and not gray and data[:2] == b'\xff\xd8' and (hw := jpeg_size(data)):
         flags = _REDUCED[max(f for f in _REDUCED if min(hw) // f >= min_size or f == 1)]
-    im = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if im is None: return None
+    im, damage = imdecode_strict(data, flags)
+    if im is None or damage: return None
     return im if gray else cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+
+# %% ../notebooks/lib/02_celebamask.ipynb #da1665b9
+def jpeg_damage(data: bytes) -> str | None:
+    "What is wrong with a JPEG's bytes: truncated, or damaged as libjpeg reports it; None when whole (or not a JPEG)."
+    if data[:2] != b'\xff\xd8': return None
+    if not _complete(data): return 'is not a whole JPEG (no end-of-image marker: truncated?)'
+    damage = imdecode_strict(data, cv2.IMREAD_REDUCED_GRAYSCALE_8)[1]  # the whole scan is still entropy-decoded
+    return f'is damaged (libjpeg: {damage})' if damage else None
 
 # %% ../notebooks/lib/02_celebamask.ipynb #3d8e4982
 class FolderStore:
@@ -99,6 +129,10 @@ class FolderStore:
     def where(self, rel: str) -> str: return str(self.root / rel)
     def exists(self, rel: str) -> bool: return (self.root / rel).is_file()
     def read(self, rel: str) -> bytes: return (self.root / rel).read_bytes()
+    def stamp(self, rel: str) -> list | None:
+        "What identifies the file's content cheaply: its size and mtime (None: unreadable)."
+        try: st = (self.root / rel).stat(); return [st.st_size, st.st_mtime_ns]
+        except OSError: return None
     def list(self, folder: str) -> list[str]:
         "Relative paths of all files under `folder` (hidden files left out)."
         out, base = [], self.root / folder
@@ -122,6 +156,10 @@ class ZipStore:
         try: self._zip().getinfo(self.prefix + rel); return True
         except KeyError: return False
     def read(self, rel: str) -> bytes: return self._zip().read(self.prefix + rel)
+    def stamp(self, rel: str) -> list | None:
+        "What identifies the member's content cheaply: its size and CRC from the zip's directory (None: absent)."
+        try: info = self._zip().getinfo(self.prefix + rel); return [info.file_size, info.CRC]
+        except KeyError: return None
     def list(self, folder: str) -> list[str]:
         "Relative paths of all files under `folder` (hidden files left out)."
         start, n = f"{self.prefix}{folder}/", len(self.prefix)
@@ -207,6 +245,12 @@ def part_files(self: RawCelebAMask, id: int) -> dict[str, str]:
     return {p: self.store.where(mask_name(id, p)) for i, p in enumerate(PARTS) if bits >> i & 1}
 
 @patch
+def stamp(self: RawCelebAMask, id: int) -> str:
+    "A fingerprint of the raw files of `id` (names, sizes, mtimes or CRCs): it changes when any of them does."
+    rels = [self._images[id]] + [mask_name(id, p) for i, p in enumerate(PARTS) if self._parts.get(id, 0) >> i & 1]
+    return hashlib.blake2b(repr([(r, self.store.stamp(r)) for r in rels]).encode(), digest_size=8).hexdigest()
+
+@patch
 def has_file(self: RawCelebAMask, name: str) -> bool: return self.store.exists(name)
 
 @patch
@@ -222,19 +266,31 @@ def index_problems(self: RawCelebAMask) -> list[tuple[int | None, Problem]]:
 # %% ../notebooks/lib/02_celebamask.ipynb #fa152700
 def _corrupt(rel: str) -> str: return f"cannot be decoded (corrupt or truncated {rel.rsplit('.', 1)[-1].upper()})"
 _CORRUPT_FIX = 'replace it with the original file from CelebAMask-HQ.zip (extract it again)'
+_UNREADABLE = (OSError, zipfile.BadZipFile, zlib.error, EOFError)  # a bad CRC in the zip, a broken link, a read error
 
 @patch
-def _decode_image(self: RawCelebAMask, id: int, min_size: int | None = None) -> tuple[np.ndarray | None, Problem | None]:
-    "(HxWx3 uint8 RGB image, None), or (None, the problem naming the file) when it cannot be decoded."
-    im = decode(self.store.read(self._images[id]), min_size=min_size)
-    return im, None if im is not None else Problem(self.image_file(id), _corrupt(self._images[id]), _CORRUPT_FIX)
+def _read_file(self: RawCelebAMask, rel: str, file: str) -> tuple[bytes | None, Problem | None]:
+    "(bytes, None), or (None, the problem naming `file`) when the raw file cannot be read."
+    try: return self.store.read(rel), None
+    except _UNREADABLE as e:
+        return None, Problem(file, f'cannot be read ({type(e).__name__}: {str(e).strip()[:120]})', _CORRUPT_FIX)
+
+@patch
+def _decode_image(self: RawCelebAMask, id: int, min_size: int | None = None
+                 ) -> tuple[np.ndarray | None, Problem | None, tuple[int, int] | None]:
+    "(HxWx3 uint8 RGB image, None, the file's (H, W)), or (None, the problem naming the file, None)."
+    data, problem = self._read_file(self._images[id], self.image_file(id))
+    if problem: return None, problem, None
+    im = decode(data, min_size=min_size)
+    if im is None: return None, Problem(self.image_file(id), _corrupt(self._images[id]), _CORRUPT_FIX), None
+    return im, None, jpeg_size(data) or im.shape[:2]  # the file's size, not that of a reduced decode
 
 @patch
 def read_image(self: RawCelebAMask, id: int,
                min_size: int | None = None,  # JPEG decoding may shrink the image while both sides stay >= this
               ) -> np.ndarray:
     "HxWx3 uint8 RGB image of `id`."
-    im, problem = self._decode_image(id, min_size)
+    im, problem, _ = self._decode_image(id, min_size)
     if problem: raise DataError.from_problem(problem.file, problem.problem, problem.fix)
     return im
 
@@ -246,11 +302,13 @@ def read_pair(self: RawCelebAMask, id: int,
               ) -> tuple[tuple[np.ndarray | None, dict[str, np.ndarray]], list[Problem]]:
     "((image or None, {part: bool mask}), problems) of one id: every problem it has, nothing raised."
     problems = [p for i, p in self._problems if i == id]
-    im, problem = self._decode_image(id, min_size) if image else (None, None)
+    im, problem, hw = self._decode_image(id, min_size) if image else (None, None, None)
     if problem: problems.append(problem)
     masks, sizes, files = {}, {}, self.part_files(id)
     for part, file in files.items():
-        m = decode(self.store.read(mask_name(id, part)), gray=True)
+        data, unreadable = self._read_file(mask_name(id, part), file)
+        if unreadable: problems.append(unreadable); continue
+        m = decode(data, gray=True)
         if m is None: problems.append(Problem(file, _corrupt(file), _CORRUPT_FIX)); continue
         masks[part], sizes[part] = m > 127, m.shape
     if sizes:
@@ -260,7 +318,7 @@ def read_pair(self: RawCelebAMask, id: int,
                 problems.append(Problem(files[part], f"is {s[1]}x{s[0]} but the other masks of id {id} are {w}x{h}",
                                         'replace it with the original mask (all masks of one image share one size)'))
         if im is not None:
-            ih, iw = im.shape[:2]
+            ih, iw = hw
             if abs(h * iw - w * ih) > 0.01 * w * ih:
                 problems.append(Problem(self.image_file(id), f"is {iw}x{ih} but its masks are {w}x{h}, a different aspect ratio",
                                         'replace the image or its masks with the original files (they must show the same picture)'))

@@ -13,7 +13,7 @@ from typing import Callable, Literal
 
 from . import __version__
 from .config import TrainConfig, add_arguments, field_help
-from .core import resolve_path
+from .core import command_line, fresh_dir, resolve_path
 from .errors import DataError
 from .pipeline import DEMO_OUT, DEMO_RECIPE, DEMO_SYNTHETIC
 
@@ -66,6 +66,7 @@ class TestOptions:
     out: str | None = None       # results folder; None: <checkpoint folder>/eval-<split>[-tta]
     vis_dir: str | None = None   # figures folder; None: <results folder>/figures
     n_examples: int = 8          # images in the worst/best/overlay figures (0: none)
+    overwrite: bool = False      # replace the earlier results in --out (the whole folder, once the new ones exist)
     quiet: bool = field(default=False, metadata=_QUIET)  # no progress bars
 
 # %% ../notebooks/lib/20_cli.ipynb #cb740a3a
@@ -164,7 +165,8 @@ def cmd_prepare(args) -> dict:
     meta = _call(prepare, args, PrepareOptions)
     counts = ', '.join(f'{k} {v}' for k, v in meta['counts'].items())
     print(f"prepared {args.out}: {meta['size']} px, split {meta['split_method']} ({counts}); "
-          f"{len(meta.get('skipped', []))} bad image(s) skipped")
+          f"{len(meta.get('skipped', []))} bad image(s) skipped"
+          + (f"; {meta['not_in_split']} image(s) that the split does not name left out" if meta.get('not_in_split') else ''))
     return meta
 
 def cmd_train(args) -> None:
@@ -176,19 +178,21 @@ def cmd_train(args) -> None:
 # %% ../notebooks/lib/20_cli.ipynb #b68ca8e1
 def cmd_test(args) -> dict:
     "Evaluate a checkpoint on a split in order, print the per-class Markdown table and save the figures."
-    from faceseg_lib.evaluate import evaluate, evaluation_figures
+    from faceseg_lib.evaluate import default_out_dir, evaluate, evaluation_figures
     absolute = lambda p: None if p is None else resolve_path(p)  # the one path policy: from where the command runs
-    res = evaluate(absolute(args.checkpoint), data_dir=absolute(args.data), split=args.split, tta=args.tta,
-                   batch_size=args.batch_size, device=args.device, workers=args.workers, out_dir=absolute(args.out),
-                   progress=not args.quiet)
-    print(Path(res['files']['table']).read_text())
+    out = absolute(args.out) or default_out_dir(resolve_path(args.checkpoint), args.split, args.tta)
+    with fresh_dir(out, args.overwrite) as tmp:  # the whole folder is replaced, and only once the new results exist
+        res = evaluate(absolute(args.checkpoint), data_dir=absolute(args.data), split=args.split, tta=args.tta,
+                       batch_size=args.batch_size, device=args.device, workers=args.workers, out_dir=out,
+                       progress=not args.quiet, into=tmp)
+        figs = evaluation_figures(res, n_examples=args.n_examples, save_dir=absolute(args.vis_dir) or tmp / 'figures', device=args.device)
+        table, files = Path(res['files']['table']).read_text(), [Path(f).name for f in res['files'].values()]
+    print(table)
     if res.get('dead_parts'):
         print(f"WARNING: dead parts (present in the {args.split!r} split, F1 0): {', '.join(res['dead_parts'])}", file=sys.stderr)
-    vis = absolute(args.vis_dir) or Path(res['out_dir']) / 'figures'
-    figs = evaluation_figures(res, n_examples=args.n_examples, save_dir=vis, device=args.device)
-    print(f"results in {res['out_dir']}: " + ', '.join(Path(f).name for f in res['files'].values()))
-    print(f"figures in {vis}: " + ', '.join(f'{k}.png' for k in figs))
-    return res
+    print(f"results in {out}: " + ', '.join(files))
+    print(f"figures in {absolute(args.vis_dir) or out / 'figures'}: " + ', '.join(f'{k}.png' for k in figs))
+    return {**res, 'out_dir': str(out)}
 
 def cmd_demo(args) -> Path:
     "Run the kit end to end and print where the results are."
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `faceseg` console script."
     args = parse_args(argv)
     try:
-        args.func(args)
+        with command_line(): args.func(args)  # messages name the flags, not the Python arguments
     except (DataError, FloatingPointError) as e:  # a training that diverged says at which step, and the fix
         print(f"faceseg {args.command}: {e}", file=sys.stderr)
         return 2

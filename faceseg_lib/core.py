@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/core.html.md"""
 
 # %% ../notebooks/lib/01a_core.ipynb #bed81fac
 from __future__ import annotations
-import contextlib, os, re, tempfile
+import contextlib, contextvars, glob, os, re, shutil, tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -15,7 +15,8 @@ from .errors import DataError, Problem
 # %% auto #0
 __all__ = ['DEVICE_PATTERN', 'AMP_MODES', 'PROGRESS_ENV', 'find_repo_root', 'repo_root', 'resolve_path', 'repo_path',
            'cuda_count', 'device_problems', 'check_device', 'wants_cuda', 'resolve_device', 'amp_dtype', 'atomic_path',
-           'write_atomic', 'usable_cores', 'loader_workers', 'progress_bar']
+           'write_atomic', 'spell', 'command_line', 'out_dir_problems', 'NewFolder', 'fresh_dir', 'replaced_in_place',
+           'usable_cores', 'loader_workers', 'progress_bar']
 
 # %% ../notebooks/lib/01a_core.ipynb #370c097b
 def find_repo_root(start: str | Path | None = None,  # folder to start from; default: the working directory
@@ -126,6 +127,112 @@ def write_atomic(path: str | Path,
         if callable(data): data(f)
         else: f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+# %% ../notebooks/lib/01a_core.ipynb #aadc47b0
+_SPELLING: contextvars.ContextVar[str] = contextvars.ContextVar('faceseg_spelling', default='python')
+
+def spell(python: str,  # the setting as a Python argument, e.g. "on_bad='skip'"
+          cli: str      # the same as a command-line flag, e.g. '--skip-bad'
+         ) -> str:
+    "The setting as the user writes it: `cli` inside `command_line()`, else `python`."
+    return cli if _SPELLING.get() == 'cli' else python
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    "Within the block, messages spell settings as command-line flags."
+    token = _SPELLING.set('cli')
+    try: yield
+    finally: _SPELLING.reset(token)
+
+# %% ../notebooks/lib/01a_core.ipynb #e09861e4
+def out_dir_problems(path: str | Path,       # the output folder (it need not exist)
+                     field: str = 'output folder'  # how the setting is called where the user gave it
+                    ) -> list[Problem]:
+    "What stops `path` from being an output folder: a file in its place or in place of a folder above it ([] when fine)."
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            return [] if p.is_dir() else [Problem(str(p), f'is a file, so it cannot hold the {field}', 'choose a folder path')]
+    return []
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+    except (PermissionError, OSError): return True
+
+def _remove_stale(path: Path) -> None:
+    "Clean up after a killed process that was replacing `path`: remove its new folder, put back the old one it set aside."
+    for p in sorted(path.parent.glob(f'.{glob.escape(path.name)}.*.new*')):
+        pid = p.name[len(path.name) + 2:].split('.', 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)): continue
+        if p.name.endswith('.aside'):  # the earlier results, set aside by replaced_in_place: its partial run goes
+            shutil.rmtree(path, ignore_errors=True); os.replace(p, path)
+        else: shutil.rmtree(p, ignore_errors=True)
+
+def _refuse(path: Path, overwrite: bool, holds: str) -> None:
+    "DataError when `path` cannot be an output folder, or holds files and `overwrite` is off."
+    problems = out_dir_problems(path)
+    if problems: raise DataError(str(problems[0]), problems)
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise DataError.from_problem(path, f'holds {holds}', f"pass {spell('overwrite=True', '--overwrite')} to replace "
+                                     'them, or choose another output folder')
+
+# %% ../notebooks/lib/01a_core.ipynb #f20d9641
+class NewFolder:
+    "A new hidden folder beside `path` to write into (`tmp`); `commit()` puts it in place of `path`, `discard()` removes it."
+    def __init__(self, path: str | Path,          # the output folder to (re)place
+                 overwrite: bool = False,         # replace a non-empty `path`; False: refuse it
+                 holds: str = 'the results of an earlier run'):  # what a non-empty `path` holds, for the refusal
+        self.path = Path(path)
+        if self.path.parent.is_dir(): _remove_stale(self.path)
+        _refuse(self.path, overwrite, holds)
+        self.made = [p for p in self.path.parents if not p.exists()]  # folders made for it: removed again by discard
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f'.{self.path.name}.{os.getpid()}.', suffix='.new', dir=self.path.parent))
+
+    def commit(self) -> Path:
+        "Swap the new folder in: the old one goes only now (two renames), and `path` is returned."
+        os.chmod(self.tmp, 0o777 & ~_UMASK)
+        if self.path.exists():
+            old = self.tmp.with_suffix('.new-old'); os.replace(self.path, old); os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        "Remove the new folder, and the folders made to hold it."
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        for p in self.made:
+            with contextlib.suppress(OSError): p.rmdir()
+
+@contextlib.contextmanager
+def fresh_dir(path: str | Path, overwrite: bool = False, holds: str = 'the results of an earlier run') -> Iterator[Path]:
+    "A `NewFolder` to write into: it replaces `path` when the block succeeds and is removed when it fails."
+    new = NewFolder(path, overwrite, holds)
+    try: yield new.tmp; new.commit()
+    except BaseException: new.discard(); raise
+
+# %% ../notebooks/lib/01a_core.ipynb #da047498
+@contextlib.contextmanager
+def replaced_in_place(path: str | Path,          # the output folder to (re)place
+                      overwrite: bool = False,   # replace a non-empty `path`; False: refuse it
+                      holds: str = 'the results of an earlier run'  # what a non-empty `path` holds, for the refusal
+                     ) -> Iterator[Path]:
+    "`path`, empty, to write into; the earlier folder waits beside it, removed when the block succeeds, put back when it fails."
+    path = Path(path)
+    if path.parent.is_dir(): _remove_stale(path)
+    _refuse(path, overwrite, holds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = None
+    if path.is_dir() and any(path.iterdir()):
+        aside = Path(tempfile.mkdtemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.new.aside', dir=path.parent))
+        os.replace(path, aside)
+    path.mkdir(exist_ok=True)
+    try: yield path
+    except BaseException:
+        if aside is not None: shutil.rmtree(path, ignore_errors=True); os.replace(aside, path)
+        raise
+    if aside is not None: shutil.rmtree(aside, ignore_errors=True)
 
 # %% ../notebooks/lib/01a_core.ipynb #aca8194d
 def usable_cores() -> int:

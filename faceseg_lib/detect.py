@@ -12,6 +12,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .core import spell
 from .errors import DataError
 
 # %% auto #0
@@ -64,7 +65,7 @@ def get_detector(name: str = DEFAULT_DETECTOR) -> Callable[[np.ndarray], list[Fa
         try: _BUILT[name] = DETECTORS[name].build()
         except ImportError as e:
             raise DataError.from_problem(f'detector {name!r}', f'cannot be loaded ({e})',
-                                         f"{DETECTORS[name].install or 'install it'}, or pass detect=False (--no-detect) for aligned crops") from e
+                                         f"{DETECTORS[name].install or 'install it'}, or pass {spell('detect=False', '--no-detect')} for aligned crops") from e
     return _BUILT[name]
 
 # %% ../notebooks/lib/13a_detect.ipynb #8f4ea44d

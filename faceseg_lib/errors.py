@@ -28,6 +28,8 @@ class Problem:
 class DataError(ValueError):
     "Bad user input (files, folders, settings); the message names the file and the fix."
     def __init__(self, message: str, problems: Iterable[Problem] = ()):
+        if message.startswith('Caught DataError in DataLoader worker'):  # re-raised by torch: the worker's own message
+            message = message[message.rfind('DataError: ') + len('DataError: '):].strip()
         super().__init__(message)
         self.problems = list(problems)
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .core import loader_workers, progress_bar, resolve_device, resolve_path, write_atomic
+from .core import loader_workers, progress_bar, resolve_device, resolve_path, spell, write_atomic
 from .errors import DataError
 from .labels import CLASSES, DISPLAY_NAMES, FLIP_LUT, NUM_CLASSES
 from .dataset import FaceParsingDataset, denormalize, eval_transform, load_meta, model_batch
@@ -122,6 +122,16 @@ def write_results(out: Path, metrics: dict, per_image: pd.DataFrame, matrix: np.
     return files
 
 # %% ../notebooks/lib/10_evaluate.ipynb #1e7b74e0
+def _check_out(out: Path, data: Path, checkpoint: str | Path, replaced: bool = False) -> None:
+    "Refuse an output folder inside the dataset, or (when the folder will be `replaced` whole) one holding the dataset or checkpoint."
+    out = out.resolve()
+    if out.is_relative_to(data.resolve()):
+        raise DataError.from_problem(out, f'is inside the dataset {data}; evaluation never writes into a dataset',
+                                     'choose an output folder outside it (the default is beside the checkpoint)')
+    held = [p for p in (data.resolve(), Path(checkpoint).resolve()) if replaced and p.is_relative_to(out)]
+    if held: raise DataError.from_problem(out, f'holds {held[0]}, and the results replace the whole folder', 'choose an output folder of its own')
+
+# %% ../notebooks/lib/10_evaluate.ipynb #ab0043ba
 def evaluate(checkpoint: str | Path,              # a faceseg checkpoint, e.g. outputs/runs/<name>/best.pt
              data_dir: str | Path | None = None,  # prepared dataset; None: the one in the checkpoint's config
              split: str = 'test',                 # 'train', 'val' or 'test'
@@ -130,16 +140,16 @@ def evaluate(checkpoint: str | Path,              # a faceseg checkpoint, e.g. o
              device: str = 'auto',                # 'auto' (cuda if available) | 'cpu' | 'cuda' | 'cuda:N'
              workers: int | None = None,          # DataLoader worker processes; None: up to 4; -1: all cores but one
              out_dir: str | Path | None = None,   # where to write; None: <checkpoint folder>/eval-<split>[-tta]
-             progress: bool = True                # show a progress bar
+             progress: bool = True,               # show a progress bar
+             into: str | Path | None = None       # write there instead: a new folder that will replace `out_dir` (core.fresh_dir)
             ) -> dict:
     "Evaluate a checkpoint on a split in order, write metrics.json, per_image.csv, metrics.md, confusion.csv; return the metrics."
     started, dev = time.time(), resolve_device(device)
+    if batch_size < 1: raise DataError.from_problem(f"{spell('batch_size', '--batch-size')} {batch_size}", 'must be at least 1', 'pass a positive batch size')
     model, ckpt = load_for_eval(checkpoint, dev)
     data = _data_dir(ckpt, data_dir)
     out = resolve_path(out_dir) if out_dir is not None else default_out_dir(checkpoint, split, tta)
-    if out.resolve().is_relative_to(data.resolve()):
-        raise DataError.from_problem(out, f'is inside the dataset {data}; evaluation never writes into a dataset',
-                                     'choose an output folder outside it (the default is beside the checkpoint)')
+    _check_out(out, data, checkpoint, replaced=into is not None)
     size = int(ckpt['config'].get('size') or load_meta(data)['size'])
     dataset = FaceParsingDataset(data, split, transform=eval_transform(size, normalize=False))  # compact: see model_batch
     workers = loader_workers(4 if workers is None else workers)
@@ -149,6 +159,7 @@ def evaluate(checkpoint: str | Path,              # a faceseg checkpoint, e.g. o
                'split': split, 'tta': bool(tta), 'images': len(dataset), 'size': size, 'arch': spec['arch'],
                'encoder': spec['encoder'], 'trained_epoch': trained.get('epoch'), 'val_mean_f1': trained.get('mean_f1'),
                'device': str(dev), 'seconds': round(time.time() - started, 2), **cm.summary()}
+    out = Path(into) if into is not None else out
     files = write_results(out, metrics, per_image, cm.matrix)
     return {**metrics, 'out_dir': str(out), 'files': {k: str(v) for k, v in files.items()}}
 

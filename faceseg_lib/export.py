@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .core import atomic_path
+from .core import atomic_path, spell
 from .errors import DataError
 from .detect import Region, extract
 from .predict import IMAGE_EXTENSIONS, ONNX_FORMAT, OnnxParser, normalize_batch, read_photo
@@ -84,8 +84,8 @@ def check_onnx(path: str | Path,          # .onnx file written by export_onnx
     return report
 
 # %% ../notebooks/lib/14_export.ipynb #d2360706
-def _torch_export(model, x, path: Path, opset: int, exporter: str) -> str:
-    "Export `model` to `path` with a dynamic batch axis; returns the exporter used."
+def _torch_export(model, x, path: Path, opset: int, exporter: str, name: Path | None = None) -> str:
+    "Export `model` to `path` with a dynamic batch axis; returns the exporter used (errors name `name`, default `path`)."
     import torch
     kw = dict(input_names=['image'], output_names=['scores'], opset_version=opset)
     errors = []
@@ -100,7 +100,7 @@ def _torch_export(model, x, path: Path, opset: int, exporter: str) -> str:
                                       dynamic_shapes={'x': {0: torch.export.Dim('batch', min=1, max=4096)}}, **kw)
             return kind
         except Exception as e: errors.append(f"{kind}: {type(e).__name__}: {str(e).strip()[:200]}")
-    raise DataError.from_problem(path, 'torch.onnx.export failed (' + '; '.join(errors) + ')', "try exporter='dynamo' or 'torchscript', or another opset")
+    raise DataError.from_problem(name or path, 'torch.onnx.export failed (' + '; '.join(errors) + ')', "try exporter='dynamo' or 'torchscript', or another opset")
 
 def _add_metadata(path: Path, props: dict) -> None:
     "Store `props` (strings) in the ONNX file's metadata_props."
@@ -128,19 +128,25 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
     try: import onnx, onnxruntime  # noqa: F401  (the file's metadata and the parity check)
     except ImportError as e: raise DataError.from_problem('faceseg export', f'needs {e.name}', 'pip install onnx onnxruntime') from e
     import torch
-    from faceseg_lib.models import Scorer, model_from_checkpoint
+    from faceseg_lib.models import Scorer, check_input_size, model_from_checkpoint
     from faceseg_lib.dataset import IMAGENET_MEAN, IMAGENET_STD
     started, path = time.time(), Path(path)
     if exporter not in ('auto', 'torchscript', 'dynamo'):
         raise DataError.from_problem(f'exporter={exporter!r}', 'unknown exporter', "use 'auto', 'torchscript' or 'dynamo'")
     if path.suffix.lower() != '.onnx': raise DataError.from_problem(path, 'does not end in .onnx', 'name the output file like model.onnx')
-    if path.exists() and not overwrite: raise DataError.from_problem(path, 'exists', 'pass overwrite=True (--overwrite) or another path')
+    if path.exists() and not overwrite: raise DataError.from_problem(path, 'exists', f"pass {spell('overwrite=True', '--overwrite')} or another path")
+    if check and n_check < 1: raise DataError.from_problem(f"{spell('n_check', '--n-check')} {n_check}", 'the parity check needs at least one image',
+                                                           f"pass a positive number, or {spell('check=False', '--no-check')} to keep the file unchecked")
     model, ckpt = model_from_checkpoint(checkpoint, map_location='cpu')
     size = int(size or (ckpt.get('config') or {}).get('size') or 0)
     if size <= 0: raise DataError.from_problem(checkpoint, 'its config has no input size', 'pass size=')
+    try: check_input_size(ckpt['model']['arch'], ckpt['model']['encoder'], size)  # before any export, naming sizes that work
+    except DataError as e:
+        p = e.problems[0]
+        raise DataError.from_problem(path, f"cannot be exported at {spell('size', '--size')} {size}: {p.problem}", p.fix) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix='.onnx') as tmp:  # the kit's one atomic writer: nothing lands unless it passes the check
-        used = _torch_export(Scorer(model).eval(), torch.zeros(2, 3, size, size), tmp, opset, exporter)  # the graph ends in class scores
+        used = _torch_export(Scorer(model).eval(), torch.zeros(2, 3, size, size), tmp, opset, exporter, name=path)  # the graph ends in class scores
         spec = ckpt['model']
         props = {'format': ONNX_FORMAT, 'faceseg_version': __version__, 'classes': json.dumps(list(ckpt['classes'])),
                  'size': size, 'mean': json.dumps(list(IMAGENET_MEAN)), 'std': json.dumps(list(IMAGENET_STD)),

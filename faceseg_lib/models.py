@@ -7,7 +7,7 @@ Docs: https://faceseg.github.io/faceseg/lib/models.html.md"""
 # %% ../notebooks/lib/08_models.ipynb #d932ed57
 from __future__ import annotations
 import difflib
-import os
+import os, pickle, re
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -322,6 +322,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     if not path.is_file(): raise DataError.from_problem(path, 'is a folder, not a checkpoint file', fix)
     try: ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        blocked = re.search(r'GLOBAL ([\w.]+)', str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if blocked:  # name the object and say why, instead of torch's advice to load with weights_only=False
+            raise DataError.from_problem(path, f'holds the Python object {blocked.group(1)}, which faceseg refuses to load: unpickling '
+                                         'it could run any code (checkpoints are read weights-only)',
+                                         fix + '; re-save only the tensors of a file you trust') from None
         raise DataError.from_problem(path, f"cannot be read as a weights-only PyTorch checkpoint ({_first_line(e)})", fix) from e
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
         keys = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__

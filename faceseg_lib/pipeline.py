@@ -6,13 +6,13 @@ Docs: https://faceseg.github.io/faceseg/lib/pipeline.html.md"""
 
 # %% ../notebooks/lib/11_pipeline.ipynb #3ff37a1d
 from __future__ import annotations
-import os, shutil, sys, time
+import os, sys, time
 from pathlib import Path
 from typing import Callable
 
 from .errors import DataError
 from .config import PRESETS, as_none, weights_value
-from .core import PROGRESS_ENV, cuda_count, repo_root, write_atomic
+from .core import PROGRESS_ENV, cuda_count, replaced_in_place, repo_root, write_atomic
 
 # %% auto #0
 __all__ = ['DEMO_RECIPE', 'DEMO_SYNTHETIC', 'DEMO_SETS', 'DEMO_OUT', 'REAL_DATA_DEFAULTS', 'notebook_path', 'kernel_arguments',
@@ -66,17 +66,6 @@ def run_notebook(name: str,           # pipeline notebook, e.g. '01_data_explora
                         cwd=str(repo_root()), log_output=log_output, progress_bar=progress and not stream,
                         extra_arguments=kernel_arguments(bars), **text)
     return output
-
-# %% ../notebooks/lib/11_pipeline.ipynb #4c5509a9
-def _fresh_output(out: Path, overwrite: bool) -> Path:
-    "Create `out`, refusing to reuse a non-empty folder unless `overwrite`."
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError.from_problem(out, 'holds the results of an earlier run',
-                                         'pass --overwrite to replace them, or choose another --out folder')
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 # %% ../notebooks/lib/11_pipeline.ipynb #d352f0f3
 def demo_data_paths(raw: str | Path | None, size: int) -> tuple[Path, Path]:
@@ -231,14 +220,15 @@ def demo(raw: str | Path | None = None,   # real CelebAMask-HQ (folder or zip); 
     from faceseg_lib.evaluate import load_evaluation
     from faceseg_lib.dataset import label_stats
     recipe = demo_recipe(raw is None, **train)
-    out, lap = _fresh_output(Path(out).resolve(), overwrite), Laps()
-    raw_dir, prepared = demo_data_paths(raw, recipe['size'])
-    meta = demo_data(raw_dir, prepared, recipe['size'], n if raw is None else None, seed, workers, progress, lap)
-    params = demo_parameters(out, prepared, recipe, seed, n_samples, n_examples, tta)
-    for name, parameters in params.items():
-        run_notebook(name, out / f'{name}.ipynb', parameters, log_output=log_output, progress=progress, stream=True); lap(name)
-    data = f'synthetic ({n} faces, seed {seed}, {raw_dir})' if raw is None else str(raw_dir)
-    result = load_evaluation(params['04_test_and_visualize']['out_dir'])
-    zeros = zero_part_lines(result, label_stats(prepared, workers=workers, progress=False))
-    return write_summary(out, summary_lines(out, data, prepared, meta, demo_model(recipe, out / 'runs' / 'demo'), result,
-                                            lap.seconds, zeros))
+    lap = Laps()
+    with replaced_in_place(Path(out).resolve(), overwrite) as out:  # an earlier demo comes back if this one fails
+        raw_dir, prepared = demo_data_paths(raw, recipe['size'])
+        meta = demo_data(raw_dir, prepared, recipe['size'], n if raw is None else None, seed, workers, progress, lap)
+        params = demo_parameters(out, prepared, recipe, seed, n_samples, n_examples, tta)
+        for name, parameters in params.items():
+            run_notebook(name, out / f'{name}.ipynb', parameters, log_output=log_output, progress=progress, stream=True); lap(name)
+        data = f'synthetic ({n} faces, seed {seed}, {raw_dir})' if raw is None else str(raw_dir)
+        result = load_evaluation(params['04_test_and_visualize']['out_dir'])
+        zeros = zero_part_lines(result, label_stats(prepared, workers=workers, progress=False))
+        return write_summary(out, summary_lines(out, data, prepared, meta, demo_model(recipe, out / 'runs' / 'demo'), result,
+                                                lap.seconds, zeros))

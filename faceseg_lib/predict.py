@@ -17,8 +17,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .celebamask import jpeg_damage
 from .colors import blend, colorize
-from .core import resolve_device, write_atomic
+from .core import fresh_dir, out_dir_problems, resolve_device, spell, write_atomic
 from .detect import DEFAULT_DETECTOR, DETECTORS, FaceBox, Region, detect_faces, extract, face_region, get_detector, paste
 from .errors import DataError, Problem
 from .labels import CLASSES
@@ -68,6 +69,8 @@ def read_photo(path: str | Path) -> np.ndarray:
     "A photo as upright uint8 RGB (H, W, 3) (EXIF orientation applied); DataError naming the file if it is no image."
     path = Path(path)
     if not path.is_file(): raise DataError.from_problem(path, 'no such file' if not path.exists() else 'not a file', 'check the path')
+    with open(path, 'rb') as f: damage = jpeg_damage(f.read())
+    if damage: raise DataError.from_problem(path, damage, 'replace it with an undamaged copy of the photo')  # no fallback decodes it
     try:
         with Image.open(path) as im:
             im.load()
@@ -239,20 +242,19 @@ def write_outputs(out: Path, name: str, image: np.ndarray, labels: np.ndarray, r
 # %% ../notebooks/lib/13_predict.ipynb #4f9d285c
 SUMMARY_FORMAT = 'faceseg-predictions'
 
-def _check_out(out: Path, names: Sequence[str], overwrite: bool) -> None:
-    "Refuse an output folder with earlier results unless `overwrite`; with it, remove the files the old summary lists."
-    summary = out / 'summary.json'
-    clash = [out / f'{n}{s}' for n in names for s in OUTPUT_SUFFIXES if (out / f'{n}{s}').exists()]
-    if not (summary.exists() or clash): return
+def _check_out(out: Path, overwrite: bool) -> None:
+    "Refuse an output folder that holds files: earlier predictions unless `overwrite`, anything else always."
+    problems = out_dir_problems(out, 'predictions')
+    if problems: raise DataError(str(problems[0]), problems)
+    if not out.is_dir() or not any(out.iterdir()): return
+    try: ours = json.loads((out / 'summary.json').read_text()).get('format') == SUMMARY_FORMAT
+    except (ValueError, OSError, AttributeError): ours = False
+    if not ours:
+        raise DataError.from_problem(out, 'holds files that are not the results of a predict run (no summary.json)',
+                                     'choose a new or empty output folder')
     if not overwrite:
-        what = 'summary.json' if summary.exists() else f"{len(clash)} result file(s) such as {clash[0].name}"
-        raise DataError.from_problem(out, f'holds results of an earlier run ({what})', 'pass overwrite=True (--overwrite) to replace them, or choose another --out folder')
-    try: old = json.loads(summary.read_text()).get('items', []) if summary.exists() else []
-    except (ValueError, OSError): old = []
-    for item in old:
-        for s in OUTPUT_SUFFIXES:
-            if item.get('name'): (out / f"{item['name']}{s}").unlink(missing_ok=True)
-    summary.unlink(missing_ok=True)
+        raise DataError.from_problem(out, 'holds results of an earlier run (summary.json)',
+                                     f"pass {spell('overwrite=True', '--overwrite')} to replace them, or choose another output folder")
 
 # %% ../notebooks/lib/13_predict.ipynb #d0450e22
 def _skipped(input: str | Path, status: str, problem: str) -> dict:
@@ -316,13 +318,14 @@ class _Batches:
         while self.pending and self.pending[0].todo == 0: self.done(self.pending.popleft())
 
 # %% ../notebooks/lib/13_predict.ipynb #68300198
-def _write_summary(out: Path, checkpoint: str | Path, parser, detector: str | None, items: list[dict], started: float) -> dict:
-    "Write (and return) `summary.json`: what ran, the counts by status and an entry per input."
+def _write_summary(out: Path, checkpoint: str | Path, parser, detector: str | None, items: list[dict], started: float,
+                   into: Path | None = None) -> dict:
+    "Write (and return) `summary.json` (into `into`, by default `out`): what ran, the counts by status and an entry per input."
     counts = {s: sum(r['status'] == s for r in items) for s in ('ok', 'no_face', 'error')}
     summary = {'format': SUMMARY_FORMAT, 'checkpoint': str(checkpoint), 'backend': parser.backend, 'model': parser.name,
                'size': parser.size, 'detect': detector is not None, 'detector': detector, 'out': str(out),
                'counts': counts, 'faces': sum(r['faces'] for r in items), 'seconds': round(time.time() - started, 2), 'items': items}
-    write_atomic(out / 'summary.json', json.dumps(summary, indent=1))
+    write_atomic((into or out) / 'summary.json', json.dumps(summary, indent=1))
     return summary
 
 # %% ../notebooks/lib/13_predict.ipynb #995e859c
@@ -349,21 +352,21 @@ def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .
     paths, problems = expand_inputs(inputs)
     if not paths: raise DataError.from_problems(problems, 'No images to parse') if problems else DataError('No inputs given')
     out, names = Path(out), output_names(paths)
-    _check_out(out, names, overwrite)
+    _check_out(out, overwrite)
     parser, detector = load_parser(checkpoint, backend, device), detector if detect else None
     if detector: get_detector(detector)  # a detector that cannot be loaded fails now, not on the first photo
-    out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     for q in problems: say(f"skipped {q}")
     records: list[dict | None] = [None] * len(paths)
-    bar = tqdm(total=len(paths), unit='photo', desc='predict', disable=not progress, file=sys.stderr)
-    def done(job: _Job) -> None:
-        rec = _parsed(job); write_outputs(out, job.name, job.image, job.labels, rec if json else None)
-        records[job.index] = rec; bar.update(1)
-    batches = _Batches(parser, batch_size, pad, done)
-    for i, (path, name) in enumerate(zip(paths, names)):
-        got = _open_photo(path, detector, min_score, no_face, say)
-        if isinstance(got, dict): records[i] = got; bar.update(1); continue
-        batches.add(_Job(i, path, name, *got, _regions(*got, detector)))
-    batches.flush(); bar.close()
-    return _write_summary(out, checkpoint, parser, detector, [_skipped(q.file, 'error', str(q)) for q in problems] + records, started)
+    with fresh_dir(out, overwrite=True) as tmp, tqdm(total=len(paths), unit='photo', desc='predict', disable=not progress, file=sys.stderr) as bar:
+        def done(job: _Job) -> None:
+            rec = _parsed(job); write_outputs(tmp, job.name, job.image, job.labels, rec if json else None)
+            records[job.index] = rec; bar.update(1)
+        batches = _Batches(parser, batch_size, pad, done)
+        for i, (path, name) in enumerate(zip(paths, names)):
+            got = _open_photo(path, detector, min_score, no_face, say)
+            if isinstance(got, dict): records[i] = got; bar.update(1); continue
+            batches.add(_Job(i, path, name, *got, _regions(*got, detector)))
+        batches.flush()
+        items = [_skipped(q.file, 'error', str(q)) for q in problems] + records
+        return _write_summary(out, checkpoint, parser, detector, items, started, into=tmp)

@@ -6,7 +6,8 @@ Docs: https://faceseg.github.io/faceseg/lib/prepare.html.md"""
 
 # %% ../notebooks/lib/03_prepare.ipynb #c4ae8e9f
 from __future__ import annotations
-import json, multiprocessing as mp, os
+import json, multiprocessing as mp, os, time
+from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,18 +18,23 @@ from tqdm.auto import tqdm
 import faceseg_lib
 from .celebamask import RawCelebAMask, open_raw, part_bits
 from .splits import SPLITS, resolve_split, split_counts
-from .core import write_atomic
+from .core import out_dir_problems, spell, write_atomic
 from .errors import DataError, Problem
 from .labels import CLASSES, NUM_CLASSES, label_from_bits
 
 # %% auto #0
-__all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'PREPARED_DIRS', 'resize_image', 'resize_label', 'class_pixels', 'pack_bits',
-           'unpack_bits', 'prepare_one', 'check_out', 'prepare']
+__all__ = ['JPEG_QUALITY', 'FORMAT', 'VERSION', 'PREPARED_DIRS', 'PROVENANCE_FILE', 'prepared_files', 'resize_image',
+           'resize_label', 'class_pixels', 'pack_bits', 'unpack_bits', 'prepare_one', 'check_out', 'Provenance',
+           'prepare']
 
 # %% ../notebooks/lib/03_prepare.ipynb #48147572
 JPEG_QUALITY = 95
 FORMAT, VERSION = 'faceseg-prepared', 2  # 2: parts/ keeps the overlapping part masks (the multilabel head trains on them)
 PREPARED_DIRS: tuple[str, ...] = ('images', 'labels', 'parts')  # one file per image in each
+
+def prepared_files(out: Path, id: int) -> tuple[Path, Path, Path]:
+    "The image, label map and part-bits files of one id in a prepared dataset (one in each of PREPARED_DIRS)."
+    return out / 'images' / f'{id}.jpg', out / 'labels' / f'{id}.png', out / 'parts' / f'{id}.png'
 
 # %% ../notebooks/lib/03_prepare.ipynb #f4935a70
 def resize_image(im: np.ndarray, size: int) -> np.ndarray:
@@ -70,7 +76,7 @@ def _existing_label(path: Path, size: int) -> np.ndarray | None:
 def prepare_one(id: int) -> tuple[int, np.ndarray | None, list[Problem], bool]:
     "(id, class pixels or None, problems, written) for one id, in a worker set up by `_init_worker`."
     raw, out, size = _W['raw'], _W['out'], _W['size']
-    img_path, lab_path, parts_path = out / 'images' / f"{id}.jpg", out / 'labels' / f"{id}.png", out / 'parts' / f"{id}.png"
+    img_path, lab_path, parts_path = prepared_files(out, id)
     if img_path.is_file() and parts_path.is_file():
         lab = _existing_label(lab_path, size)
         if lab is not None: return id, class_pixels(lab), [], False
@@ -85,8 +91,9 @@ def prepare_one(id: int) -> tuple[int, np.ndarray | None, list[Problem], bool]:
 
 # %% ../notebooks/lib/03_prepare.ipynb #84f64182
 def check_out(raw: RawCelebAMask, out: Path, size: int):
-    "Raise DataError when `out` lies inside the raw dataset or already holds another size."
+    "Raise DataError when `out` is no folder, lies inside the raw dataset or already holds another size."
     out = Path(out).expanduser().resolve()
+    for p in out_dir_problems(out, 'prepared dataset'): raise DataError(str(p), [p])
     roots = {Path(raw.source).expanduser().resolve()} | ({raw.store.root.resolve()} if hasattr(raw.store, 'root') else set())
     for root in roots:
         if out.is_relative_to(root):
@@ -143,6 +150,7 @@ def _prepare_ids(raw: RawCelebAMask, out: Path, size: int,
                  work: list[int],                    # the ids to prepare
                  workers: int | None, chunksize: int | None, progress: bool,  # as for `prepare`
                  bad: dict[int | None, list[Problem]],  # id -> problems: those found here are added
+                 done: Callable[[int], None] | None = None,  # called with each good id as it is ready
                 ) -> tuple[dict[int, np.ndarray], int]:
     "Run `prepare_one` over `work` in `workers` processes (1: in this one): (id -> class pixels of the good ids, files written)."
     pixels: dict[int, np.ndarray] = {}
@@ -160,6 +168,7 @@ def _prepare_ids(raw: RawCelebAMask, out: Path, size: int,
         for id, px, problems, wrote in results:
             if problems: bad.setdefault(id, []).extend(problems)
             else: pixels[id] = px
+            if done and not problems: done(id)
             written += wrote
             bar.update()
         if pool is not None: pool.close(); pool.join()
@@ -190,6 +199,41 @@ def _meta(raw: RawCelebAMask, size: int, method: str, final: dict[int, str], pix
             'faceseg_version': faceseg_lib.__version__}
 
 # %% ../notebooks/lib/03_prepare.ipynb #5c4c5535
+PROVENANCE_FILE = 'provenance.json'
+
+def _file_stamp(path: Path) -> list | None:
+    try: st = path.stat(); return [st.st_size, st.st_mtime_ns]
+    except OSError: return None
+
+class Provenance:
+    "The provenance record of the prepared folder `out`: per id, its raw files' fingerprint and its prepared files' stamps."
+    def __init__(self, raw: RawCelebAMask, out: Path, every: float = 5.0):  # every: seconds between saves
+        self.raw, self.out, self.path, self.every = raw, Path(out), Path(out) / PROVENANCE_FILE, every
+        try: self.ids = dict(json.loads(self.path.read_text()).get('ids', {}))
+        except (OSError, ValueError, AttributeError): self.ids = {}
+        self.saved = time.monotonic()
+
+    def entry(self, id: int) -> list:
+        return [self.raw.stamp(id), *(_file_stamp(p) for p in prepared_files(self.out, id))]
+
+    def forget_changed(self, ids: list[int]) -> list[int]:
+        "Remove the prepared files of the `ids` whose record does not match (so they are prepared again); those ids."
+        stale = [i for i in ids if (self.out / 'images' / f'{i}.jpg').is_file() and self.ids.get(str(i)) != self.entry(i)]
+        for i in stale:
+            for p in prepared_files(self.out, i): p.unlink(missing_ok=True)
+            self.ids.pop(str(i), None)
+        return stale
+
+    def record(self, id: int) -> None:
+        "Record the prepared `id` as it is now (saved every `every` seconds)."
+        self.ids[str(id)] = self.entry(id)
+        if time.monotonic() - self.saved > self.every: self.save()
+
+    def save(self) -> None:
+        write_atomic(self.path, json.dumps({'format': 'faceseg-provenance', 'source': str(self.raw.source), 'ids': self.ids}))
+        self.saved = time.monotonic()
+
+# %% ../notebooks/lib/03_prepare.ipynb #ce1722af
 def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip (or an opened one)
             out: str | Path,                   # output folder (e.g. data/prepared/512); created
             size: int = 512,                   # side of the square images and labels
@@ -211,14 +255,18 @@ def prepare(raw: str | Path | RawCelebAMask,  # raw CelebAMask-HQ folder or zip 
     bad = _index_bad(raw, None if ids is None else set(chosen))
     work = [i for i in sorted(split_map) if i not in bad]
     _clear_leftovers(out)
-    pixels, written = _prepare_ids(raw, out, size, work, workers, chunksize, progress, bad)
+    provenance = Provenance(raw, out); provenance.forget_changed(work)  # redo what no longer matches its source
+    try: pixels, written = _prepare_ids(raw, out, size, work, workers, chunksize, progress, bad, done=provenance.record)
+    finally: provenance.save()
 
     problems = [p for ps in bad.values() for p in ps]
     if problems and on_bad == 'strict':
+        skip = spell("on_bad='skip'", '--skip-bad')
         raise DataError.from_problems(problems, f"prepare {raw.source}: {len(bad)} bad id(s); the {len(pixels)} good ones are "
-                                      f"written to {out}. Fix each problem below and rerun, or rerun with on_bad='skip' to leave them out")
+                                      f"written to {out}. Fix each problem below and rerun, or rerun with {skip} to leave them out")
     final = {i: s for i, s in sorted(split_map.items()) if i in pixels}
     meta = _meta(raw, size, method, final, pixels, _report_skipped(bad, problems, out), written)
+    meta['not_in_split'] = len(set(chosen) - set(split_map))  # ids the split (e.g. a csv naming only some) leaves out
     write_atomic(out / 'splits.csv', 'id,split\n' + ''.join(f"{i},{s}\n" for i, s in final.items()))
     write_atomic(out / 'meta.json', json.dumps(meta, indent=1) + '\n')
     return meta

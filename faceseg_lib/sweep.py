@@ -6,13 +6,14 @@ Docs: https://faceseg.github.io/faceseg/lib/sweep.html.md"""
 
 # %% ../notebooks/lib/12_sweep.ipynb #0b7ca003
 from __future__ import annotations
-import json, queue, re, threading, time, traceback
+import argparse, json, queue, re, threading, time, traceback
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from .compare import (RESULT_FILES, STATUS_FILE, SWEEP_FILE, collect, read_status, run_name, run_state,
                                  runs_table, split_entry)
+from .core import spell
 from .errors import DataError, Problem
 
 # %% auto #0
@@ -372,7 +373,12 @@ def run_sweep(grid: Sequence | str | None = None,   # 'Arch:encoder' entries; No
     df = collect(out) if collect_only else sweep(choose_grid(grid, archs, encoders), data_dir, out, epochs, size, devices,
                                                  overrides, split, retry_failed, log_output, progress, root)
     runs = runs_table(df)
-    print(f"{(runs['status'] == 'done').sum()} of {len(runs)} configurations done; results in {out}: {', '.join(RESULT_FILES)}")
+    done, written = int((runs['status'] == 'done').sum()), [f for f in RESULT_FILES if (out / f).is_file()]
+    print(f"{done} of {len(runs)} configurations done; results in {out}: {', '.join(written) or 'none'}")
+    if not collect_only and len(runs) and (runs['status'] == 'failed').all():  # nothing to compare: fail, naming each error
+        raise DataError.from_problems([Problem(str(out / config), f"failed: {str(r['error']).strip()[:300]}",
+                                               f"see its 02_train.ipynb; fix it and rerun with {spell('retry_failed=True', '--retry-failed')}")
+                                       for config, r in runs.iterrows()], f'sweep {out}: every configuration failed')
     return df, out
 
 # %% ../notebooks/lib/12_sweep.ipynb #bf2e34eb
@@ -392,5 +398,10 @@ def parse_overrides(items: Sequence[str]) -> dict:
                 raise DataError.from_problem(f'--set {item}', 'is not a yes/no value', f'use {key}=true or {key}=false')
             out[key] = value.lower() in ('true', '1', 'yes'); continue
         parser = parser or build_train_parser()
-        out[key] = getattr(parser.parse_args([f"--{key.replace('_', '-')}={value}"]), key)
+        action = next(a for a in parser._actions if a.dest == key)
+        try: out[key] = action.type(value) if action.type else value  # typed as `faceseg train` types the flag
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise DataError.from_problem(f'--set {item}', f'is not a valid {key} ({e})', f"give {key} a value that `faceseg train --{key.replace('_', '-')}` takes (faceseg train --help)") from None
+        if action.choices and out[key] not in action.choices:
+            raise DataError.from_problem(f'--set {item}', f'is not one of the {key} choices', f"use one of {', '.join(map(str, action.choices))}")
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse, json, math, os, random, re, sys, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .core import amp_dtype, loader_workers, progress_bar, resolve_device, resolve_path, write_atomic
+from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, resolve_device, resolve_path, spell, write_atomic
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
@@ -81,11 +81,12 @@ def run_dir(config: TrainConfig) -> Path:
     return resolve_path(c.out_dir) / c.name
 
 def _run_dir_problems(c: TrainConfig) -> list[Problem]:
-    "A run folder that holds an earlier run while resume is off."
+    "A run folder that cannot be one (a file in its place), or that holds an earlier run while resume is off."
     run = run_dir(c)
+    if out_dir_problems(run): return out_dir_problems(run, 'runs')
     if not c.resume and run.is_dir() and any(run.iterdir()):
         return [Problem(str(run), 'holds an earlier run (training never overwrites one)',
-                        'pass resume=True (--resume) to continue it, or choose another name / out_dir')]
+                        f"pass {spell('resume=True', '--resume')} to continue it, or choose another {spell('name / out_dir', '--name / --out-dir')}")]
     return []
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -107,11 +108,13 @@ def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.de
     val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size, normalize=False), target=target)
     shuffle = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
     workers = loader_workers(c.workers, world)
-    common = dict(num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+    # own generators: starting an iterator (once with persistent workers, every epoch without) draws no global numbers
+    common = lambda: dict(num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0,
+                          generator=torch.Generator().manual_seed(c.seed))
     train_dl = DataLoader(SeededItems(train_ds), batch_size=c.batch_size, sampler=SeededSampler(shuffle, c.seed),
-                          drop_last=len(shuffle) >= c.batch_size, **common)
+                          drop_last=len(shuffle) >= c.batch_size, **common())
     # validation: every image exactly once over all processes (no padding), so reduced metrics cover the whole split
-    val_dl = DataLoader(Subset(val_ds, range(rank, len(val_ds), world)), batch_size=c.batch_size, shuffle=False, **common)
+    val_dl = DataLoader(Subset(val_ds, range(rank, len(val_ds), world)), batch_size=c.batch_size, shuffle=False, **common())
     return train_dl, val_dl
 
 # %% ../notebooks/lib/09_train.ipynb #0d726897
@@ -166,7 +169,8 @@ def _read_losses(pending: list[tuple[int, int, torch.Tensor]], desc: str) -> lis
 # %% ../notebooks/lib/09_train.ipynb #39a255f9
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, loss_fn: Callable,
                 steps: int, device: torch.device, dtype: torch.dtype | None = None, channels_last: bool = False,
-                grad_clip: float = 0.0, progress: bool = False, desc: str = 'train') -> tuple[float, int, float]:
+                grad_clip: float = 0.0, progress: bool = False, desc: str = 'train',
+                seed: Sequence[int] | None = None) -> tuple[float, int, float]:
     "Train for `steps` steps: (sum of batch loss x batch size, images seen, lr of the last step) on this process."
     model.train()
     total, seen, lr, pending = 0.0, 0, optimizer.param_groups[0]['lr'], []
@@ -179,6 +183,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
     with progress_bar(progress, total=steps, desc=desc, leave=False, dynamic_ncols=True) as bar:
         for step, (x, y) in enumerate(loader):
             if step >= steps: break
+            if seed is not None: torch.manual_seed(derive_seed(*seed, step))  # dropout: (seed, epoch, rank, step) only
             x, y = model_batch(x, y, device, channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = model(x)
@@ -264,7 +269,7 @@ def build_model(c: TrainConfig, device: torch.device) -> nn.Module:
     except OSError as e:  # offline: the pretrained weights cannot be downloaded
         raise DataError.from_problem(f'config.encoder_weights={c.encoder_weights!r}', f"{c.encoder}'s pretrained weights cannot be "
                                      f"loaded ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})", 'go online once (they are cached), '
-                                     'pass a local weights file, or pass encoder_weights=None (--encoder-weights None) to train from random weights') from e
+                                     f"pass a local weights file, or pass {spell('encoder_weights=None', '--encoder-weights None')} to train from random weights") from e
     if device.type == 'cuda': model = model.to(memory_format=torch.channels_last) if c.channels_last else model
     return model
 
@@ -294,7 +299,7 @@ def _claim(run: Path, c: TrainConfig) -> None:
         with open(run / 'config.json', 'x') as f: f.write(text)
     except FileExistsError:
         raise DataError.from_problem(run, 'was just taken by another training started under the same name',
-                                     'choose another name (--name), or let that one finish and pass --resume') from None
+                                     f"choose another {spell('name', '--name')}, or let that one finish and pass {spell('resume=True', '--resume')}") from None
 
 def _unclaim(run: Path) -> None:
     "Remove what a run that failed before finishing its first epoch wrote, so the same command can simply run again."
@@ -350,7 +355,8 @@ def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, tra
     t0 = time.time()
     seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
     tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
-                             s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}')
+                             s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}',
+                             seed=(c.seed, epoch, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0))
     _sync_buffers(s.model)
     vl, vn, cm, image_f1 = evaluate_loader(s.model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
     tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()

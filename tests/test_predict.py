@@ -133,7 +133,7 @@ def test_corrupt_file_is_reported_and_the_rest_complete(tiny_ckpt, faces, tmp_pa
                   tmp_path / 'out', detect=False, progress=False, log=messages.append)
     assert s['counts'] == {'ok': 2, 'no_face': 0, 'error': 3}
     errors = [i['problem'] for i in s['items'] if i['status'] == 'error']
-    assert any('broken.jpg' in e and 'cannot be read as an image' in e for e in errors)
+    assert any('broken.jpg' in e and 'is not a whole JPEG' in e for e in errors)  # JPEG magic, no JPEG
     assert any('notes.txt' in e for e in errors) and any('gone.jpg' in e and 'no such file' in e for e in errors)
     assert any('broken.jpg' in m for m in messages)
     assert all((tmp_path / 'out' / f'{f.stem}.png').is_file() for f in faces[:2])
@@ -144,12 +144,19 @@ def test_existing_results_are_not_overwritten(tiny_ckpt, faces, tmp_path):
     run(tiny_ckpt, faces[:1], out, detect=False)
     label = out / f'{faces[0].stem}.png'
     before = label.read_bytes(); label.write_bytes(b'mine')                # a result the user edited
-    with pytest.raises(DataError, match='earlier run.*--overwrite'):
+    with pytest.raises(DataError, match='earlier run.*overwrite=True'):
         run(tiny_ckpt, faces[:2], out, detect=False)
     assert label.read_bytes() == b'mine' and not (out / f'{faces[1].stem}.png').exists()
+    with pytest.raises(DataError, match='bset.pt'):                       # a failing --overwrite (a typo) keeps them
+        run(tiny_ckpt.parent / 'bset.pt', faces[1:2], out, detect=False, overwrite=True)
+    assert label.read_bytes() == b'mine' and sorted(p.name for p in tmp_path.iterdir()) == ['out']
     s = run(tiny_ckpt, faces[1:2], out, detect=False, overwrite=True)
     assert s['counts']['ok'] == 1 and not label.exists()                  # the earlier run's files are replaced
     assert (out / f'{faces[1].stem}.png').is_file() and before
+    (tmp_path / 'mine').mkdir(); (tmp_path / 'mine' / 'notes.txt').write_text('x')
+    with pytest.raises(DataError, match='not the results of a predict run'):  # never replaces a folder it did not write
+        run(tiny_ckpt, faces[:1], tmp_path / 'mine', detect=False, overwrite=True)
+    assert (tmp_path / 'mine' / 'notes.txt').read_text() == 'x'
 
 
 def test_same_stem_from_two_folders(tiny_ckpt, faces, tmp_path):

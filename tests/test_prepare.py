@@ -23,8 +23,9 @@ def run(raw, out, **kw):
 
 
 def files(out):
-    """Relative path -> bytes of everything prepared (meta.json aside: it holds a time stamp)."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob('*')) if p.is_file() and p.name != 'meta.json'}
+    """Relative path -> bytes of everything prepared (meta.json and provenance.json aside: they hold time stamps)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob('*'))
+            if p.is_file() and p.name not in ('meta.json', 'provenance.json')}
 
 
 def stable(meta):

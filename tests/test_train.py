@@ -304,6 +304,6 @@ def test_a_run_that_diverges_leaves_nothing_that_blocks_the_same_command(train_s
 def test_two_trainings_under_one_name_the_second_stops(tmp_path):
     c = train.resolved(TrainConfig(name='twin'))
     train._claim(tmp_path / 'twin', c)  # the first one's config.json is there
-    with pytest.raises(DataError, match='was just taken by another training started under the same name.*--resume'):
+    with pytest.raises(DataError, match='was just taken by another training started under the same name.*resume=True'):
         train._claim(tmp_path / 'twin', c)
     assert [p.name for p in (tmp_path / 'twin').iterdir()] == ['config.json']

@@ -89,7 +89,7 @@ def test_readme_runs_as_written_after_the_demo(tmp_path):
     assert not (clone / 'out.ipynb').exists() and not list(clone.glob('*.ipynb'))  # examples write under outputs/
     # "Run All" on 02_train with its own defaults (the real-data ones) right after the demo: it trains on the demo's faces
     r = subprocess.run(['papermill', 'notebooks/02_train.ipynb', 'outputs/02_defaults.ipynb', '-p', 'epochs', '1', '-p', 'max_steps', '2',
-                        '-p', 'workers', '0', '-p', 'device', 'cpu'], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+                        '-p', 'workers', '0', '-p', 'device', 'cpu', '-p', 'name', 'after-demo'], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "using the demo's synthetic faces" in (clone / 'outputs' / '02_defaults.ipynb').read_text()
     status = subprocess.run([sys.executable, '-c', 'import faceseg_lib; print(faceseg_lib.__file__)'], env=env,

@@ -20,8 +20,8 @@ from .pipeline import DEMO_OUT, DEMO_RECIPE, DEMO_SYNTHETIC
 # %% auto #0
 __all__ = ['DEMO_TRAIN', 'SWEEP_TRAIN_FIELDS', 'SWEEP_TRAIN', 'COMMANDS', 'SynthOptions', 'PrepareOptions', 'TestOptions',
            'PredictOptions', 'ExportOptions', 'DemoOptions', 'SweepOptions', 'cmd_synth', 'cmd_prepare', 'cmd_train',
-           'cmd_test', 'cmd_demo', 'cmd_sweep', 'cmd_predict', 'cmd_export', 'export_hub_cmd', 'add_command',
-           'build_parser', 'parse_args', 'main']
+           'cmd_test', 'cmd_demo', 'cmd_sweep', 'cmd_predict', 'cmd_export', 'int8_line', 'export_hub_cmd',
+           'add_command', 'build_parser', 'parse_args', 'main']
 
 # %% ../notebooks/lib/20_cli.ipynb #fa045cf2
 _QUIET = {'flags': ('-q', '--quiet')}  # the metadata of every `quiet` option
@@ -238,7 +238,15 @@ def cmd_export(args) -> dict:
     check = (f"; parity on {r['images']} images: argmax agreement {r['agreement']:.4%}, max |logit diff| {r['max_abs_diff']:.2e}"
              if r['checked'] else '; not checked')
     print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['size']} px, opset {r['opset']}, {r['exporter']}){check}")
+    if r.get('int8'): print(int8_line(r['int8']))
     return r
+
+# %% ../notebooks/lib/20_cli.ipynb #8a65d2a4
+def int8_line(q: dict) -> str:
+    "The int8 check in one line."
+    drop = f"largest per-class F1 drop {q['max_f1_drop']:.4f} (against the {q['f1_against']})" if q['f1_against'] == 'labels' else 'no labels for an F1 check'
+    return (f"int8: calibrated on {q['calibration_images']} images; against fp32 on {q['images']} held-out images: argmax agreement "
+            f"{q['agreement']:.2%}, {drop}; {q['fp32_bytes'] / 1e6:.1f} MB as fp32")
 
 # %% ../notebooks/lib/20_cli.ipynb #1a1789e0
 def export_hub_cmd(args) -> dict:

@@ -104,3 +104,15 @@ def test_broken_or_changed_folders_are_refused(run, tmp_path):
     with pytest.raises(DataError, match='without faceseg.json'): load_checkpoint(tmp_path)
     with pytest.raises(DataError, match='exists'): export_hub(run / 'best.pt', run / 'hub')   # nothing overwritten unasked
     assert main(['export', str(run / 'best.pt'), str(tmp_path / 'x.onnx'), '--push', 'me/x']) == 2
+
+
+def test_notebook_05_takes_the_folder(run, train_set, tmp_path):
+    from faceseg_lib.pipeline import run_notebook
+    photos = [str(train_set / 'images' / f'{i}.jpg') for i in split_ids(train_set, 'test')[:2]]
+    run_notebook('05_parse_photos', tmp_path / '05.ipynb', dict(checkpoint=str(run / 'hub'), inputs=photos, out_dir=str(tmp_path / 'out'),
+                                                                 detect=False, device='cpu'), progress=False)
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert summary['counts']['ok'] == 2
+    for p in photos:   # the checkpoint's labels (test_predict_on_the_folder_... compares the CLI on both)
+        a = cv2.imread(str(tmp_path / 'out' / (Path(p).stem + '.png')), cv2.IMREAD_UNCHANGED)
+        assert a is not None and a.shape == (SIZE, SIZE)

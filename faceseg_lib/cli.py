@@ -252,6 +252,7 @@ def int8_line(q: dict) -> str:
 def export_hub_cmd(args) -> dict:
     "`faceseg export CHECKPOINT DIR --format hub [--push REPO]`: the hub folder, checked, and its upload."
     from faceseg_lib.hub import export_hub, push_hub
+    if args.int8: raise DataError.from_problem('--int8', 'quantises ONNX files, not hub folders', 'drop --int8, or export to model.onnx without --format hub')
     r = export_hub(args.checkpoint, args.output, images=args.images, n_check=args.n_check, overwrite=args.overwrite)
     print(f"wrote {r['path']} ({', '.join(r['files'])}; {r['bytes'] / 1e6:.1f} MB): label maps identical to the checkpoint's on "
           f"{r['images']} images (smp.from_pretrained and faceseg); model card {'with' if r['tested'] else 'without'} a test table")

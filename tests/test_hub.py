@@ -104,6 +104,7 @@ def test_broken_or_changed_folders_are_refused(run, tmp_path):
     with pytest.raises(DataError, match='without faceseg.json'): load_checkpoint(tmp_path)
     with pytest.raises(DataError, match='exists'): export_hub(run / 'best.pt', run / 'hub')   # nothing overwritten unasked
     assert main(['export', str(run / 'best.pt'), str(tmp_path / 'x.onnx'), '--push', 'me/x']) == 2
+    assert main(['export', str(run / 'best.pt'), str(tmp_path / 'h'), '--format', 'hub', '--int8']) == 2 and not (tmp_path / 'h').exists()
 
 
 def test_notebook_05_takes_the_folder(run, train_set, tmp_path):

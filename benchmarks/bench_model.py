@@ -1,4 +1,4 @@
-"""Sections 3 and 4: the kit's training step vs a bare smp + torch loop, and CPU inference (PyTorch eager, ONNX Runtime, predict)."""
+"""Sections 3 and 4: the kit's training step vs a bare smp + torch loop, and CPU inference (PyTorch eager, ONNX Runtime fp32 and int8, predict)."""
 from __future__ import annotations
 
 import shutil
@@ -82,6 +82,19 @@ def make_checkpoint(path: Path, size: int) -> Path:
     return save_checkpoint(path, _model(), asdict(c))
 
 
+def _int8(ckpt: Path, path: Path, size: int, src: Path, a) -> dict:
+    """`faceseg export --int8` of the benchmark's checkpoint, calibrated on the prepared set (its train split; checked on test or val).
+
+    It measures, it does not gate: the agreement is recorded (random weights agree less than a trained model; --infer-checkpoint)."""
+    from faceseg_lib.dataset import load_splits
+    from faceseg_lib.export import export_onnx
+    splits = set(load_splits(src)['split'])
+    images = src if 'train' in splits and splits & {'test', 'val'} else src / 'images'  # a tiny --quick set may lack them
+    r = export_onnx(ckpt, path, size=size, check=False, images=images, n_check=max(2, min(8, a.infer_images)), int8=True,
+                    n_calib=16, min_int8_agreement=0.0, max_f1_drop=1.0)
+    return {**r['int8'], 'weights': 'trained: ' + str(a.infer_checkpoint) if a.infer_checkpoint else 'random'}
+
+
 def bench_infer(ctx: dict) -> list[dict]:
     "CPU images/s at each size: PyTorch eager vs ONNX Runtime on the same inputs, and predict end to end (--no-detect)."
     import numpy as np
@@ -96,25 +109,37 @@ def bench_infer(ctx: dict) -> list[dict]:
     for size in a.infer_sizes:
         work = ctx['tmp'] / f'infer-{size}'
         shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
-        ckpt = make_checkpoint(work / 'model.pt', size)
+        ckpt = Path(a.infer_checkpoint) if a.infer_checkpoint else make_checkpoint(work / 'model.pt', size)
         t0 = now()
         report = export_onnx(ckpt, work / 'model.onnx', size=size, check=True, images=src, n_check=min(4, a.infer_images))
         export_s = now() - t0
-        torch_p, onnx_p = TorchParser(ckpt, device='cpu'), OnnxParser(work / 'model.onnx', device='cpu')
+        t0 = now()
+        q = _int8(ckpt, work / 'model-int8.onnx', size, src, a)
+        int8_s = now() - t0
+        torch_p, onnx_p, int8_p = (TorchParser(ckpt, device='cpu'), OnnxParser(work / 'model.onnx', device='cpu'),
+                                   OnnxParser(work / 'model-int8.onnx', device='cpu'))
         import cv2
         imgs = np.stack([cv2.resize(read_image(f), (size, size), interpolation=cv2.INTER_AREA) for f in files])
         x = normalize_batch(imgs, onnx_p.mean, onnx_p.std)
         b = a.infer_batch
         chunks = [x[i:i + b] for i in range(0, len(x), b)]
-        run = {'eager': lambda: [torch_p.logits(c) for c in chunks], 'onnx': lambda: [onnx_p.logits(c) for c in chunks]}
+        run = {'eager': lambda: [torch_p.logits(c) for c in chunks], 'onnx': lambda: [onnx_p.logits(c) for c in chunks],
+               'int8': lambda: [int8_p.logits(c) for c in chunks]}
         for f in run.values(): f()  # warm-up
         t = interleaved(run, a.infer_rounds)
         n = len(x)
-        eager, ort = n / t['eager'], n / t['onnx']
+        eager, ort, i8 = n / t['eager'], n / t['onnx'], n / t['int8']
         r = row('infer', f'ONNX Runtime, {size}px b{b}', ort, 'PyTorch eager', eager, size=size, batch=b, images=n,
                 export_seconds=round(export_s, 1), parity={k: report.get(k) for k in ('agreement', 'max_abs_diff', 'exporter')})
         if size == 512: r.update(target='> 1x at 512 px', holds=r['ratio'] is not None and r['ratio'] > 1)
         rows.append(r)
+        r = row('infer', f'ONNX Runtime int8, {size}px b{b}', i8, 'ONNX Runtime fp32', ort, size=size, batch=b, images=n,
+                quantize_seconds=round(int8_s, 1), weights=q['weights'], vs_eager=round(i8 / eager, 3),
+                int8_check={k: q[k] for k in ('agreement', 'max_f1_drop', 'f1_against', 'images', 'calibration_images')})
+        if size == 512: r.update(target='>= 1.5x fp32 at 512 px with >= 99 % argmax agreement',
+                                 holds=r['ratio'] is not None and r['ratio'] >= 1.5 and q['agreement'] >= 0.99)
+        rows.append(r)
+        rows.append(row('infer', f'ONNX Runtime int8 vs eager, {size}px b{b}', i8, 'PyTorch eager', eager, size=size, batch=b, images=n))
         # predict end to end on prepared images: read, crop/resize, model, paste back, write three files per photo
         for backend, model_file, alone in (('torch', ckpt, eager), ('onnx', work / 'model.onnx', ort)):
             out = work / f'pred-{backend}'

@@ -20,8 +20,8 @@ from .pipeline import DEMO_OUT, DEMO_RECIPE, DEMO_SYNTHETIC
 # %% auto #0
 __all__ = ['DEMO_TRAIN', 'SWEEP_TRAIN_FIELDS', 'SWEEP_TRAIN', 'COMMANDS', 'SynthOptions', 'PrepareOptions', 'TestOptions',
            'PredictOptions', 'ExportOptions', 'DemoOptions', 'SweepOptions', 'cmd_synth', 'cmd_prepare', 'cmd_train',
-           'cmd_test', 'cmd_demo', 'cmd_sweep', 'cmd_predict', 'cmd_export', 'add_command', 'build_parser',
-           'parse_args', 'main']
+           'cmd_test', 'cmd_demo', 'cmd_sweep', 'cmd_predict', 'cmd_export', 'int8_line', 'export_hub_cmd',
+           'add_command', 'build_parser', 'parse_args', 'main']
 
 # %% ../notebooks/lib/20_cli.ipynb #fa045cf2
 _QUIET = {'flags': ('-q', '--quiet')}  # the metadata of every `quiet` option
@@ -91,9 +91,17 @@ class PredictOptions:
 @dataclass
 class ExportOptions:
     """Export a checkpoint to ONNX (dynamic batch axis, with the metadata `faceseg predict` reads) and keep the file
-    only if it agrees with PyTorch on real images (argmax agreement >= 99.9 %)."""
+    only if it agrees with PyTorch on real images (argmax agreement >= 99.9 %); --int8: quantised for CPUs, kept only
+    if it agrees with the fp32 model; --format hub: a Hugging Face folder (smp.from_pretrained) with a model card."""
     checkpoint: str              # faceseg checkpoint, e.g. outputs/runs/NAME/best.pt
-    output: str                  # the .onnx file to write
+    output: str                  # the .onnx file to write (--format hub: the folder)
+    format: Literal['onnx', 'hub'] = 'onnx'  # onnx: one .onnx file; hub: smp's config.json + model.safetensors, faceseg.json, README.md
+    push: str | None = None      # hub: upload the folder to this Hugging Face repository (e.g. me/faceseg-fpn) when logged in
+    overwrite: bool = False      # hub: replace an existing folder (an .onnx file is always replaced)
+    int8: bool = False           # onnx: static int8 quantisation with ONNX Runtime, calibrated on --images (prepared: its train split)
+    n_calib: int = 16            # int8: calibration images
+    min_int8_agreement: float = 0.99  # int8: refuse the file below this argmax agreement with the fp32 model
+    max_f1_drop: float = 0.02    # int8: refuse the file when a class's F1 drops more (prepared --images: on its test split)
     size: int | None = None      # input side; None: the checkpoint's training size
     opset: int = 17              # ONNX opset
     images: str | None = None    # prepared dataset or image folder for the parity check; None: synthetic faces
@@ -226,11 +234,33 @@ def cmd_predict(args) -> dict:
 def cmd_export(args) -> dict:
     "Export a checkpoint to ONNX, checked against PyTorch, and print the parity report."
     from faceseg_lib.export import export_onnx
-    r = export_onnx(args.checkpoint, args.output, size=args.size, opset=args.opset, check=args.check,
-                    images=args.images, n_check=args.n_check, exporter=args.exporter)
+    if args.format == 'hub': return export_hub_cmd(args)
+    if args.push: raise DataError.from_problem('--push', 'uploads hub folders only', 'add --format hub')
+    r = export_onnx(args.checkpoint, args.output, size=args.size, opset=args.opset, check=args.check, images=args.images,
+                    n_check=args.n_check, exporter=args.exporter, int8=args.int8, n_calib=args.n_calib,
+                    min_int8_agreement=args.min_int8_agreement, max_f1_drop=args.max_f1_drop)
     check = (f"; parity on {r['images']} images: argmax agreement {r['agreement']:.4%}, max |logit diff| {r['max_abs_diff']:.2e}"
              if r['checked'] else '; not checked')
     print(f"wrote {r['path']} ({r['bytes'] / 1e6:.1f} MB, {r['size']} px, opset {r['opset']}, {r['exporter']}){check}")
+    if r.get('int8'): print(int8_line(r['int8']))
+    return r
+
+# %% ../notebooks/lib/20_cli.ipynb #8a65d2a4
+def int8_line(q: dict) -> str:
+    "The int8 check in one line."
+    drop = f"largest per-class F1 drop {q['max_f1_drop']:.4f} (against the {q['f1_against']})" if q['f1_against'] == 'labels' else 'no labels for an F1 check'
+    return (f"int8: calibrated on {q['calibration_images']} images; against fp32 on {q['images']} held-out images: argmax agreement "
+            f"{q['agreement']:.2%}, {drop}; {q['fp32_bytes'] / 1e6:.1f} MB as fp32")
+
+# %% ../notebooks/lib/20_cli.ipynb #1a1789e0
+def export_hub_cmd(args) -> dict:
+    "`faceseg export CHECKPOINT DIR --format hub [--push REPO]`: the hub folder, checked, and its upload."
+    from faceseg_lib.hub import export_hub, push_hub
+    if args.int8: raise DataError.from_problem('--int8', 'quantises ONNX files, not hub folders', 'drop --int8, or export to model.onnx without --format hub')
+    r = export_hub(args.checkpoint, args.output, images=args.images, n_check=args.n_check, overwrite=args.overwrite)
+    print(f"wrote {r['path']} ({', '.join(r['files'])}; {r['bytes'] / 1e6:.1f} MB): label maps identical to the checkpoint's on "
+          f"{r['images']} images (smp.from_pretrained and faceseg); model card {'with' if r['tested'] else 'without'} a test table")
+    if args.push: r['url'] = push_hub(args.output, args.push); print(f"uploaded to {r['url']}")
     return r
 
 # %% ../notebooks/lib/20_cli.ipynb #ad85ceaa

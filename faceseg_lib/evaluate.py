@@ -89,8 +89,9 @@ def load_for_eval(checkpoint: str | Path,           # a faceseg checkpoint (best
     return model.to(device).eval(), ckpt
 
 def default_out_dir(checkpoint: str | Path, split: str = 'test', tta: bool = False) -> Path:
-    "Where `evaluate` writes by default: `<checkpoint folder>/eval-<split>[-tta]`."
-    return Path(checkpoint).resolve().parent / (f'eval-{split}' + ('-tta' if tta else ''))
+    "Where `evaluate` writes by default: `<checkpoint folder>/eval-<split>[-tta]`; for a hub folder `<folder>-eval-<split>[-tta]` beside it."
+    path, name = Path(checkpoint).resolve(), f'eval-{split}' + ('-tta' if tta else '')
+    return path.parent / (f'{path.name}-{name}' if path.is_dir() else name)  # never inside a hub folder (it would be uploaded)
 
 
 

@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/export.html.md"""
 
 # %% ../notebooks/lib/14_export.ipynb #16fd145b
 from __future__ import annotations
-import json, time, warnings
+import json, logging, time, warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -15,11 +15,12 @@ import numpy as np
 from . import __version__
 from .core import atomic_path, spell
 from .errors import DataError
+from .labels import CLASSES
 from .detect import Region, extract
 from .predict import IMAGE_EXTENSIONS, ONNX_FORMAT, OnnxParser, normalize_batch, read_photo
 
 # %% auto #0
-__all__ = ['check_images', 'compare', 'check_onnx', 'export_onnx']
+__all__ = ['check_images', 'compare', 'check_onnx', 'int8_images', 'quantize_int8', 'check_int8', 'export_onnx']
 
 # %% ../notebooks/lib/14_export.ipynb #ffc0e3c0
 def check_images(images: str | Path | Sequence[str | Path] | None,  # prepared dataset, folder, files; None: synthetic faces
@@ -112,7 +113,85 @@ def _add_metadata(path: Path, props: dict) -> None:
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
 
+# %% ../notebooks/lib/14_export.ipynb #764c762e
+def int8_images(images, size: int, n_calib: int = 16, n_check: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    "Calibration images, held-out check images and their labels (None without a prepared dataset)."
+    root = Path(images) if isinstance(images, (str, Path)) else None
+    if root is not None and (root / 'splits.csv').is_file():
+        import cv2
+        from faceseg_lib.dataset import load_splits, read_image, read_label
+        s = load_splits(root)
+        calib_ids = s.loc[s['split'] == 'train', 'id'].tolist()[:n_calib]
+        check_ids = (s.loc[s['split'] == 'test', 'id'].tolist() or s.loc[s['split'] == 'val', 'id'].tolist())[:n_check]
+        if not calib_ids or not check_ids: raise DataError.from_problem(root / 'splits.csv', 'needs train images and test (or val) images', 'prepare it with all three splits')
+        fit = lambda a, nearest: a if a.shape[:2] == (size, size) else cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+        load = lambda ids: np.stack([fit(read_image(root / 'images' / f'{i}.jpg'), False) for i in ids])
+        return load(calib_ids), load(check_ids), np.stack([fit(read_label(root / 'labels' / f'{i}.png'), True) for i in check_ids])
+    if images is None:  # synthetic faces, the check ones drawn with another seed
+        return check_images(None, size, n_calib, seed=0), check_images(None, size, n_check, seed=1), None
+    both = check_images(images, size, n_calib + n_check)
+    if len(both) < 2: raise DataError.from_problem(str(images), 'holds fewer than 2 images', 'pass a prepared dataset or more images')
+    cut = max(1, min(n_calib, len(both) - max(1, len(both) // 3)))
+    return both[:cut], both[cut:], None
+
+class _Calibration:
+    "ONNX Runtime's CalibrationDataReader over normalised images, one at a time."
+    def __init__(self, name: str, x: np.ndarray): self.items = iter([{name: x[i:i + 1]} for i in range(len(x))])
+    def get_next(self): return next(self.items, None)
+
+def quantize_int8(fp32: Path, out: Path, calib: np.ndarray, mean, std) -> None:
+    "Static int8 quantisation of `fp32` (QDQ, per-channel int8 weights) calibrated on uint8 images `calib`, into `out`."
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    pre = out.with_name(out.stem + '.pre.onnx')
+    logging.disable(logging.WARNING)  # ORT's quantiser logs a line per weight it leaves alone
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        g = onnx.load(str(pre)).graph
+        outputs = {o.name for o in g.output}
+        tail = [n.name for n in g.node if n.op_type in ('Softmax', 'Sigmoid') or outputs & set(n.output)]  # the scores stay float
+        quantize_static(str(pre), str(out), _Calibration(g.input[0].name, normalize_batch(calib, mean, std)), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=tail)
+    finally: pre.unlink(missing_ok=True); logging.disable(logging.NOTSET)
+
 # %% ../notebooks/lib/14_export.ipynb #d49a360c
+def check_int8(int8: Path, fp32: Path, images: np.ndarray, labels: np.ndarray | None = None,
+               min_agreement: float = 0.99,  # share of pixels whose argmax must agree with the fp32 model
+               max_f1_drop: float = 0.02     # the largest per-class F1 drop allowed
+              ) -> dict:
+    "Argmax agreement and per-class F1 change of an int8 model against its fp32 one on `images`; DataError below the thresholds."
+    from faceseg_lib.metrics import ConfusionMatrix
+    q, f = OnnxParser(int8, device='cpu'), OnnxParser(fp32, device='cpu')
+    pq, pf = (np.concatenate([m(images[i:i + 4]).argmax(1) for i in range(0, len(images), 4)]) for m in (q, f))
+    def f1(pred, truth): return ConfusionMatrix().update(pred, truth).per_class_f1()
+    if labels is not None: change, against = f1(pq, labels) - f1(pf, labels), 'labels'
+    else: change, against = f1(pq, pf) - 1.0, 'fp32 labels'  # F1 of the int8 labels with the fp32 ones as truth, minus a perfect 1
+    per_class = {c: None if v != v else round(float(v), 4) for c, v in zip(CLASSES, change)}
+    drops = [-v for v in per_class.values() if v is not None]
+    report = {'agreement': float((pq == pf).mean()), 'f1_change': per_class, 'f1_against': against, 'max_f1_drop': max(drops, default=0.0),
+              'images': len(images), 'min_agreement': min_agreement, 'max_f1_drop_allowed': max_f1_drop}
+    if labels is None: report['max_f1_drop_allowed'] = None  # without labels only the agreement is a test (a rare class's F1 against fp32 is noise)
+    if report['agreement'] < min_agreement or (labels is not None and report['max_f1_drop'] > max_f1_drop):
+        worst = min((c for c in per_class if per_class[c] is not None), key=lambda c: per_class[c], default='-')
+        raise DataError.from_problem(int8, f"int8 model strays from fp32: argmax agreement {report['agreement']:.2%} (need {min_agreement:.1%}), "
+                                     f"largest F1 drop {report['max_f1_drop']:.3f} in {worst} (allowed {max_f1_drop})",
+                                     'calibrate on more prepared images (--images DATA --n-calib N), or lower --min-int8-agreement / --max-f1-drop, or use the fp32 file')
+    return report
+
+# %% ../notebooks/lib/14_export.ipynb #05df4568
+def _int8_from(fp32: Path, out: Path, images, size: int, n_calib: int, n_check: int, min_agreement: float, max_f1_drop: float, props: dict) -> dict:
+    "Quantise the checked fp32 file into `out`, hold it against fp32 on held-out images, carry over the metadata; the int8 report."
+    calib, held, labels = int8_images(images, size, n_calib, n_check)
+    quantize_int8(fp32, out, calib, json.loads(props['mean']), json.loads(props['std']))
+    _add_metadata(out, {**props, 'quantization': 'int8 static (QDQ, per-channel weights, uint8 activations), calibrated on '
+                        f'{len(calib)} images'})
+    r = check_int8(out, fp32, held, labels, min_agreement, max_f1_drop)
+    _add_metadata(out, {'int8_parity': json.dumps({k: r[k] for k in ('agreement', 'max_f1_drop', 'f1_against', 'images')})})
+    return {**r, 'calibration_images': len(calib), 'fp32_bytes': fp32.stat().st_size}
+
+# %% ../notebooks/lib/14_export.ipynb #02912f85
 def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
                 path: str | Path,         # the .onnx file to write
                 size: int | None = None,  # input side; None: the checkpoint's training size
@@ -123,6 +202,10 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
                 exporter: str = 'auto',   # 'auto' (torchscript, else dynamo) | 'torchscript' | 'dynamo'
                 min_agreement: float = 0.999,  # argmax agreement the check demands
                 overwrite: bool = True,   # replace an existing file at `path`
+                int8: bool = False,       # write the statically quantised int8 model instead (checked against the fp32 one)
+                n_calib: int = 16,        # int8: calibration images (a prepared dataset's train split)
+                min_int8_agreement: float = 0.99,  # int8: argmax agreement with the fp32 model it demands
+                max_f1_drop: float = 0.02,         # int8: the largest per-class F1 drop it allows
                ) -> dict:
     "Export a checkpoint to ONNX (dynamic batch, metadata for predict) and check it against PyTorch; returns a report."
     try: import onnx, onnxruntime  # noqa: F401  (the file's metadata and the parity check)
@@ -145,7 +228,8 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
         p = e.problems[0]
         raise DataError.from_problem(path, f"cannot be exported at {spell('size', '--size')} {size}: {p.problem}", p.fix) from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix='.onnx') as tmp:  # the kit's one atomic writer: nothing lands unless it passes the check
+    with atomic_path(path, suffix='.onnx') as out:  # the kit's one atomic writer: nothing lands unless it passes the check
+        tmp = out.with_name(out.stem + '.fp32.onnx') if int8 else out
         used = _torch_export(Scorer(model).eval(), torch.zeros(2, 3, size, size), tmp, opset, exporter, name=path)  # the graph ends in class scores
         spec = ckpt['model']
         props = {'format': ONNX_FORMAT, 'faceseg_version': __version__, 'classes': json.dumps(list(ckpt['classes'])),
@@ -158,5 +242,8 @@ def export_onnx(checkpoint: str | Path,   # faceseg .pt checkpoint
         if check:
             report.update(check_onnx(tmp, checkpoint, images, n_check, min_agreement=min_agreement, model=model))
             _add_metadata(tmp, {'parity': json.dumps({k: report[k] for k in ('max_abs_diff', 'agreement', 'images')})})
+        if int8:
+            try: report['int8'] = _int8_from(tmp, out, images, size, n_calib, n_check, min_int8_agreement, max_f1_drop, props)
+            finally: tmp.unlink(missing_ok=True)
     report.update(bytes=path.stat().st_size, seconds=round(time.time() - started, 2))
     return report

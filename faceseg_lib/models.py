@@ -24,10 +24,11 @@ from .errors import DataError
 from .labels import CLASSES, NUM_CLASSES
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'WEIGHT_FILE_EXTS', 'HEAD_PREFIXES', 'HEADS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION',
-           'resolve_arch', 'list_encoders', 'resolve_encoder', 'is_weights_path', 'read_state_dict',
-           'load_encoder_weights', 'class_scores', 'create_model', 'count_parameters', 'model_head', 'model_scores',
-           'Scorer', 'check_input_size', 'to_jsonable', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint']
+__all__ = ['ARCHITECTURES', 'WEIGHT_FILE_EXTS', 'HEAD_PREFIXES', 'HEADS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'HUB_META',
+           'HUB_WEIGHTS', 'HUB_FORMAT', 'resolve_arch', 'list_encoders', 'resolve_encoder', 'is_weights_path',
+           'read_state_dict', 'load_encoder_weights', 'class_scores', 'create_model', 'count_parameters', 'model_head',
+           'model_scores', 'Scorer', 'check_input_size', 'to_jsonable', 'save_checkpoint', 'read_hub_folder',
+           'load_checkpoint', 'model_from_checkpoint']
 
 # %% ../notebooks/lib/08_models.ipynb #89762c9c
 ARCHITECTURES: tuple[str, ...] = tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
@@ -307,6 +308,26 @@ def save_checkpoint(path: str | Path,              # the .pt file to write (its 
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, lambda f: torch.save(ckpt, f), fsync=True)
 
+# %% ../notebooks/lib/08_models.ipynb #bb164586
+HUB_META, HUB_WEIGHTS, HUB_FORMAT = 'faceseg.json', 'model.safetensors', 'faceseg-hub'
+
+def read_hub_folder(path: str | Path, map_location: str | torch.device | None = 'cpu') -> dict:
+    "The checkpoint dict of a hub folder (faceseg.json + smp's model.safetensors); DataError naming what is missing."
+    import json
+    from safetensors.torch import load_file
+    path, fix = Path(path), 'export it again with `faceseg export CHECKPOINT DIR --format hub`'
+    meta_file, weights = path / HUB_META, path / HUB_WEIGHTS
+    if not meta_file.is_file(): raise DataError.from_problem(path, f'is a folder without {HUB_META}, not a faceseg hub folder', fix)
+    try: meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as e: raise DataError.from_problem(meta_file, f'cannot be read as JSON ({_first_line(e)})', fix) from e
+    if not isinstance(meta, dict) or meta.get('format') != HUB_FORMAT or not isinstance(meta.get('checkpoint'), dict):
+        raise DataError.from_problem(meta_file, f"is not faceseg hub metadata (format {meta.get('format') if isinstance(meta, dict) else None!r})", fix)
+    if not weights.is_file(): raise DataError.from_problem(path, f'has no {HUB_WEIGHTS}', fix)
+    device = 'cpu' if map_location is None or callable(map_location) or isinstance(map_location, dict) else str(map_location)
+    try: state = load_file(str(weights), device=device)
+    except Exception as e: raise DataError.from_problem(weights, f'cannot be read as safetensors ({_first_line(e)})', fix) from e
+    return {**meta['checkpoint'], 'format': CHECKPOINT_FORMAT, 'state_dict': state}
+
 # %% ../notebooks/lib/08_models.ipynb #b9957d34
 def _class_difference(theirs: list, ours: tuple) -> str:
     "How the checkpoint's class list differs from ours, in words."
@@ -315,19 +336,20 @@ def _class_difference(theirs: list, ours: tuple) -> str:
     return f"its class layout differs: label {i} is {theirs[i]!r} there but {ours[i]!r} here"
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 'cpu') -> dict:
-    "Read a faceseg checkpoint with weights_only=True; DataError naming the file for anything else."
+    "Read a faceseg checkpoint (a .pt file, weights_only=True, or a hub folder); DataError naming the file for anything else."
     path = Path(path)
-    fix = 'pass a .pt file written by faceseg (save_checkpoint), e.g. outputs/runs/<name>/best.pt'
+    fix = 'pass a .pt file written by faceseg (save_checkpoint), e.g. outputs/runs/<name>/best.pt, or a folder from `faceseg export --format hub`'
     if not path.exists(): raise DataError.from_problem(path, 'no such checkpoint file', fix)
-    if not path.is_file(): raise DataError.from_problem(path, 'is a folder, not a checkpoint file', fix)
-    try: ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        blocked = re.search(r'GLOBAL ([\w.]+)', str(e)) if isinstance(e, pickle.UnpicklingError) else None
-        if blocked:  # name the object and say why, instead of torch's advice to load with weights_only=False
-            raise DataError.from_problem(path, f'holds the Python object {blocked.group(1)}, which faceseg refuses to load: unpickling '
-                                         'it could run any code (checkpoints are read weights-only)',
-                                         fix + '; re-save only the tensors of a file you trust') from None
-        raise DataError.from_problem(path, f"cannot be read as a weights-only PyTorch checkpoint ({_first_line(e)})", fix) from e
+    if path.is_dir(): ckpt = read_hub_folder(path, map_location)
+    else:
+        try: ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:
+            blocked = re.search(r'GLOBAL ([\w.]+)', str(e)) if isinstance(e, pickle.UnpicklingError) else None
+            if blocked:  # name the object and say why, instead of torch's advice to load with weights_only=False
+                raise DataError.from_problem(path, f'holds the Python object {blocked.group(1)}, which faceseg refuses to load: unpickling '
+                                             'it could run any code (checkpoints are read weights-only)',
+                                             fix + '; re-save only the tensors of a file you trust') from None
+            raise DataError.from_problem(path, f"cannot be read as a weights-only PyTorch checkpoint ({_first_line(e)})", fix) from e
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
         keys = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise DataError.from_problem(path, f"is a PyTorch file but not a faceseg checkpoint (it holds {keys})",

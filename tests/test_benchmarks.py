@@ -32,7 +32,8 @@ def test_benchmarks_run_and_write_ratios(tmp_path):
         assert _number(r['value']) and _number(r['baseline']) and r['value'] > 0 and r['baseline'] > 0, r
         assert _number(r['ratio']) and abs(r['ratio'] - r['value'] / r['baseline']) < 1e-9, r
     names = ' | '.join(r['name'] for r in measured)
-    for part in ('prepare, 1 core', 'read prepared, 1 core', 'prepare peak traced', 'train loader', 'fit step', 'ONNX Runtime', 'predict --no-detect'):
+    for part in ('prepare, 1 core', 'read prepared, 1 core', 'prepare peak traced', 'train loader', 'fit step', 'ONNX Runtime',
+                 'ONNX Runtime int8', 'int8 vs eager', 'predict --no-detect'):
         assert part in names, (part, names)
     assert {r['section'] for r in measured} >= {'prepare', 'memory', 'loader', 'train', 'infer'}
     for t in res['targets']:

@@ -117,3 +117,48 @@ def test_cli_arguments_run_export(tiny, tmp_path, capsys):
     r = args.func(args)
     assert (tmp_path / 'cli.onnx').is_file() and r['agreement'] >= 0.999
     assert 'argmax agreement' in capsys.readouterr().out
+
+
+# --- --int8: static quantisation with ONNX Runtime, held against the fp32 model -------------------------------------
+
+@pytest.fixture(scope='module')
+def int8(tiny, train_set, tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny checkpoint exported as int8, calibrated on the prepared set's train split, checked on its test split."""
+    path = tmp_path_factory.mktemp('int8') / 'tiny8.onnx'
+    return path, export_onnx(tiny[0], path, images=train_set, n_check=4, int8=True, min_int8_agreement=0.9)
+
+
+def test_int8_is_quantised_and_checked_against_fp32_on_held_out_labelled_images(int8, train_set):
+    from faceseg_lib.dataset import split_ids
+    path, r = int8
+    q = r['int8']
+    assert q['calibration_images'] == len(split_ids(train_set, 'train')) == 14 and q['images'] == 4 and q['f1_against'] == 'labels'
+    assert 0.9 <= q['agreement'] <= 1 and q['max_f1_drop'] <= q['max_f1_drop_allowed'] == 0.02
+    assert set(q['f1_change']) == set(CLASSES) and q['f1_change']['background'] is not None
+    m = onnx.load(str(path))
+    ops = {n.op_type for n in m.graph.node}
+    assert {'QuantizeLinear', 'DequantizeLinear'} <= ops and m.graph.node[-1].op_type == 'Softmax'   # the scores stay float
+    assert r['bytes'] < q['fp32_bytes'] / 2                                       # int8 weights
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta['format'] == P.ONNX_FORMAT and 'int8 static' in meta['quantization'] and json.loads(meta['int8_parity'])['images'] == 4
+    assert sorted(p.name for p in path.parent.iterdir()) == ['tiny8.onnx']     # no fp32 or temporary files left
+
+
+def test_int8_below_the_threshold_is_not_written(tiny, train_set, tmp_path):
+    path = tmp_path / 'm.onnx'; path.write_bytes(b'the old file')
+    with pytest.raises(DataError, match='int8 model strays from fp32: argmax agreement'):
+        export_onnx(tiny[0], path, images=train_set, n_check=2, n_calib=4, int8=True, min_int8_agreement=1.01)
+    assert path.read_bytes() == b'the old file' and sorted(p.name for p in tmp_path.iterdir()) == ['m.onnx']
+
+
+def test_int8_predicts_and_the_cli_reports_the_check(int8, tiny, train_set, photos, tmp_path, capsys):
+    from faceseg_lib.cli import main
+    out = tmp_path / 'cli.onnx'
+    assert main(['export', str(tiny[0]), str(out), '--int8', '--images', str(train_set), '--n-check', '2', '--n-calib', '4',
+                 '--min-int8-agreement', '0.9']) == 0
+    said = capsys.readouterr().out
+    assert 'int8: calibrated on 4 images; against fp32 on 2 held-out images: argmax agreement' in said and 'F1 drop' in said
+    for model, d in ((int8[0], 'q'), (tiny[1], 'f')):
+        P.predict(model, [str(photos[0])], tmp_path / d, detect=False, progress=False, log=lambda m: None)
+    a, b = (cv2.imread(str(tmp_path / d / f'{photos[0].stem}.png'), cv2.IMREAD_UNCHANGED) for d in ('q', 'f'))
+    assert a.shape == b.shape and (a == b).mean() > 0.9

@@ -17,7 +17,7 @@ from .labels import PARTS
 
 # %% auto #0
 __all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'part_masks', 'multilabel_dice',
-           'make_loss']
+           'losses_for', 'make_loss']
 
 # %% ../notebooks/lib/08a_losses.ipynb #150daa8e
 def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -67,8 +67,12 @@ MULTILABEL_LOSSES: dict[str, Callable] = {  # name -> loss(logits (N, 18, H, W),
     'dice_smp': _on_parts(smp.losses.DiceLoss(mode='multilabel', from_logits=True)),  # the original project's loss
 }
 
+def losses_for(head: str = 'multiclass') -> dict[str, Callable]:
+    "The losses a model with `head` trains with: 'multiclass': LOSSES, 'multilabel': MULTILABEL_LOSSES."
+    return MULTILABEL_LOSSES if head == 'multilabel' else LOSSES
+
 def make_loss(name: str, head: str = 'multiclass') -> Callable:
-    "The loss `name` for a model with `head` ('multiclass': LOSSES, 'multilabel': MULTILABEL_LOSSES); KeyError naming the valid ones."
-    table = MULTILABEL_LOSSES if head == 'multilabel' else LOSSES
+    "The loss `name` for a model with `head` (see `losses_for`); KeyError naming the valid ones."
+    table = losses_for(head)
     if name not in table: raise KeyError(f'unknown loss {name!r} for the {head} head; valid: {", ".join(table)}')
     return table[name]

@@ -68,9 +68,9 @@ def run_notebook(name: str,           # pipeline notebook, e.g. '01_data_explora
     return output
 
 # %% ../notebooks/lib/11_pipeline.ipynb #d352f0f3
-def demo_data_paths(raw: str | Path | None, size: int) -> tuple[Path, Path]:
-    "The raw and prepared folders the demo uses: the synthetic set under data/synthetic, real data under data/prepared."
-    data = repo_root() / 'data'
+def demo_data_paths(raw: str | Path | None, size: int, root: str | Path | None = None) -> tuple[Path, Path]:
+    "The raw and prepared folders the demo uses (under `root`, default the repository root): synthetic under data/synthetic, real under data/prepared."
+    data = (Path(root) if root is not None else repo_root()) / 'data'
     if raw is None: return data / 'synthetic' / 'raw', data / 'synthetic' / 'prepared' / str(size)
     return Path(raw).resolve(), data / 'prepared' / str(size)
 
@@ -107,8 +107,7 @@ def after_demo(params: dict,                    # a notebook's parameters (its g
     root = Path(root) if root is not None else repo_root()
     if any(params.get(k) != v for k, v in REAL_DATA_DEFAULTS.items()) or (root / REAL_DATA_DEFAULTS['data_dir']).exists(): return {}
     size = DEMO_RECIPE['size']
-    prepared = demo_data_paths(None, size)[1]
-    if root != repo_root(): prepared = root / prepared.relative_to(repo_root())
+    prepared = demo_data_paths(None, size, root)[1]
     if not (prepared / 'meta.json').is_file(): return {}
     new = dict(data_dir=str(prepared), size=size, encoder_weights=demo_encoder_weights(DEMO_RECIPE['encoder_weights'], True))
     say(f"{REAL_DATA_DEFAULTS['data_dir']} does not exist yet: using the demo's synthetic faces ({prepared}, {size} px, "

@@ -21,7 +21,7 @@ from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, res
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
-from .losses import LOSSES, MULTILABEL_LOSSES, make_loss
+from .losses import losses_for, make_loss
 from .optim import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler
 from .dataset import (AUGMENTATIONS, FaceParsingDataset, SeededItems, SeededSampler, SeededTransform, derive_seed,
                                  eval_transform, label_map, load_meta, model_batch, split_ids, train_transform)
@@ -48,8 +48,7 @@ def resolved(config: TrainConfig) -> TrainConfig:
 def config_problems(c: TrainConfig) -> list[Problem]:
     "Everything wrong with the values of a resolved config (not the dataset): numbers, device, and the registered names."
     p = value_problems(c)
-    losses = MULTILABEL_LOSSES if c.head == 'multilabel' else LOSSES
-    for field, valid in (('head', HEADS), ('loss', losses), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS),
+    for field, valid in (('head', HEADS), ('loss', losses_for(c.head)), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS),
                          ('augmentation', AUGMENTATIONS), ('best_by', BEST_BY)):
         if getattr(c, field) not in valid:
             p.append(Problem(f'config.{field}', f'unknown value {getattr(c, field)!r}', f"use one of {', '.join(map(str, valid))}"))

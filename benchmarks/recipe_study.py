@@ -42,6 +42,12 @@ RECIPES: dict[str, dict] = {
     'default-focal': dict(preset='default', loss='focal'),
     'multilabel-dice_ce': dict(preset='default', head='multilabel'),
     'careful-cosine': dict(preset='careful', scheduler='cosine', warmup_epochs=1.0),
+    'careful-repeat': dict(preset='careful', sampling='repeat'),
+    'careful-ohem': dict(preset='careful', loss='dice_ohem'),
+    'careful-lovasz': dict(preset='careful', loss='ce_lovasz'),
+    'careful-strong': dict(preset='careful', augmentation='strong'),
+    'careful-lr2e-3': dict(preset='careful', lr=2e-3),
+    'careful-bs4': dict(preset='careful', batch_size=4),
 }
 
 
@@ -78,6 +84,17 @@ def run_result(run: Path, recipe: str, init: str, r: int) -> dict | None:
     return {'recipe': recipe, 'init': init, 'run': r, 'best_epoch': m['epoch'], 'val_mean_f1': m['mean_f1'],
             'val_micro_fscore': m['micro_fscore'], 'dead_parts': ' '.join(m.get('dead_parts') or []),
             **{f'f1_{p}': f1.get(p) for p in RARE}, 'seconds': float(h['seconds'].sum())}
+
+
+def finished_rows(runs: Path) -> list[dict]:
+    "The rows of every finished run under `runs` (folders named <recipe>-<init>-r<run>), in RECIPES order, then init, run."
+    rows = []
+    for d in sorted(runs.iterdir()) if runs.is_dir() else []:
+        recipe, _, rest = d.name.rpartition('-r')[0].rpartition('-')
+        init, r = rest, d.name.rpartition('-r')[2]
+        if recipe in RECIPES and r.isdigit() and (row := run_result(d, recipe, init, int(r))): rows.append(row)
+    order = {name: i for i, name in enumerate(RECIPES)}
+    return sorted(rows, key=lambda row: (order[row['recipe']], row['init'] != 'imagenet', row['run']))
 
 
 def _fmt(values: list[float]) -> str:
@@ -148,7 +165,7 @@ def main(argv=None) -> int:
                             seed=r, workers=a.workers, resume=run.is_dir(), **RECIPES[recipe]))
             row = run_result(run, recipe, init, r)
             print(f'[{n}/{len(plan)}] {name}: val mean F1 {row["val_mean_f1"]:.4f} ({(time.time() - t0) / 60:.1f} min)', flush=True)
-        rows.append(row)
+        rows = finished_rows(run.parent)  # this plan's runs and any others finished in the same folder
         import pandas as pd
         pd.DataFrame(rows).to_csv(results.with_suffix('.csv'), index=False)
         results.with_suffix('.md').write_text(table(rows) + '\n')

@@ -27,11 +27,12 @@ from .splits import SPLITS
 from .prepare import FORMAT as PREPARED_FORMAT, class_pixels, unpack_bits
 
 # %% auto #0
-__all__ = ['PART_BITS_DTYPE', 'IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'TARGETS', 'check_prepared', 'load_meta',
-           'load_splits', 'split_ids', 'read_image', 'read_label', 'read_parts', 'swap_lr', 'HorizontalFlipLR',
-           'augmentations', 'train_transform', 'eval_transform', 'denormalize', 'FaceParsingDataset',
-           'normalize_images', 'model_batch', 'label_map', 'derive_seed', 'SeededSampler', 'SeededItems',
-           'SeededTransform', 'label_stats', 'split_sizes', 'class_summary', 'mask_areas', 'meta_summary']
+__all__ = ['PART_BITS_DTYPE', 'IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'TARGETS', 'SAMPLINGS', 'REPEAT_THRESHOLD',
+           'check_prepared', 'load_meta', 'load_splits', 'split_ids', 'read_image', 'read_label', 'read_parts',
+           'swap_lr', 'HorizontalFlipLR', 'augmentations', 'train_transform', 'eval_transform', 'denormalize',
+           'FaceParsingDataset', 'normalize_images', 'model_batch', 'label_map', 'derive_seed', 'SeededSampler',
+           'SeededItems', 'SeededTransform', 'label_stats', 'repeat_factors', 'RepeatFactorSampler', 'split_sizes',
+           'class_summary', 'mask_areas', 'meta_summary']
 
 # %% ../notebooks/lib/05_dataset.ipynb #e5a2cdde
 _PREPARE_FIX = 'point at the output folder of `faceseg prepare RAW OUT` (or run it to create one)'
@@ -358,6 +359,29 @@ def label_stats(root: str | Path,                   # a prepared dataset
     df = pd.DataFrame(np.stack(counts) if counts else np.zeros((0, NUM_CLASSES), np.int64), columns=list(CLASSES))
     df.insert(0, 'split', [split_of.get(i, '') for i in ids]); df.insert(0, 'id', list(ids))
     return df
+
+# %% ../notebooks/lib/05_dataset.ipynb #6bbabe1a
+SAMPLINGS: tuple[str, ...] = ('uniform', 'repeat')  # how training draws an epoch's images
+REPEAT_THRESHOLD = 0.5  # LVIS's t: parts in fewer than this share of the images are drawn more often
+
+def repeat_factors(stats: pd.DataFrame,                # `label_stats` of the training images
+                   threshold: float = REPEAT_THRESHOLD
+                  ) -> np.ndarray:
+    "Each image's repeat factor: the largest max(1, sqrt(threshold / f)) over its parts, f the share of images showing the part."
+    present = stats[list(CLASSES[1:])].to_numpy() > 0
+    part = np.maximum(1.0, np.sqrt(threshold / np.maximum(present.mean(0), 1e-12)))
+    return np.where(present, part, 1.0).max(1, initial=1.0)
+
+class RepeatFactorSampler(torch.utils.data.Sampler):
+    "Indices drawn with replacement in proportion to `weights`, len(weights) per epoch over all processes, this process's share; seeded by (seed, epoch)."
+    def __init__(self, weights: Sequence[float], num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        self.weights, self.world, self.rank, self.seed, self.epoch = torch.as_tensor(weights, dtype=torch.double), num_replicas, rank, seed, 0
+    def set_epoch(self, epoch: int): self.epoch = epoch
+    def __len__(self) -> int: return len(self.weights) // self.world
+    def __iter__(self):
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        drawn = torch.multinomial(self.weights, len(self) * self.world, replacement=True, generator=g).tolist()
+        return iter(drawn[self.rank::self.world])
 
 # %% ../notebooks/lib/05_dataset.ipynb #ddbb41b0
 def _split_order(splits) -> list[str]:

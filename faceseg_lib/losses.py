@@ -1,4 +1,4 @@
-"""The training losses, one home: our Dice (absent classes pay for false positives), Dice + cross-entropy (the default), cross-entropy, focal, and smp's Dice for comparison.
+"""The training losses, one home: our Dice (absent classes pay for false positives), Dice + cross-entropy, cross-entropy, focal, OHEM cross-entropy (BiSeNet's), Lovasz-softmax, and smp's Dice for comparison.
 
 Docs: https://faceseg.github.io/faceseg/lib/losses.html.md"""
 
@@ -16,8 +16,8 @@ import segmentation_models_pytorch as smp
 from .labels import PARTS
 
 # %% auto #0
-__all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'part_masks', 'multilabel_dice',
-           'losses_for', 'make_loss']
+__all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem', 'ohem_ce_loss', 'part_masks',
+           'multilabel_dice', 'losses_for', 'make_loss']
 
 # %% ../notebooks/lib/08a_losses.ipynb #150daa8e
 def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -35,12 +35,27 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     "Dice loss plus pixel-wise cross-entropy (the CE term gives well-scaled gradients early on)."
     return dice_loss(logits, target) + F.cross_entropy(logits.float(), target)
 
+def ohem(losses: torch.Tensor, thresh: float = 0.357, min_kept: float = 1 / 16) -> torch.Tensor:
+    "Mean of the hard elements of per-element `losses`: those above `thresh` (-log 0.7), or the hardest `min_kept` share if fewer."
+    flat = losses.flatten()
+    k = max(1, int(flat.numel() * min_kept))
+    top = flat.topk(k).values
+    return flat[flat > thresh].mean() if top[-1] > thresh else top.mean()
+
+def ohem_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    "Online hard example mining cross-entropy, as BiSeNet trains face parsing: CE over the pixels the model gets wrong."
+    return ohem(F.cross_entropy(logits.float(), target, reduction='none'))
+
 LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
     'dice': dice_loss,
     'ce': nn.CrossEntropyLoss(),
     'dice_ce': dice_ce_loss,
     'focal': smp.losses.FocalLoss(mode='multiclass'),
     'dice_smp': smp.losses.DiceLoss(mode='multiclass', from_logits=True),  # smp's Dice: absent classes cost nothing
+    'ohem': ohem_ce_loss,
+    'dice_ohem': lambda l, t: dice_loss(l, t) + ohem_ce_loss(l, t),
+    'lovasz': smp.losses.LovaszLoss(mode='multiclass'),  # Lovasz-softmax: a surrogate of the mean IoU of the present classes
+    'ce_lovasz': lambda l, t: F.cross_entropy(l.float(), t) + LOSSES['lovasz'](l.float(), t),
 }
 
 # %% ../notebooks/lib/08a_losses.ipynb #77db04b2
@@ -65,6 +80,10 @@ MULTILABEL_LOSSES: dict[str, Callable] = {  # name -> loss(logits (N, 18, H, W),
     'dice_ce': _on_parts(lambda l, m: multilabel_dice(l, m) + F.binary_cross_entropy_with_logits(l, m)),
     'focal': _on_parts(smp.losses.FocalLoss(mode='multilabel')),
     'dice_smp': _on_parts(smp.losses.DiceLoss(mode='multilabel', from_logits=True)),  # the original project's loss
+    'ohem': _on_parts(lambda l, m: ohem(F.binary_cross_entropy_with_logits(l, m, reduction='none'))),
+    'dice_ohem': _on_parts(lambda l, m: multilabel_dice(l, m) + ohem(F.binary_cross_entropy_with_logits(l, m, reduction='none'))),
+    'lovasz': _on_parts(smp.losses.LovaszLoss(mode='multilabel')),
+    'ce_lovasz': _on_parts(lambda l, m: F.binary_cross_entropy_with_logits(l, m) + smp.losses.LovaszLoss(mode='multilabel')(l, m)),
 }
 
 def losses_for(head: str = 'multiclass') -> dict[str, Callable]:

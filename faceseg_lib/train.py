@@ -17,14 +17,15 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, resolve_device, resolve_path, spell, write_atomic
+from .core import PROGRESS_ENV, amp_dtype, loader_workers, out_dir_problems, progress_bar, resolve_device, resolve_path, spell, write_atomic
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
 from .losses import losses_for, make_loss
 from .optim import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler
-from .dataset import (AUGMENTATIONS, FaceParsingDataset, SeededItems, SeededSampler, SeededTransform, derive_seed,
-                                 eval_transform, label_map, load_meta, model_batch, split_ids, train_transform)
+from .dataset import (AUGMENTATIONS, SAMPLINGS, FaceParsingDataset, RepeatFactorSampler, SeededItems, SeededSampler,
+                                 SeededTransform, derive_seed, eval_transform, label_map, label_stats, load_meta, model_batch,
+                                 repeat_factors, split_ids, train_transform)
 from .models import (HEADS, class_scores, create_model, check_input_size, model_head, resolve_arch, resolve_encoder,
                                 save_checkpoint, load_checkpoint)
 from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
@@ -49,7 +50,7 @@ def config_problems(c: TrainConfig) -> list[Problem]:
     "Everything wrong with the values of a resolved config (not the dataset): numbers, device, and the registered names."
     p = value_problems(c)
     for field, valid in (('head', HEADS), ('loss', losses_for(c.head)), ('optimizer', OPTIMIZERS), ('scheduler', SCHEDULERS),
-                         ('augmentation', AUGMENTATIONS), ('best_by', BEST_BY)):
+                         ('augmentation', AUGMENTATIONS), ('sampling', SAMPLINGS), ('best_by', BEST_BY)):
         if getattr(c, field) not in valid:
             p.append(Problem(f'config.{field}', f'unknown value {getattr(c, field)!r}', f"use one of {', '.join(map(str, valid))}"))
     return p
@@ -105,7 +106,10 @@ def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.de
     target = 'parts' if c.head == 'multilabel' else 'labels'  # the multilabel head trains on the overlapping part masks
     train_ds = FaceParsingDataset(root, c.train_split, transform=SeededTransform(train_transform(c.size, c.augmentation, normalize=False)), target=target)
     val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size, normalize=False), target=target)
-    shuffle = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
+    if c.sampling == 'repeat':  # rare parts' images more often (dataset.repeat_factors)
+        factors = repeat_factors(label_stats(root, ids=train_ds.ids, progress=rank == 0 and _show_progress()))
+        shuffle = RepeatFactorSampler(factors, num_replicas=world, rank=rank, seed=c.seed)
+    else: shuffle = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
     workers = loader_workers(c.workers, world)
     # own generators: starting an iterator (once with persistent workers, every epoch without) draws no global numbers
     common = lambda: dict(num_workers=workers, pin_memory=device.type == 'cuda', persistent_workers=workers > 0,
@@ -146,7 +150,7 @@ def seed_all(seed: int):
 # %% ../notebooks/lib/09_train.ipynb #38fdb07e
 def _show_progress() -> bool:
     "Progress bars in a terminal or an interactive notebook (FACESEG_PROGRESS=0/1 overrides); never in plain logs."
-    env = os.environ.get('FACESEG_PROGRESS')
+    env = os.environ.get(PROGRESS_ENV)
     if env is not None: return env.strip().lower() not in ('0', 'false', 'no', '')
     if sys.stderr.isatty(): return True
     try:

@@ -34,6 +34,9 @@ RARE = ('eye_g', 'hat', 'ear_r', 'neck_l')  # the parts present in few images
 # recipe name -> TrainConfig fields (a preset and what changes on top of it)
 RECIPES: dict[str, dict] = {
     'default': dict(preset='default'),
+    # the default preset before the study chose it: Dice + CE, AdamW 5e-4, warm-up + cosine, flip/affine/colour
+    'previous-default': dict(preset='default', loss='dice_ce', lr=5e-4, scheduler='cosine', warmup_epochs=1.0,
+                             augmentation='default', sampling='uniform'),
     'original': dict(preset='original'),
     'careful': dict(preset='careful'),
     'default-lr1e-3': dict(preset='default', lr=1e-3),
@@ -48,6 +51,8 @@ RECIPES: dict[str, dict] = {
     'careful-strong': dict(preset='careful', augmentation='strong'),
     'careful-lr2e-3': dict(preset='careful', lr=2e-3),
     'careful-bs4': dict(preset='careful', batch_size=4),
+    'careful-bce': dict(preset='careful', loss='dice_bce'),
+    'careful-repeat-bce': dict(preset='careful', sampling='repeat', loss='dice_bce'),
 }
 
 

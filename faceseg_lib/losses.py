@@ -16,8 +16,8 @@ import segmentation_models_pytorch as smp
 from .labels import PARTS
 
 # %% auto #0
-__all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem', 'ohem_ce_loss', 'part_masks',
-           'multilabel_dice', 'losses_for', 'make_loss']
+__all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem', 'ohem_ce_loss',
+           'balanced_ce_loss', 'part_masks', 'multilabel_dice', 'losses_for', 'make_loss']
 
 # %% ../notebooks/lib/08a_losses.ipynb #150daa8e
 def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -46,6 +46,13 @@ def ohem_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     "Online hard example mining cross-entropy, as BiSeNet trains face parsing: CE over the pixels the model gets wrong."
     return ohem(F.cross_entropy(logits.float(), target, reduction='none'))
 
+def balanced_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    "Cross-entropy with each pixel weighted by 1/sqrt of its class's share of the batch's pixels (weights averaging 1 per pixel)."
+    counts = torch.bincount(target.flatten(), minlength=logits.shape[1]).float()
+    w = (counts.sum() / counts.clamp(min=1)).sqrt()
+    w = w / (w * counts).sum() * counts.sum()
+    return F.cross_entropy(logits.float(), target, weight=w, reduction='sum') / target.numel()
+
 LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
     'dice': dice_loss,
     'ce': nn.CrossEntropyLoss(),
@@ -56,6 +63,7 @@ LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
     'dice_ohem': lambda l, t: dice_loss(l, t) + ohem_ce_loss(l, t),
     'lovasz': smp.losses.LovaszLoss(mode='multiclass'),  # Lovasz-softmax: a surrogate of the mean IoU of the present classes
     'ce_lovasz': lambda l, t: F.cross_entropy(l.float(), t) + LOSSES['lovasz'](l.float(), t),
+    'dice_bce': lambda l, t: dice_loss(l, t) + balanced_ce_loss(l, t),  # Dice + class-balanced cross-entropy
 }
 
 # %% ../notebooks/lib/08a_losses.ipynb #77db04b2
@@ -84,6 +92,8 @@ MULTILABEL_LOSSES: dict[str, Callable] = {  # name -> loss(logits (N, 18, H, W),
     'dice_ohem': _on_parts(lambda l, m: multilabel_dice(l, m) + ohem(F.binary_cross_entropy_with_logits(l, m, reduction='none'))),
     'lovasz': _on_parts(smp.losses.LovaszLoss(mode='multilabel')),
     'ce_lovasz': _on_parts(lambda l, m: F.binary_cross_entropy_with_logits(l, m) + smp.losses.LovaszLoss(mode='multilabel')(l, m)),
+    'dice_bce': _on_parts(lambda l, m: multilabel_dice(l, m) + F.binary_cross_entropy_with_logits(  # positives of rare parts weigh more
+        l, m, pos_weight=(m[0].numel() * len(m) / m.sum((0, 2, 3)).clamp(min=1)).sqrt().view(-1, 1, 1))),
 }
 
 def losses_for(head: str = 'multiclass') -> dict[str, Callable]:

@@ -49,7 +49,7 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
 def make_scheduler(optimizer: torch.optim.Optimizer, c: TrainConfig, steps_per_epoch: int):
     "The per-step lr scheduler of config `c`."
     total, warmup = c.epochs * steps_per_epoch, min(round(c.warmup_epochs * steps_per_epoch), c.epochs * steps_per_epoch)
-    if c.scheduler == 'onecycle':
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=c.lr, total_steps=total,
-                                                   pct_start=warmup / total if warmup else 0.3)
+    if c.scheduler == 'onecycle' and total >= 3:  # OneCycleLR needs a step in each phase (a shorter run: warm-up + cosine)
+        pct = min(max(warmup / total if warmup else 0.3, 1.5 / total), 1 - 1.5 / total)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=c.lr, total_steps=total, pct_start=pct)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, c.scheduler))

@@ -24,10 +24,9 @@ from faceseg_lib.errors import DataError
 from faceseg_lib.labels import NUM_CLASSES
 from faceseg_lib.predict import area_shares
 from faceseg_lib.train import fit
-from helpers import SIZE
+from helpers import SIZE, headless_chromium
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get('FACESEG_CHROMIUM') or shutil.which('chromium') or shutil.which('chromium-browser') or '/usr/bin/chromium'
 needs_gradio = pytest.mark.skipif(importlib.util.find_spec('gradio') is None, reason='gradio is not installed (pip install -e ".[test]")')
 
 
@@ -112,14 +111,7 @@ def server(ckpt, tmp_path):
 
 @pytest.fixture
 def browser():
-    """Headless Chromium (the system's, not a Playwright download) driven by Playwright."""
-    sync_api = pytest.importorskip('playwright.sync_api', reason='playwright is not installed (pip install -e ".[test]")')
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f'Chromium not found at {CHROMIUM} (apt-get install chromium, or set FACESEG_CHROMIUM)')
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=['--no-sandbox'])
-        try: yield b
-        finally: b.close()
+    with headless_chromium() as b: yield b
 
 
 def parse_in_page(page, tmp_path, name) -> np.ndarray:

@@ -125,7 +125,6 @@ def build_app(checkpoint: str | Path,    # .pt checkpoint, hub folder from `face
     gr = need_gradio()
     parser = load_parser(checkpoint, backend, device)  # once; predict takes the loaded parser
     work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix='faceseg-app-'))
-    shown = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
     def run(photo, detect, detector, no_face, min_score, tta):
         if photo is None: return None, None, legend_html(), [], None, 'Upload or drop a photo, or pick an example.'
@@ -156,11 +155,11 @@ def build_app(checkpoint: str | Path,    # .pt checkpoint, hub folder from `face
         with gr.Row():
             table = gr.Dataframe(headers=['class', 'area %'], label='class areas', elem_id='areas', interactive=False)
             with gr.Column():
-                labels = gr.File(label='label map PNG (0..18, the photo\'s size)', elem_id='labels-file', interactive=False, file_types=list(shown))
+                labels = gr.File(label='label map PNG (0..18, the photo\'s size)', elem_id='labels-file', interactive=False)
                 status = gr.Markdown(elem_id='status')
         inputs, outputs = [photo, detect, detector, no_face, min_score, tta], [overlay, color, legend, table, labels, status]
-        button.click(run, inputs, outputs)
-        photo.change(run, inputs, outputs)  # an upload, a drop, a paste or an example parses at once
+        for event in (button.click, photo.change):  # an upload, a drop, a paste or an example parses at once
+            event(run, inputs, outputs, concurrency_limit=1, concurrency_id='parse')  # one at a time: they share `work`
     page.faceseg_work = work
     return page
 
@@ -170,6 +169,8 @@ def serve(checkpoint: str | Path, host: str = '127.0.0.1', port: int = 7860, dev
     "Build the app and serve it on http://host:port (blocks until interrupted unless `block=False`); returns the page."
     page = build_app(checkpoint, device=device, backend=backend, examples=examples)
     print(f"faceseg app: serving {checkpoint} on http://{host}:{port} (Ctrl+C stops it)", flush=True)
-    page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True,
-                allowed_paths=[str(page.faceseg_work)])
+    try: page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=True,
+                     allowed_paths=[str(page.faceseg_work)])
+    finally:
+        if block: shutil.rmtree(page.faceseg_work, ignore_errors=True)  # served until Ctrl+C: the scratch folder goes
     return page

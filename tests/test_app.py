@@ -7,6 +7,7 @@ flip TTA, and save a screenshot. It is skipped (with the reason) where gradio, p
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -103,8 +104,8 @@ def server(ckpt, tmp_path):
             time.sleep(1)
         yield url
     finally:
-        proc.terminate()
-        try: proc.wait(20)
+        proc.send_signal(signal.SIGINT)  # Ctrl+C, as a user stops it
+        try: proc.wait(30)
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
         log.close()
 

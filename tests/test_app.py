@@ -47,7 +47,8 @@ def ckpt(train_set, tmp_path_factory) -> Path:
 def photo(tmp_path_factory) -> Path:
     """A synthetic face photo (256 px) that dlib's detector finds, as it finds the faces in any photo."""
     from faceseg_lib.app import example_photos
-    return example_photos(tmp_path_factory.mktemp('app-photo'), n=1, seed=3, size=256)[0]
+    folder = tmp_path_factory.mktemp('app-photo')
+    return example_photos(folder, n=1, seed=3, size=256)[0].rename(folder / 'photo.jpg')  # not named like the page's examples
 
 
 def predicted(ckpt, photo, out, *flags) -> np.ndarray:
@@ -127,7 +128,7 @@ def parse_in_page(page, tmp_path, name) -> np.ndarray:
 
 
 def test_browser_upload_gives_predicts_label_map(server, browser, ckpt, photo, tmp_path):
-    from faceseg_lib.app import area_rows
+    from faceseg_lib.app import area_rows, example_photos
     want, want_tta = predicted(ckpt, photo, tmp_path / 'cli'), predicted(ckpt, photo, tmp_path / 'cli-tta', '--tta')
     page = browser.new_page(viewport={'width': 1400, 'height': 1100}, accept_downloads=True)
     page.goto(server, wait_until='networkidle', timeout=120_000)
@@ -150,3 +151,9 @@ def test_browser_upload_gives_predicts_label_map(server, browser, ckpt, photo, t
     got_tta = parse_in_page(page, tmp_path, 'page-tta.png')
     assert np.array_equal(got_tta, want_tta), 'the page with TTA and faceseg predict --tta disagree'
     assert (tmp_path / 'app.png').stat().st_size > 10_000
+
+    page.locator('img[src*="synthetic-face-0"]').first.click()   # an example face: parsed at once, and downloadable
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').includes('512 x 512 px')", timeout=120_000)  # not the 256 px photo
+    example = parse_in_page(page, tmp_path, 'example.png')
+    drawn = example_photos(tmp_path / 'examples', n=1)[0]          # the same seeded face the app drew for its examples
+    assert np.array_equal(example, predicted(ckpt, drawn, tmp_path / 'cli-example', '--tta'))  # TTA is still on

@@ -21,7 +21,7 @@ from .pipeline import DEMO_OUT, DEMO_RECIPE, DEMO_SYNTHETIC
 __all__ = ['DEMO_TRAIN', 'SWEEP_TRAIN_FIELDS', 'SWEEP_TRAIN', 'COMMANDS', 'SynthOptions', 'PrepareOptions', 'TestOptions',
            'PredictOptions', 'ExportOptions', 'DemoOptions', 'SweepOptions', 'cmd_synth', 'cmd_prepare', 'cmd_train',
            'cmd_test', 'cmd_demo', 'cmd_sweep', 'cmd_predict', 'cmd_export', 'int8_line', 'export_hub_cmd',
-           'add_command', 'build_parser', 'parse_args', 'main']
+           'AppOptions', 'cmd_app', 'add_command', 'build_parser', 'parse_args', 'main']
 
 # %% ../notebooks/lib/20_cli.ipynb #fa045cf2
 _QUIET = {'flags': ('-q', '--quiet')}  # the metadata of every `quiet` option
@@ -81,6 +81,7 @@ class PredictOptions:
     detect: bool = True          # find the faces and crop them; --no-detect: the inputs are aligned CelebA-HQ-like crops, just resized
     detector: Literal['dlib'] = 'dlib'  # face detector (faceseg_lib.detect.DETECTORS)
     no_face: Literal['skip', 'whole'] = 'skip'  # photo without a face: skip it, or parse the whole photo
+    tta: bool = False            # flip test-time augmentation (left/right channels swapped back)
     batch_size: int = 8          # crops per model call
     device: str = 'auto'         # 'auto' | 'cpu' | 'cuda' | 'cuda:1'
     backend: Literal['auto', 'torch', 'onnx'] = 'auto'  # auto: onnx for .onnx files, else torch
@@ -263,6 +264,25 @@ def export_hub_cmd(args) -> dict:
     if args.push: r['url'] = push_hub(args.output, args.push); print(f"uploaded to {r['url']}")
     return r
 
+# %% ../notebooks/lib/20_cli.ipynb #3828b314
+@dataclass
+class AppOptions:
+    """Serve the browser app: a Gradio page that parses an uploaded photo with `faceseg predict`'s pipeline and shows
+    the overlay, the colour label map, a legend and the class areas, with the label PNG to download. Needs gradio
+    (pip install -e ".[app]")."""
+    checkpoint: str              # faceseg checkpoint (.pt), a hub folder from `faceseg export --format hub`, or an .onnx file
+    host: str = '127.0.0.1'      # address to listen on (0.0.0.0: every interface of this machine)
+    port: int = 7860             # port to listen on
+    device: str = 'auto'         # 'auto' | 'cpu' | 'cuda' | 'cuda:1'
+    backend: Literal['auto', 'torch', 'onnx'] = 'auto'  # auto: onnx for .onnx files, else torch
+    examples: int = 3            # synthetic example faces offered on the page (0: none)
+    share: bool = False          # also ask Gradio for a public share link (needs internet)
+
+def cmd_app(args):
+    "Serve the browser app until interrupted."
+    from faceseg_lib.app import serve
+    return _call(serve, args, AppOptions)
+
 # %% ../notebooks/lib/20_cli.ipynb #ad85ceaa
 COMMANDS: dict[str, tuple] = {  # name: (options dataclass, function, one-line help, add_arguments(TrainConfig) keywords)
     'synth': (SynthOptions, cmd_synth, 'generate the synthetic dataset (official raw layout)', None),
@@ -273,6 +293,7 @@ COMMANDS: dict[str, tuple] = {  # name: (options dataclass, function, one-line h
     'sweep': (SweepOptions, cmd_sweep, 'train and compare an arch x encoder grid (resumable, one run per GPU)', SWEEP_TRAIN),
     'predict': (PredictOptions, cmd_predict, 'parse the faces in your photos into label maps', None),
     'export': (ExportOptions, cmd_export, 'checkpoint -> ONNX, checked against PyTorch', None),
+    'app': (AppOptions, cmd_app, 'serve the browser app: upload a photo, see and download its parsing', None),
 }
 
 def add_command(sub, name: str, options: type | None, func: Callable, help: str, train: dict | None = None) -> argparse.ArgumentParser:

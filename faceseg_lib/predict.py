@@ -22,13 +22,13 @@ from .colors import blend, colorize
 from .core import fresh_dir, out_dir_problems, resolve_device, spell, write_atomic
 from .detect import DEFAULT_DETECTOR, DETECTORS, FaceBox, Region, detect_faces, extract, face_region, get_detector, paste
 from .errors import DataError, Problem
-from .labels import CLASSES
+from .labels import CLASSES, FLIP_LUT
 from .prepare import class_pixels
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_SUFFIXES', 'ONNX_FORMAT', 'SUMMARY_FORMAT', 'to_uint8', 'to_rgb', 'read_photo',
            'expand_inputs', 'output_names', 'normalize_batch', 'softmax', 'TorchParser', 'OnnxParser', 'load_parser',
-           'area_shares', 'write_outputs', 'predict']
+           'FlipTTA', 'area_shares', 'write_outputs', 'predict']
 
 # %% ../notebooks/lib/13_predict.ipynb #f3f7a5ae
 IMAGE_EXTENSIONS: tuple[str, ...] = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm', '.pgm')
@@ -216,6 +216,16 @@ def load_parser(checkpoint: str | Path,  # a faceseg .pt checkpoint, or an .onnx
         raise DataError.from_problem(checkpoint, 'is an ONNX file', 'use --backend onnx (or auto) for it, or pass the .pt checkpoint')
     return OnnxParser(checkpoint, device) if backend == 'onnx' else TorchParser(checkpoint, device)
 
+# %% ../notebooks/lib/13_predict.ipynb #1b6b3fdc
+class FlipTTA:
+    "A parser that averages `parser`'s class scores of the crops and of their mirror images (l/r swapped back)."
+    def __init__(self, parser): self.parser = parser
+    def __getattr__(self, name): return getattr(self.parser, name)  # size, classes, name, backend, ... of the model
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        "Class scores (N, 19, H, W) of uint8 crops (N, H, W, 3), averaged over the crop and its mirror."
+        mirrored = self.parser(np.ascontiguousarray(batch[:, :, ::-1]))[:, FLIP_LUT, :, ::-1]
+        return (self.parser(batch) + mirrored) / 2
+
 # %% ../notebooks/lib/13_predict.ipynb #5f8ae036
 def area_shares(labels: np.ndarray) -> dict[str, float]:
     "Each class's share of the label map's pixels, by class name."
@@ -329,7 +339,7 @@ def _write_summary(out: Path, checkpoint: str | Path, parser, detector: str | No
     return summary
 
 # %% ../notebooks/lib/13_predict.ipynb #995e859c
-def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .onnx from `faceseg export`
+def predict(checkpoint,                            # faceseg .pt checkpoint, hub folder, .onnx from `faceseg export`, or a loaded parser
             inputs: str | Path | Sequence[str | Path],  # image files, folders and glob patterns
             out: str | Path,                     # output folder (created)
             detect: bool = True,                 # find faces and crop them; False: inputs are aligned crops
@@ -343,6 +353,7 @@ def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .
             no_face: str = 'skip',               # photo without a face: 'skip' (report, write nothing) | 'whole'
             min_score: float = 0.0,              # drop detections scoring below this
             pad: str = 'reflect',                # crops leaving the photo: 'reflect' | 'constant'
+            tta: bool = False,                   # flip test-time augmentation (`FlipTTA`)
             log: Callable[[str], None] | None = None,  # where messages go; default: stderr (beside the bar)
            ) -> dict:
     "Parse the faces in photos into label maps of the photos' size; returns (and writes) the summary."
@@ -353,7 +364,8 @@ def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .
     if not paths: raise DataError.from_problems(problems, 'No images to parse') if problems else DataError('No inputs given')
     out, names = Path(out), output_names(paths)
     _check_out(out, overwrite)
-    parser, detector = load_parser(checkpoint, backend, device), detector if detect else None
+    parser = checkpoint if callable(checkpoint) else load_parser(checkpoint, backend, device)  # a loaded one: the app's
+    parser, detector = FlipTTA(parser) if tta else parser, detector if detect else None
     if detector: get_detector(detector)  # a detector that cannot be loaded fails now, not on the first photo
     say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     for q in problems: say(f"skipped {q}")

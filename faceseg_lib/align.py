@@ -15,7 +15,7 @@ from .detect import FaceBox, Region, extract, get_detector
 
 # %% auto #0
 __all__ = ['TEMPLATE', 'fit_similarity', 'View', 'face_view', 'region_view', 'photo_view', 'footprint', 'warp_in', 'warp_out',
-           'crop_view', 'refine', 'feather', 'paste_view', 'compose']
+           'crop_view', 'refine', 'depth', 'paste_view', 'compose']
 
 # %% ../notebooks/lib/13b_align.ipynb #cd740d94
 # python benchmarks/fit_template.py (RetinaFace, the 300 sample images): eyes, nose, mouth corners, left to right
@@ -69,10 +69,11 @@ def _pixels(view: View, size: int, origin: tuple = (0, 0), k: tuple = (1.0, 1.0)
     M = A @ C; M[:, 2] -= 0.5
     return M
 
-def footprint(view: View, shape: tuple, pad: int = 2) -> tuple[int, int, int, int]:
-    "The photo window (x0, y0, x1, y1) the view's input covers, clipped to the photo: empty when x1 <= x0."
+def footprint(view: View, shape: tuple, pad: int = 2, grow: float = 0.0) -> tuple[int, int, int, int]:
+    "The photo window (x0, y0, x1, y1) the view's input (grown by `grow` input sides all round) covers, clipped to the photo."
     inv = cv2.invertAffineTransform(view.matrix)
-    corners = np.array([[0, 0, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]], np.float64) @ inv.T
+    lo, hi = -grow, 1 + grow
+    corners = np.array([[lo, lo, 1], [hi, lo, 1], [lo, hi, 1], [hi, hi, 1]], np.float64) @ inv.T
     h, w = shape[:2]
     x0, y0 = np.floor(corners.min(0)).astype(int) - pad; x1, y1 = np.ceil(corners.max(0)).astype(int) + pad
     return int(max(x0, 0)), int(max(y0, 0)), int(min(x1, w)), int(min(y1, h))
@@ -96,14 +97,13 @@ def warp_in(image: np.ndarray,   # (H, W, 3) uint8 photo
 def warp_out(maps: np.ndarray,   # (size, size) or (C, size, size) float32 maps of one input
              view: View,         # the view that input showed
              window: tuple,      # (x0, y0, x1, y1) photo window to fill
-             border: str = 'replicate', # outside the input: 'replicate' | 'constant' (0)
-             nearest: bool = False      # nearest-neighbour instead of bilinear sampling
+             border: str = 'replicate'  # outside the input: 'replicate' | 'constant' (0)
             ) -> np.ndarray:
     "The input's maps sampled (bilinear) at every photo pixel of `window`: (h, w) or (C, h, w)."
     x0, y0, x1, y1 = window
     M = _pixels(view, maps.shape[-1], (x0, y0))
     warp = lambda m: cv2.warpAffine(np.ascontiguousarray(m, np.float32), M, (x1 - x0, y1 - y0),
-                                    flags=(cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP, borderMode=_BORDERS[border])
+                                    flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=_BORDERS[border])
     return warp(maps) if maps.ndim == 2 else np.stack([warp(m) for m in maps])
 
 def crop_view(image: np.ndarray, view: View, size: int, pad: str = 'reflect') -> np.ndarray:
@@ -124,34 +124,39 @@ def refine(image: np.ndarray, face: FaceBox, detector: str, size: int = 256) -> 
     return FaceBox(face.x0, face.y0, face.x1, face.y1, face.score, tuple((float(x), float(y)) for x, y in marks))
 
 # %% ../notebooks/lib/13b_align.ipynb #48d4af10
-def feather(size: int, width: float = 0.1) -> np.ndarray:
-    "A (size, size) weight: 1 inside, falling smoothly (smoothstep) to 0 at the edge over `width` of the side."
-    if width <= 0: return np.ones((size, size), np.float32)
-    i = np.arange(size); r = np.clip((np.minimum(i, size - 1 - i) + 0.5) / (width * size), 0, 1)
-    r = r * r * (3 - 2 * r)
-    return np.minimum.outer(r, r).astype(np.float32)
+def depth(view: View, window: tuple) -> np.ndarray:
+    "How deep each photo pixel of `window` lies inside the view's input: distance to its edge in input sides (< 0 outside)."
+    x0, y0, x1, y1 = window
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+    A = view.matrix.astype(np.float32)
+    u, v = A[0, 0] * xs + A[0, 1] * ys + A[0, 2], A[1, 0] * xs + A[1, 1] * ys + A[1, 2]
+    return np.minimum(np.minimum(u, 1 - u), np.minimum(v, 1 - v))
+
+def _smoothstep(x: np.ndarray) -> np.ndarray: x = np.clip(x, 0, 1); return x * x * (3 - 2 * x)
 
 # %% ../notebooks/lib/13b_align.ipynb #4a4960eb
 def paste_view(probs: np.ndarray,          # (C, size, size) class probabilities of one input
                view: View,                 # what that input showed
                labels: np.ndarray,         # (H, W) uint8 label map of the photo, written in place
-               conf: np.ndarray | None = None,  # (H, W) float32 weight of the face that labelled each pixel; None: overwrite
-               context: tuple | None = None,    # (probs, view) of the whole-photo pass to mix in towards the edge
-               width: float = 0.1          # feather width, as a share of the input's side
+               conf: np.ndarray | None = None,  # (H, W) float32 depth of the face that labelled each pixel (-inf: none); None: overwrite
+               context: tuple | None = None,    # (probs, view) of the whole-photo pass, mixed in beyond the input's edge
+               width: float = 0.1          # the band beyond the edge where the face fades into the context, in input sides
               ) -> None:
-    "Write one input's labels into the photo (argmax in photo space), mixed with `context` where its feather fades."
-    window = footprint(view, labels.shape); x0, y0, x1, y1 = window
+    "Write one input's labels into the photo (argmax in photo space): its own inside, fading into `context` beyond its edge."
+    grow = width if context is not None else 0.0
+    window = footprint(view, labels.shape, grow=grow); x0, y0, x1, y1 = window
     if x1 <= x0 or y1 <= y0: return
-    inside = warp_out(np.ones(probs.shape[1:], np.float32), view, window, border='constant', nearest=True) > 0  # pixel centres it covers
-    w = warp_out(feather(probs.shape[-1], width if conf is not None else 0), view, window, border='constant') * inside
-    best = np.full(w.shape, -1.0, np.float32); idx = np.zeros(w.shape, np.uint8)
+    d = depth(view, window)
+    w = _smoothstep(1 + d / width) if context is not None else None  # 1 inside, 0 a band's width outside
+    best = np.full(d.shape, -1.0, np.float32); idx = np.zeros(d.shape, np.uint8)
     for c in range(probs.shape[0]):  # one class at a time: memory stays a few window-sized arrays
-        p = warp_out(probs[c], view, window)
-        if context is not None: p = w * p + (1 - w) * warp_out(context[0][c], context[1], window)
+        p = warp_out(probs[c], view, window)  # beyond the edge: the edge's values carried on
+        if w is not None: p = w * p + (1 - w) * warp_out(context[0][c], context[1], window)
         better = p > best; best[better] = p[better]; idx[better] = c
-    if conf is None: labels[y0:y1, x0:x1][inside] = idx[inside]; return
-    win = w > conf[y0:y1, x0:x1] if context is None else (w > conf[y0:y1, x0:x1]) | (conf[y0:y1, x0:x1] == 0)
-    labels[y0:y1, x0:x1][win] = idx[win]; conf[y0:y1, x0:x1][win] = w[win]
+    reach = d >= 0 if w is None else w > 0
+    win = reach if conf is None else reach & (d > conf[y0:y1, x0:x1])
+    labels[y0:y1, x0:x1][win] = idx[win]
+    if conf is not None: conf[y0:y1, x0:x1][win] = d[win]
 
 # %% ../notebooks/lib/13b_align.ipynb #effeaf93
 def compose(labels: np.ndarray,            # (H, W) uint8 label map of the photo, written in place
@@ -160,6 +165,6 @@ def compose(labels: np.ndarray,            # (H, W) uint8 label map of the photo
             width: float = 0.1) -> np.ndarray:
     "Paste a photo's inputs: the context pass over the whole photo first, then each face mixed into it; returns `labels`."
     if context is not None: paste_view(*context, labels)
-    conf = np.zeros(labels.shape, np.float32)
+    conf = np.full(labels.shape, -np.inf, np.float32)
     for probs, view in faces: paste_view(probs, view, labels, conf, context, width)
     return labels

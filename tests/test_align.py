@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import faceseg_lib.predict as P
-from faceseg_lib.align import TEMPLATE, View, face_view, fit_similarity, paste_view, photo_view, region_view, warp_in, warp_out
+from faceseg_lib.align import TEMPLATE, View, compose, face_view, fit_similarity, paste_view, photo_view, region_view, warp_in, warp_out
 from faceseg_lib.detect import DETECTORS, FaceBox, Region, detect_faces, register_detector
 from faceseg_lib.labels import CLASSES, NUM_CLASSES
 
@@ -215,14 +215,17 @@ def test_retinaface_landmarks_land_on_the_template_for_celeba_hq_crops(sample_di
 
 
 def test_context_pass_labels_beyond_the_crop_without_a_seam():
-    """A face crop and the whole-photo pass disagree (skin vs hair): the label changes inside the feathered band, not at
-    the crop's edge, and the photo outside the crop is labelled by the context pass."""
+    """A face crop and the whole-photo pass disagree (skin vs hair): inside the crop the face's labels stand, beyond its
+    edge they run on and fade into the context's within the band (not at the edge itself), and the photo farther out
+    is labelled by the context pass."""
     skin = np.zeros((NUM_CLASSES, 32, 32), np.float32); skin[SKIN] = 0.9; skin[HAIR] = 0.1
     hair = np.zeros((NUM_CLASSES, 32, 32), np.float32); hair[HAIR] = 0.8; hair[SKIN] = 0.2
-    labels, conf = np.zeros((100, 100), np.uint8), np.zeros((100, 100), np.float32)
+    labels = np.zeros((100, 100), np.uint8)
     ctx = (hair, photo_view(labels.shape, letterbox=True))
-    paste_view(*ctx, labels); paste_view(skin, region_view(Region(20, 20, 60, 60)), labels, conf, context=ctx)
+    compose(labels, [(skin, region_view(Region(20, 20, 60, 60)))], ctx)
     row = labels[50]
-    assert set(row[:20]) == {HAIR} and set(row[80:]) == {HAIR} and row[50] == SKIN
+    assert set(row[:12]) == {HAIR} and set(row[88:]) == {HAIR} and set(row[20:80]) == {SKIN}
     first_skin = int(np.argmax(row == SKIN))
-    assert 20 < first_skin < 26                                           # the change lies inside the crop, in its feather
+    assert 14 < first_skin < 20                                           # the change lies beyond the crop, in the band
+    alone = compose(np.zeros((100, 100), np.uint8), [(skin, region_view(Region(20, 20, 60, 60)))])
+    assert set(alone[50, 20:80]) == {SKIN} and alone[50, :20].max() == 0 and alone[50, 80:].max() == 0  # no context: the crop only

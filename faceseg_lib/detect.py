@@ -1,4 +1,4 @@
-"""Where the faces are and what the model sees of them: face detectors in a small registry, CelebA-HQ-like crops of any photo, and the model's labels pasted back at the photo's size.
+"""Where the faces are: face detectors in a small registry (RetinaFace with five landmarks, dlib's HOG), and CelebA-HQ-like square crops around their boxes.
 
 Docs: https://faceseg.github.io/faceseg/lib/detect.html.md"""
 
@@ -20,7 +20,7 @@ from .errors import DataError
 # %% auto #0
 __all__ = ['RETINA_MEAN', 'RETINA_MARGIN', 'RETINA_SHIFT', 'DETECTORS', 'DEFAULT_DETECTOR', 'FaceBox', 'DetectorSpec',
            'retinaface_onnx', 'register_detector', 'resolve_detector', 'get_detector', 'detect_faces', 'Region',
-           'face_region', 'extract', 'paste']
+           'face_region', 'extract']
 
 # %% ../notebooks/lib/13a_detect.ipynb #35d4661a
 @dataclass(frozen=True)
@@ -187,24 +187,3 @@ def extract(image: np.ndarray,   # uint8 (H, W, 3)
     mode = cv2.BORDER_REFLECT_101 if pad == 'reflect' and min(rw, rh) > 1 else cv2.BORDER_CONSTANT
     out = cv2.copyMakeBorder(small, top, size - top - rh, left, size - left - rw, mode, value=(0, 0, 0))
     return out
-
-# %% ../notebooks/lib/13a_detect.ipynb #81c70d14
-def paste(probs: np.ndarray,   # (C, size, size) float32 class probabilities of one model input
-          region: Region,      # the region that input showed
-          labels: np.ndarray,  # (H, W) uint8 label map of the photo, written in place
-          conf: np.ndarray | None = None  # (H, W) float32 confidence so far; None: overwrite (a single region)
-         ) -> None:
-    "Write the labels of one model input into the photo's label map where it is the most confident so far."
-    x0, y0, x1, y1 = _inside(region, labels.shape)
-    if x1 <= x0 or y1 <= y0: return
-    size_y, size_x = probs.shape[1:]
-    kx, ky = size_x / region.w, size_y / region.h
-    M = np.float32([[kx, 0, (x0 + 0.5 - region.x0) * kx - 0.5], [0, ky, (y0 + 0.5 - region.y0) * ky - 0.5]])
-    best = np.full((y1 - y0, x1 - x0), -1.0, np.float32); idx = np.zeros(best.shape, np.uint8)
-    for c in range(probs.shape[0]):  # one class at a time: memory stays a few region-sized arrays
-        p = cv2.warpAffine(np.ascontiguousarray(probs[c], dtype=np.float32), M, (x1 - x0, y1 - y0),
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-        better = p > best; best[better] = p[better]; idx[better] = c
-    if conf is None: labels[y0:y1, x0:x1] = idx; return
-    win = best > conf[y0:y1, x0:x1]
-    labels[y0:y1, x0:x1][win] = idx[win]; conf[y0:y1, x0:x1][win] = best[win]

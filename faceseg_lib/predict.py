@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from .celebamask import jpeg_damage
 from .colors import blend, colorize
 from .core import fresh_dir, out_dir_problems, resolve_device, spell, write_atomic
-from .detect import DEFAULT_DETECTOR, DETECTORS, FaceBox, Region, detect_faces, extract, face_region, get_detector, paste
+from .align import View, compose, crop_view, face_view, footprint, paste_view, photo_view, refine, region_view
+from .detect import DEFAULT_DETECTOR, DETECTORS, FaceBox, detect_faces, face_region, get_detector, resolve_detector
 from .errors import DataError, Problem
 from .labels import CLASSES, FLIP_LUT
 from .prepare import class_pixels
@@ -28,7 +29,7 @@ from .prepare import class_pixels
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'OUTPUT_SUFFIXES', 'ONNX_FORMAT', 'SUMMARY_FORMAT', 'to_uint8', 'to_rgb', 'read_photo',
            'expand_inputs', 'output_names', 'normalize_batch', 'softmax', 'TorchParser', 'OnnxParser', 'load_parser',
-           'FlipTTA', 'area_shares', 'write_outputs', 'predict']
+           'FlipTTA', 'area_shares', 'write_outputs', 'parse_image', 'predict']
 
 # %% ../notebooks/lib/13_predict.ipynb #f3f7a5ae
 IMAGE_EXTENSIONS: tuple[str, ...] = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.gif', '.ppm', '.pgm')
@@ -273,19 +274,36 @@ def _skipped(input: str | Path, status: str, problem: str) -> dict:
 
 @dataclass
 class _Job:
-    "A photo in flight: its pixels, faces and regions, the label map being filled, and how many crops are still out."
-    index: int; path: Path; name: str; image: np.ndarray; faces: list[FaceBox]; regions: list[Region]
-    labels: np.ndarray = field(init=False); conf: np.ndarray | None = field(init=False); todo: int = field(init=False)
+    "A photo in flight: its pixels, faces and their views, the context view, the label map being filled, the crops still out."
+    index: int; path: Path; name: str; image: np.ndarray; faces: list[FaceBox]; views: list[View]
+    context: View | None = None  # the whole-photo pass mixed in beyond the face crops
+    labels: np.ndarray = field(init=False); probs: list = field(init=False); todo: int = field(init=False)
     def __post_init__(self):
-        shape = self.image.shape[:2]
-        self.labels, self.todo = np.zeros(shape, np.uint8), len(self.regions)
-        self.conf = np.zeros(shape, np.float32) if len(self.regions) > 1 else None  # one region: it simply overwrites
+        self.labels, self.probs = np.zeros(self.image.shape[:2], np.uint8), []
+        self.todo = len(self.inputs)
+    @property
+    def inputs(self) -> list[View]: return self.views + ([self.context] if self.context is not None else [])
+
+    def paste(self) -> None:
+        "Paste every parsed input into the label map: the context pass first, then each face mixed into it."
+        probs = self.probs
+        if not self.faces: paste_view(probs[0], self.views[0], self.labels); return  # the whole photo, alone
+        compose(self.labels, list(zip(probs, self.views)), None if self.context is None else (probs[len(self.views)], self.context))
+
+def _face_entry(f: FaceBox, v: View) -> dict:
+    "A face in the summary: box, score, the photo region its crop covers (x0, y0, w, h), and landmarks where aligned."
+    if v.region is not None: region = list(v.region)
+    else: x0, y0, x1, y1 = footprint(v, (1 << 30, 1 << 30)); region = [x0, y0, x1 - x0, y1 - y0]
+    e = dict(box=f.to_list(), score=round(f.score, 3), region=region, aligned=v.kind == 'face')
+    if f.landmarks is not None: e['landmarks'] = [[round(x, 1), round(y, 1)] for x, y in f.landmarks]
+    return e
 
 def _parsed(job: _Job) -> dict:
-    "The summary entry of a parsed photo: its size, and per face the box, score and region."
-    boxes = [dict(box=f.to_list(), score=round(f.score, 3), region=r.to_list()) for f, r in zip(job.faces, job.regions)]
+    "The summary entry of a parsed photo: its size, and per face the box, score, region (and landmarks)."
+    boxes = [_face_entry(f, v) for f, v in zip(job.faces, job.views)]
     return {'input': str(job.path), 'name': job.name, 'status': 'ok', 'faces': len(job.faces),
-            'size': [job.image.shape[1], job.image.shape[0]], 'boxes': boxes, 'whole_image': not job.faces}
+            'size': [job.image.shape[1], job.image.shape[0]], 'boxes': boxes, 'whole_image': not job.faces,
+            'context': job.context is not None}
 
 # %% ../notebooks/lib/13_predict.ipynb #e2e09eef
 _NO_FACE_FIX = "pass a photo with a visible frontal face, or no_face='whole' / --no-detect"
@@ -299,31 +317,34 @@ def _open_photo(path: Path, detector: str | None, min_score: float, no_face: str
         say(f"no face found in {path}: skipped"); return _skipped(path, 'no_face', f"{path}: no face found. Fix: {_NO_FACE_FIX}")
     return image, faces
 
-def _regions(image: np.ndarray, faces: Sequence[FaceBox], detector: str | None) -> list[Region]:
-    "The model inputs of a photo: a square around each face, as `detector`'s boxes need, or else the whole photo."
-    if not faces: return [Region(0, 0, image.shape[1], image.shape[0])]
+def _views(image: np.ndarray, faces: Sequence[FaceBox], detector: str | None, align: bool = True) -> list[View]:
+    "The model inputs of a photo: each face aligned on its landmarks (or a square around its box), or else the whole photo."
+    if not faces: return [photo_view(image.shape)]
     spec = DETECTORS[detector]
-    return [face_region(f, spec.margin, spec.shift) for f in faces]
+    return [face_view(f.landmarks) if align and f.landmarks is not None else region_view(face_region(f, spec.margin, spec.shift))
+            for f in faces]
 
 # %% ../notebooks/lib/13_predict.ipynb #a8bc1ce4
 class _Batches:
     "Crops of consecutive photos in shared batches; each photo goes to `done`, in input order, when all its crops are pasted."
     def __init__(self, parser, batch_size: int, pad: str, done: Callable[[_Job], None]):
         self.parser, self.batch_size, self.pad, self.done = parser, batch_size, pad, done
-        self.pending: deque[_Job] = deque(); self.batch: list[tuple[_Job, Region, np.ndarray]] = []
+        self.pending: deque[_Job] = deque(); self.batch: list[tuple[_Job, np.ndarray]] = []
 
     def add(self, job: _Job) -> None:
         "Queue the crops of `job`, parsing each batch as it fills."
         self.pending.append(job)
-        for r in job.regions:
-            self.batch.append((job, r, extract(job.image, r, self.parser.size, self.pad)))
+        for v in job.inputs:  # the context pass is letterboxed: black, not a mirrored photo, beyond the photo
+            self.batch.append((job, crop_view(job.image, v, self.parser.size, 'constant' if v is job.context else self.pad)))
             if len(self.batch) >= self.batch_size: self.flush()
 
     def flush(self) -> None:
         "Parse what is queued, paste each crop back, and hand on the photos that are complete."
         if self.batch:
-            probs = self.parser(np.stack([c for _, _, c in self.batch]))
-            for (job, region, _), p in zip(self.batch, probs): paste(p, region, job.labels, job.conf); job.todo -= 1
+            probs = self.parser(np.stack([c for _, c in self.batch]))
+            for (job, _), p in zip(self.batch, probs):
+                job.probs.append(p); job.todo -= 1
+                if job.todo == 0: job.paste(); job.probs = []
             self.batch.clear()
         while self.pending and self.pending[0].todo == 0: self.done(self.pending.popleft())
 
@@ -339,11 +360,32 @@ def _write_summary(out: Path, checkpoint: str | Path, parser, detector: str | No
     return summary
 
 # %% ../notebooks/lib/13_predict.ipynb #995e859c
+def _job(i: int, path: Path, name: str, image: np.ndarray, faces: list[FaceBox], detector: str | None,
+         align: bool = True, context: bool = True) -> _Job:
+    "A photo in flight: its faces (refined where aligned), their views, and the context pass where there are faces."
+    if align and detector: faces = [refine(image, f, detector) for f in faces]  # landmarks looked for again on the upright face
+    return _Job(i, path, name, image, faces, _views(image, faces, detector, align),
+                photo_view(image.shape, letterbox=True) if context and faces else None)
+
+def parse_image(parser,                       # a parser (`load_parser`): uint8 crops -> class scores
+                image: np.ndarray,            # uint8 RGB (H, W, 3)
+                detector: str | None = DEFAULT_DETECTOR,  # None: parse the whole photo (aligned crops)
+                align: bool = True, context: bool = True, pad: str = 'reflect', min_score: float = 0.0,
+                faces: list[FaceBox] | None = None  # faces found already (skips detection)
+               ) -> tuple[np.ndarray, list[FaceBox]]:
+    "One photo in memory -> its (H, W) uint8 label map and the faces used (the whole photo when none is found)."
+    detector = resolve_detector(detector) if detector else None
+    if faces is None: faces = detect_faces(image, detector, min_score=min_score) if detector else []
+    job = _job(0, Path('-'), '-', image, faces, detector, align, context)
+    b = _Batches(parser, 8, pad, lambda j: None); b.add(job); b.flush()
+    return job.labels, job.faces
+
+# %% ../notebooks/lib/13_predict.ipynb #4b1abe5e
 def predict(checkpoint,                            # faceseg .pt checkpoint, hub folder, .onnx from `faceseg export`, or a loaded parser
             inputs: str | Path | Sequence[str | Path],  # image files, folders and glob patterns
             out: str | Path,                     # output folder (created)
             detect: bool = True,                 # find faces and crop them; False: inputs are aligned crops
-            detector: str = DEFAULT_DETECTOR,    # a name in DETECTORS
+            detector: str = DEFAULT_DETECTOR,    # a name in DETECTORS, or 'auto' (RetinaFace where installed, else dlib)
             batch_size: int = 8,                 # crops per model call
             device: str = 'auto',                # 'auto' | 'cpu' | 'cuda' | 'cuda:1'
             backend: str = 'auto',               # 'torch' | 'onnx' | 'auto' (by the checkpoint's suffix)
@@ -355,6 +397,8 @@ def predict(checkpoint,                            # faceseg .pt checkpoint, hub
             pad: str = 'reflect',                # crops leaving the photo: 'reflect' | 'constant'
             tta: bool = False,                   # flip test-time augmentation (`FlipTTA`)
             log: Callable[[str], None] | None = None,  # where messages go; default: stderr (beside the bar)
+            align: bool = True,                  # warp faces with landmarks onto the CelebA-HQ template; False: box crops
+            context: bool = True,                # also parse the whole photo, for labels beyond the face crops (no seam)
            ) -> dict:
     "Parse the faces in photos into label maps of the photos' size; returns (and writes) the summary."
     started = time.time()
@@ -365,7 +409,7 @@ def predict(checkpoint,                            # faceseg .pt checkpoint, hub
     out, names = Path(out), output_names(paths)
     _check_out(out, overwrite)
     parser = checkpoint if callable(checkpoint) else load_parser(checkpoint, backend, device)  # a loaded one: the app's
-    parser, detector = FlipTTA(parser) if tta else parser, detector if detect else None
+    parser, detector = FlipTTA(parser) if tta else parser, resolve_detector(detector) if detect else None
     if detector: get_detector(detector)  # a detector that cannot be loaded fails now, not on the first photo
     say = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     for q in problems: say(f"skipped {q}")
@@ -378,7 +422,7 @@ def predict(checkpoint,                            # faceseg .pt checkpoint, hub
         for i, (path, name) in enumerate(zip(paths, names)):
             got = _open_photo(path, detector, min_score, no_face, say)
             if isinstance(got, dict): records[i] = got; bar.update(1); continue
-            batches.add(_Job(i, path, name, *got, _regions(*got, detector)))
+            batches.add(_job(i, path, name, *got, detector, align, context))
         batches.flush()
         items = [_skipped(q.file, 'error', str(q)) for q in problems] + records
         return _write_summary(out, checkpoint, parser, detector, items, started, into=tmp)

@@ -66,7 +66,7 @@ def test_detection_pastes_labels_where_the_face_is(faces, tmp_path, monkeypatch)
     img = P.read_photo(faces[0])
     canvas = np.full((700, 900, 3), 255, np.uint8); canvas[150:662, 300:812] = img  # the face off-centre on a white page
     Image.fromarray(canvas).save(tmp_path / 'page.png')
-    s = run('unused.pt', tmp_path / 'page.png', tmp_path / 'out', json=True)
+    s = run('unused.pt', tmp_path / 'page.png', tmp_path / 'out', json=True, detector='dlib', context=False)  # box crop alone
     assert s['counts']['ok'] == 1 and s['faces'] == 1
     box = json.loads((tmp_path / 'out' / 'page.json').read_text())['boxes'][0]
     x0, y0, x1, y1 = box['box']
@@ -80,6 +80,8 @@ def test_detection_pastes_labels_where_the_face_is(faces, tmp_path, monkeypatch)
     assert lab[int(y0):int(y1), int(x0):int(x1)].all()                   # ...which covers the whole face box
     assert lab[:, :max(rx, 0)].max(initial=0) == 0                       # background where there is no face
     assert rw > 1.5 * (x1 - x0) and ry + rh / 2 < (y0 + y1) / 2          # a CelebA-HQ-like margin, shifted up
+    s = run('unused.pt', tmp_path / 'page.png', tmp_path / 'ctx', detector='dlib')  # with the context pass (the default)...
+    assert read_label(tmp_path / 'ctx' / 'page.png').min() == 1           # ...labels reach beyond the crop: no cut at its edge
 
 
 def test_two_faces_in_one_photo(tiny_ckpt, faces, tmp_path):
@@ -117,7 +119,7 @@ def test_grayscale_rgba_16bit_exif_and_large_inputs(tiny_ckpt, faces, tmp_path):
     exif = im.getexif(); exif[0x0112] = 6; im.save(d / 'turned.jpg', exif=exif)
     big = np.full((2000, 3000, 3), 200, np.uint8); big[100:1900, 600:2400] = cv2.resize(img, (1800, 1800))
     Image.fromarray(big).save(d / 'large.jpg', quality=85)
-    s = run(tiny_ckpt, d, tmp_path / 'out')
+    s = run(tiny_ckpt, d, tmp_path / 'out', context=False)  # no whole-photo pass: only the face crops get labels
     assert s['counts'] == {'ok': 5, 'no_face': 0, 'error': 0}, s['items']
     shapes = {n: read_label(tmp_path / 'out' / f'{n}.png').shape for n in ('gray', 'rgba', 'deep', 'turned', 'large')}
     assert shapes == {'gray': (512, 512), 'rgba': (512, 512), 'deep': (512, 512), 'turned': (512, 400), 'large': (2000, 3000)}

@@ -27,6 +27,9 @@ def test_notebook_parses_photos(tmp_path, photos):
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['counts'] == {'ok': 2, 'no_face': 1, 'error': 0}
     assert (out / 'overlays.png').is_file() and (out / 'class_area_share.csv').is_file()
+    assert (out / 'aligned_vs_box.png').is_file() and (out / 'video_frames.png').is_file()  # the turned photo, the clip's frames
+    video = json.loads((out / 'video' / 'summary.json').read_text())
+    assert video['frames'] == 6 and len(list((out / 'video' / 'frames').glob('*.png'))) == 6 and (out / 'video' / 'overlay.mp4').is_file()
 
 
 def test_notebook_without_checkpoint_says_so(tmp_path):

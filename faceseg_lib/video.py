@@ -21,7 +21,7 @@ from .colors import blend
 from .core import fresh_dir, progress_bar, write_atomic
 from .detect import DEFAULT_DETECTOR, FaceBox, detect_faces, resolve_detector
 from .errors import DataError
-from .predict import IMAGE_EXTENSIONS, SUMMARY_FORMAT, _check_out, _views, _write, load_parser, read_photo, to_rgb
+from .predict import IMAGE_EXTENSIONS, SUMMARY_FORMAT, FlipTTA, _check_out, _views, _write, load_parser, read_photo, to_rgb
 
 # %% auto #0
 __all__ = ['VIDEO_EXTENSIONS', 'box_iou', 'Track', 'VideoParser', 'is_video', 'read_frames', 'predict_video']
@@ -120,13 +120,14 @@ def predict_video(checkpoint: str | Path,   # faceseg .pt checkpoint, or .onnx f
                   smooth: float = 0.6,      # weight of the past in the moving averages (0: none)
                   align: bool = True, context: bool = True, device: str = 'auto', backend: str = 'auto',
                   overwrite: bool = False, progress: bool = True, pad: str = 'reflect', min_score: float = 0.0,
+                  tta: bool = False,        # flip test-time augmentation (`predict.FlipTTA`)
                  ) -> dict:
     "Parse every frame of a video (faces tracked, labels smoothed): label-map frames, an overlay video, summary.json."
     started, out = time.time(), Path(out)
     frames, n, fps = read_frames(source)
     _check_out(out, overwrite)
     parser = load_parser(checkpoint, backend, device)
-    vp = VideoParser(parser, detector if detect else None, smooth, align, context, pad, min_score=min_score)
+    vp = VideoParser(FlipTTA(parser) if tta else parser, detector if detect else None, smooth, align, context, pad, min_score=min_score)
     faces, writer = [], None
     with fresh_dir(out, overwrite=True) as tmp, progress_bar(progress, total=n or None, unit='frame', desc='video', file=sys.stderr) as bar:
         (tmp / 'frames').mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .detect import DETECTORS
+from .detect import DETECTORS, resolve_detector
 from .errors import DataError
 from .labels import CLASSES, DISPLAY_NAMES, PALETTE
 from .predict import load_parser, predict
@@ -103,7 +103,7 @@ def _status(parser, parsed: Parsed, options: dict) -> str:
     how = f"{parser.name} ({parser.backend}, {parser.size} px)" + (', flip TTA' if options['tta'] else '')
     if parsed.status != 'ok': return f"**Not parsed** ({parsed.status}): {parsed.message}"
     faces = parsed.record.get('faces', 0)
-    found = f"{faces} face(s) found with {options['detector']}" if options['detect'] and faces else 'whole photo parsed as an aligned crop'
+    found = f"{faces} face(s) found with {resolve_detector(options['detector'])}" if options['detect'] and faces else 'whole photo parsed as an aligned crop'
     h, w = parsed.labels.shape
     return f"Parsed with {how}: {found}; label map {w} x {h} px."
 

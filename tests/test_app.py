@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from faceseg_lib.cli import main
+from faceseg_lib.detect import resolve_detector
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import NUM_CLASSES
 from faceseg_lib.predict import area_shares
@@ -138,7 +139,7 @@ def test_browser_upload_gives_predicts_label_map(server, browser, ckpt, photo, t
     got = parse_in_page(page, tmp_path, 'page.png')
     assert got is not None and np.array_equal(got, want), 'the page and faceseg predict disagree'
     status = page.locator('#status').inner_text()
-    assert '1 face(s) found with dlib' in status and '256 x 256 px' in status
+    assert f"1 face(s) found with {resolve_detector('auto')}" in status and '256 x 256 px' in status
     table = page.locator('#areas').inner_text()
     for name, share in area_rows(area_shares(want)):                         # every class present, with its share
         assert name in table and f'{share:g}' in table, (name, share, table[:500])

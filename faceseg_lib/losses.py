@@ -17,7 +17,8 @@ from .labels import PARTS
 
 # %% auto #0
 __all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem', 'ohem_ce_loss',
-           'balanced_ce_loss', 'part_masks', 'multilabel_dice', 'losses_for', 'make_loss']
+           'balanced_ce_loss', 'part_masks', 'multilabel_dice', 'ohem_bce_loss', 'balanced_bce_loss', 'losses_for',
+           'make_loss']
 
 # %% ../notebooks/lib/08a_losses.ipynb #150daa8e
 def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -82,18 +83,28 @@ def multilabel_dice(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     "Our Dice over the sigmoid part channels (absent parts pay for false positives)."
     return soft_dice_loss(logits.sigmoid(), masks)
 
+def ohem_bce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    "OHEM over the binary cross-entropy of every part channel and pixel (the multilabel twin of `ohem_ce_loss`)."
+    return ohem(F.binary_cross_entropy_with_logits(logits, masks, reduction='none'))
+
+def balanced_bce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    "Binary cross-entropy with each part's positives weighted by 1/sqrt of the part's share of the batch's pixels."
+    pos_weight = (masks[0].numel() * len(masks) / masks.sum((0, 2, 3)).clamp(min=1)).sqrt().view(-1, 1, 1)
+    return F.binary_cross_entropy_with_logits(logits, masks, pos_weight=pos_weight)
+
+_multilabel_lovasz = smp.losses.LovaszLoss(mode='multilabel')
+
 MULTILABEL_LOSSES: dict[str, Callable] = {  # name -> loss(logits (N, 18, H, W), part bits (N, H, W))
     'dice': _on_parts(multilabel_dice),
     'ce': _on_parts(nn.BCEWithLogitsLoss()),
     'dice_ce': _on_parts(lambda l, m: multilabel_dice(l, m) + F.binary_cross_entropy_with_logits(l, m)),
     'focal': _on_parts(smp.losses.FocalLoss(mode='multilabel')),
     'dice_smp': _on_parts(smp.losses.DiceLoss(mode='multilabel', from_logits=True)),  # the original project's loss
-    'ohem': _on_parts(lambda l, m: ohem(F.binary_cross_entropy_with_logits(l, m, reduction='none'))),
-    'dice_ohem': _on_parts(lambda l, m: multilabel_dice(l, m) + ohem(F.binary_cross_entropy_with_logits(l, m, reduction='none'))),
-    'lovasz': _on_parts(smp.losses.LovaszLoss(mode='multilabel')),
-    'ce_lovasz': _on_parts(lambda l, m: F.binary_cross_entropy_with_logits(l, m) + smp.losses.LovaszLoss(mode='multilabel')(l, m)),
-    'dice_bce': _on_parts(lambda l, m: multilabel_dice(l, m) + F.binary_cross_entropy_with_logits(  # positives of rare parts weigh more
-        l, m, pos_weight=(m[0].numel() * len(m) / m.sum((0, 2, 3)).clamp(min=1)).sqrt().view(-1, 1, 1))),
+    'ohem': _on_parts(ohem_bce_loss),
+    'dice_ohem': _on_parts(lambda l, m: multilabel_dice(l, m) + ohem_bce_loss(l, m)),
+    'lovasz': _on_parts(_multilabel_lovasz),
+    'ce_lovasz': _on_parts(lambda l, m: F.binary_cross_entropy_with_logits(l, m) + _multilabel_lovasz(l, m)),
+    'dice_bce': _on_parts(lambda l, m: multilabel_dice(l, m) + balanced_bce_loss(l, m)),  # positives of rare parts weigh more
 }
 
 def losses_for(head: str = 'multiclass') -> dict[str, Callable]:

@@ -16,7 +16,7 @@ from .errors import DataError, Problem
 __all__ = ['DEVICE_PATTERN', 'AMP_MODES', 'PROGRESS_ENV', 'find_repo_root', 'repo_root', 'resolve_path', 'repo_path',
            'cuda_count', 'device_problems', 'check_device', 'wants_cuda', 'resolve_device', 'amp_dtype', 'atomic_path',
            'write_atomic', 'spell', 'command_line', 'out_dir_problems', 'NewFolder', 'fresh_dir', 'replaced_in_place',
-           'usable_cores', 'loader_workers', 'progress_bar']
+           'usable_cores', 'loader_workers', 'progress_setting', 'progress_bar']
 
 # %% ../notebooks/lib/01a_core.ipynb #370c097b
 def find_repo_root(start: str | Path | None = None,  # folder to start from; default: the working directory
@@ -251,11 +251,16 @@ def loader_workers(requested: int,   # worker processes asked for; -1: automatic
 # %% ../notebooks/lib/01a_core.ipynb #0b99f76c
 PROGRESS_ENV = 'FACESEG_PROGRESS'  # 'terminal': text bars on the process's own stderr; '0': none; unset: tqdm.auto's choice
 
+def progress_setting() -> bool | None:
+    "FACESEG_PROGRESS as on/off: False for '0', 'false', 'no' or '', True for any other value, None when unset."
+    mode = os.environ.get(PROGRESS_ENV)
+    return None if mode is None else mode.strip().lower() not in ('0', 'false', 'no', '')
+
 def progress_bar(enabled: bool = True, **kwargs):
     "A tqdm bar (kwargs as tqdm's): text on the terminal under FACESEG_PROGRESS=terminal, off under FACESEG_PROGRESS=0, else tqdm.auto's."
     import sys
     mode = os.environ.get(PROGRESS_ENV)
-    off = mode is not None and mode.strip().lower() in ('0', 'false', 'no', '')
+    off = progress_setting() is False
     if mode == 'terminal' and sys.__stderr__ is not None:
         from tqdm.std import tqdm
         kwargs = {**kwargs, 'file': sys.__stderr__}

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .core import PROGRESS_ENV, amp_dtype, loader_workers, out_dir_problems, progress_bar, resolve_device, resolve_path, spell, write_atomic
+from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, progress_setting, resolve_device, resolve_path, spell, write_atomic
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
@@ -150,8 +150,8 @@ def seed_all(seed: int):
 # %% ../notebooks/lib/09_train.ipynb #38fdb07e
 def _show_progress() -> bool:
     "Progress bars in a terminal or an interactive notebook (FACESEG_PROGRESS=0/1 overrides); never in plain logs."
-    env = os.environ.get(PROGRESS_ENV)
-    if env is not None: return env.strip().lower() not in ('0', 'false', 'no', '')
+    env = progress_setting()
+    if env is not None: return env
     if sys.stderr.isatty(): return True
     try:
         import importlib.util

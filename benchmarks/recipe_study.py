@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -95,9 +95,8 @@ def finished_rows(runs: Path) -> list[dict]:
     "The rows of every finished run under `runs` (folders named <recipe>-<init>-r<run>), in RECIPES order, then init, run."
     rows = []
     for d in sorted(runs.iterdir()) if runs.is_dir() else []:
-        recipe, _, rest = d.name.rpartition('-r')[0].rpartition('-')
-        init, r = rest, d.name.rpartition('-r')[2]
-        if recipe in RECIPES and r.isdigit() and (row := run_result(d, recipe, init, int(r))): rows.append(row)
+        m = re.fullmatch(r'(.+)-([^-]+)-r(\d+)', d.name)
+        if m and m[1] in RECIPES and (row := run_result(d, m[1], m[2], int(m[3]))): rows.append(row)
     order = {name: i for i, name in enumerate(RECIPES)}
     return sorted(rows, key=lambda row: (order[row['recipe']], row['init'] != 'imagenet', row['run']))
 

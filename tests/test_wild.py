@@ -13,6 +13,7 @@ from faceseg_lib.celebamask import open_raw
 from faceseg_lib.labels import NUM_CLASSES
 from faceseg_lib.metrics import ConfusionMatrix
 from faceseg_lib.models import create_model, save_checkpoint
+from faceseg_lib.video import SMOOTH
 
 spec = importlib.util.spec_from_file_location('wild', REPO / 'benchmarks' / 'wild.py')
 wild = importlib.util.module_from_spec(spec); spec.loader.exec_module(wild)
@@ -51,6 +52,18 @@ def test_flicker_counts_changes_where_the_truth_stays():
     assert wild.flicker([a, b], [t, t]) == 0.25 and wild.flicker([a, a], [t, t]) == 0.0
 
 
+def test_compensated_flicker_follows_the_motion():
+    "A prediction off the truth by a column, both moving 2 px a frame: the pixel count sees its edge sweep, the motion-compensated count sees no change."
+    t0 = np.zeros((12, 16), np.uint8); t0[3:9, 3:9] = 1; t0[3:9, 6:9] = 2   # two parts side by side
+    p0 = t0.copy(); p0[3:9, 6] = 1                                          # the edge predicted one column off
+    shift = lambda x: np.roll(x, 2, axis=1)
+    A0 = np.array([[1.0, 0, 0], [0, 1, 0]]); A1 = np.array([[1.0, 0, 2], [0, 1, 0]])
+    assert wild.flicker([p0, shift(p0)], [t0, shift(t0)]) > 0
+    assert wild.compensated_flicker([p0, shift(p0)], [t0, shift(t0)], [A0, A1]) == 0.0
+    p1 = shift(p0); p1[4, 10] = 1                                           # a real change on the moved face is still counted
+    assert wild.compensated_flicker([p0, p1], [t0, shift(t0)], [A0, A1]) > 0
+
+
 @needs_retinaface
 def test_wild_benchmark_runs_and_writes_its_figures(sample_dir, tmp_path):
     torch.manual_seed(0)
@@ -63,5 +76,7 @@ def test_wild_benchmark_runs_and_writes_its_figures(sample_dir, tmp_path):
     assert p['photos'] == 2 and set(p['mean_f1']) == set(wild.METHODS)
     assert all(0 <= v <= 1 for v in p['detection_rate'].values()) and all(0 <= v <= 1 for v in p['mean_f1'].values())
     v = res['videos']['results']
-    assert set(v) == {'still, smooth=0', 'still, smooth=0.6', 'moving, smooth=0', 'moving, smooth=0.6'}
-    assert all(r['frames_per_second'] > 0 and 0 <= r['flicker'] <= 1 for r in v.values())
+    assert set(v) == {f'{k}, {s}' for k in ('still', 'moving') for s in ('consistent labelling (floor)', 'smooth=0', f'smooth={SMOOTH:g}')}
+    assert v['still, consistent labelling (floor)']['flicker'] == 0.0   # one parse pasted into frames that do not move
+    assert all(0 <= r['flicker'] <= 1 and 0 <= r['compensated_flicker'] <= 1 for r in v.values())
+    assert all(r['frames_per_second'] > 0 for k, r in v.items() if 'floor' not in k)

@@ -53,6 +53,8 @@ RECIPES: dict[str, dict] = {
     'careful-bs4': dict(preset='careful', batch_size=4),
     'careful-bce': dict(preset='careful', loss='dice_bce'),
     'careful-repeat-bce': dict(preset='careful', sampling='repeat', loss='dice_bce'),
+    'default-ema': dict(preset='default', ema=0.98),  # validate and keep a moving average of the weights (~50-step window)
+    'default-repeat': dict(preset='default', sampling='repeat'),
 }
 
 

@@ -58,6 +58,7 @@ class TrainConfig:
     epochs: int = 30                     # passes over the training split
     batch_size: int | None = None        # images per step and process (DDP: the global batch is this x processes) (None: from preset)
     grad_clip: float = 0.0               # clip the gradient norm to this; 0: no clipping
+    ema: float = 0.0                     # keep an exponential moving average of the weights, this decay per step (e.g. 0.99); it is validated and saved as best.pt; 0: off
     max_steps: int = 0                   # stop each epoch after this many steps (smoke tests); 0: the whole split
     seed: int = 0                        # seeds weights, data order and augmentation: same seed, same run
     device: str = 'auto'                 # 'auto' (cuda if available, else cpu) | 'cpu' | 'cuda' | 'cuda:1'
@@ -123,6 +124,8 @@ def value_problems(c: TrainConfig) -> list[Problem]:
     for field in ('weight_decay', 'warmup_epochs', 'grad_clip'):
         v = getattr(c, field)
         if not (isinstance(v, (int, float)) and v >= 0): bad(field, f'must be a number >= 0, got {v!r}', f'set {field} to 0 or more')
+    if not (isinstance(c.ema, (int, float)) and not isinstance(c.ema, bool) and 0 <= c.ema < 1):
+        bad('ema', f'must be a decay in [0, 1), got {c.ema!r}', 'use e.g. ema=0.99, or 0 for none')
     if c.warmup_epochs and isinstance(c.epochs, int) and c.warmup_epochs > c.epochs:
         bad('warmup_epochs', f'{c.warmup_epochs} is longer than the run ({c.epochs} epochs)', 'use fewer warm-up epochs')
     if c.amp not in AMP_MODES: bad('amp', f'unknown value {c.amp!r}', f"use one of {', '.join(AMP_MODES)}")

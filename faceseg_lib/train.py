@@ -34,7 +34,7 @@ from .history import BEST_BY, dead_warning, epoch_line, history_row, noise_note,
 # %% auto #0
 __all__ = ['SYNC_EVERY', 'RUN_FILES', 'resolved', 'config_problems', 'data_problems', 'run_dir', 'validate', 'make_loaders',
            'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'image_spread', 'TrainingSetup',
-           'build_model', 'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
+           'make_ema', 'build_model', 'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
 def resolved(config: TrainConfig) -> TrainConfig:
@@ -173,8 +173,8 @@ def _read_losses(pending: list[tuple[int, int, torch.Tensor]], desc: str) -> lis
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, loss_fn: Callable,
                 steps: int, device: torch.device, dtype: torch.dtype | None = None, channels_last: bool = False,
                 grad_clip: float = 0.0, progress: bool = False, desc: str = 'train',
-                seed: Sequence[int] | None = None) -> tuple[float, int, float]:
-    "Train for `steps` steps: (sum of batch loss x batch size, images seen, lr of the last step) on this process."
+                seed: Sequence[int] | None = None, ema: nn.Module | None = None) -> tuple[float, int, float]:
+    "Train for `steps` steps: (sum of batch loss x batch size, images seen, lr of the last step) on this process; `ema` (see `make_ema`) follows each step."
     model.train()
     total, seen, lr, pending = 0.0, 0, optimizer.param_groups[0]['lr'], []
     def drain():  # read the pending losses back (a wait for the device), add them up, show the last
@@ -197,6 +197,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
                 scaler.unscale_(optimizer); nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             lr = optimizer.param_groups[0]['lr']
             scaler.step(optimizer); scaler.update(); scheduler.step()
+            if ema is not None: ema.update_parameters(model)
             pending.append((step, len(x), loss.detach())); seen += len(x)
             if len(pending) >= SYNC_EVERY: drain()
             bar.update()
@@ -265,7 +266,20 @@ class TrainingSetup:
     loss_fn: Callable
     dtype: torch.dtype | None   # autocast dtype; None: float32
     channels_last: bool
+    ema: nn.Module | None = None  # the moving average of the weights (`make_ema`); None: off
 
+    @property
+    def scored(self) -> nn.Module:
+        "The model validation scores and best.pt keeps: the moving average where there is one."
+        return self.model if self.ema is None else self.ema.module
+
+def make_ema(model: nn.Module, decay: float) -> nn.Module | None:
+    "torch's AveragedModel keeping an exponential moving average of `model`'s weights and buffers (decay per step); None for 0."
+    if not decay: return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+# %% ../notebooks/lib/09_train.ipynb #8f4413b4
 def build_model(c: TrainConfig, device: torch.device) -> nn.Module:
     "The model of config `c` on `device` (channels-last on CUDA); a DataError naming the setting when its weights cannot be had."
     try: model = create_model(c.arch, c.encoder, c.encoder_weights, head=c.head).to(device)
@@ -282,13 +296,13 @@ def training_setup(c: TrainConfig,            # a validated config
                    model: nn.Module | None = None,  # an already built model; None: build_model(c, device)
                    fused: bool | None = None  # fuse Adam(W); None: on CUDA
                   ) -> TrainingSetup:
-    "Model, optimizer, per-step lr schedule, grad scaler, loss, autocast dtype and memory layout of a run, as `fit` uses them."
+    "Model, optimizer, per-step lr schedule, grad scaler, loss, autocast dtype, memory layout and weight average of a run, as `fit` uses them."
     model = build_model(c, device) if model is None else model
     optimizer = make_optimizer(model, c, fused)
     dtype = amp_dtype(c.amp, device)
     return TrainingSetup(model, optimizer, make_scheduler(optimizer, c, steps_per_epoch),
                          torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), make_loss(c.loss, c.head), dtype,
-                         c.channels_last and device.type == 'cuda')
+                         c.channels_last and device.type == 'cuda', make_ema(model, c.ema))
 
 # %% ../notebooks/lib/09_train.ipynb #9cc72997
 RUN_FILES: tuple[str, ...] = ('config.json', 'history.csv', 'best.pt', 'last.pt')  # what a run folder holds
@@ -319,6 +333,7 @@ def _start_or_resume(run: Path, c: TrainConfig, s: TrainingSetup, steps: int, wo
         return {'epoch': 0, 'history': [], 'best_score': -math.inf, 'best_epoch': 0}
     s.model.load_state_dict(ckpt['state_dict']); s.optimizer.load_state_dict(ckpt['optimizer'])
     s.scheduler.load_state_dict(ckpt['scheduler']); s.scaler.load_state_dict(ckpt['scaler'])
+    if s.ema is not None: s.ema.load_state_dict(ckpt['extra']['ema'])
     extra = ckpt['extra']
     return {'epoch': extra['epoch'], 'history': list(extra['history']), 'best_score': extra['best_score'], 'best_epoch': extra['best_epoch']}
 
@@ -336,11 +351,12 @@ def _save_epoch(run: Path, c: TrainConfig, s: TrainingSetup, state: dict, row: d
     "Write history.csv, best.pt (if `improved`) and last.pt (with everything a resume needs)."
     write_history(run, state['history'])
     metrics = {'epoch': row['epoch'], 'split': c.val_split, 'val_loss': row['val_loss'], **cm.summary()}
-    if improved: save_checkpoint(run / 'best.pt', s.model, asdict(c), metrics)
+    if improved: save_checkpoint(run / 'best.pt', s.scored, asdict(c), metrics)
     save_checkpoint(run / 'last.pt', s.model, asdict(c), metrics, optimizer_state=s.optimizer.state_dict(),
                     scheduler_state=s.scheduler.state_dict(), scaler_state=s.scaler.state_dict(),
                     extra={'epoch': row['epoch'], 'history': state['history'], 'best_score': state['best_score'],
-                           'best_epoch': state['best_epoch'], 'steps_per_epoch': steps, 'world_size': world})
+                           'best_epoch': state['best_epoch'], 'steps_per_epoch': steps, 'world_size': world,
+                           'ema': None if s.ema is None else s.ema.state_dict()})
 
 # %% ../notebooks/lib/09_train.ipynb #503fa90f
 def fit(config: TrainConfig | Mapping | None = None, **overrides) -> Path:
@@ -359,9 +375,9 @@ def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, tra
     seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
     tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
                              s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}',
-                             seed=(c.seed, epoch, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0))
-    _sync_buffers(s.model)
-    vl, vn, cm, image_f1 = evaluate_loader(s.model, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
+                             seed=(c.seed, epoch, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0), ema=s.ema)
+    _sync_buffers(s.scored)
+    vl, vn, cm, image_f1 = evaluate_loader(s.scored, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
     tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
     return history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)), cm
 

@@ -148,8 +148,9 @@ def test_existing_run_is_never_overwritten(train_set, tmp_path):
     assert [p.name for p in run.iterdir()] == ['notes.txt']
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(train_set, tmp_path, monkeypatch):
-    kw = dict(epochs=2, max_steps=2, warmup_epochs=0.5)
+@pytest.mark.parametrize('ema', [0.0, 0.9])
+def test_resume_after_interruption_equals_uninterrupted_run(train_set, tmp_path, monkeypatch, ema):
+    kw = dict(epochs=2, max_steps=2, warmup_epochs=0.5, ema=ema)  # with a weight average, it must come back from last.pt too
     straight = fit(tiny(train_set, tmp_path, name='straight', **kw))
 
     save = train.save_checkpoint
@@ -175,6 +176,22 @@ def test_resume_after_interruption_equals_uninterrupted_run(train_set, tmp_path,
         wa, wb = (torch.load(r / name, weights_only=True)['state_dict'] for r in (straight, resumed))
         assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa), name
     assert fit(tiny(train_set, tmp_path, name='killed', resume=True, **kw)) == resumed  # finished: nothing more to do
+
+
+def test_ema_is_what_validation_scores_and_best_pt_keeps(train_set, tmp_path):
+    """With --ema the run validates the moving average of the weights and best.pt holds it, not the raw weights."""
+    run = fit(tiny(train_set, tmp_path, name='ema', epochs=2, max_steps=3, ema=0.5, lr=1e-2))
+    last, best = (torch.load(run / n, weights_only=True) for n in ('last.pt', 'best.pt'))
+    ema = last['extra']['ema']
+    assert int(ema['n_averaged']) == 6  # every optimizer step of both epochs
+    raw, avg = last['state_dict'], {k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')}
+    assert set(avg) == set(raw) and any(not torch.allclose(raw[k].float(), avg[k].float()) for k in raw)  # an average, not a copy
+    h = load_history(run)
+    m, ckpt = evaluate_checkpoint(run / 'best.pt', train_set)  # best.pt reproduces the score the run recorded for its epoch
+    assert math.isclose(np.nanmean(f1_from_counts(m)[1:]), h.iloc[ckpt['metrics']['epoch'] - 1]['val_mean_f1'], abs_tol=1e-12)
+    if ckpt['metrics']['epoch'] == 2: assert all(torch.equal(best['state_dict'][k], avg[k]) for k in avg)
+    with pytest.raises(DataError, match=r'config.ema: must be a decay in \[0, 1\)'):
+        fit(tiny(train_set, tmp_path, name='bad', ema=1.0))
 
 
 def test_seeded_runs_repeat_and_seeds_differ(train_set, tmp_path):

@@ -103,7 +103,7 @@ def bench_infer(ctx: dict) -> list[dict]:
     from faceseg_lib.dataset import read_image
     from bench_data import ensure_prepared
     a, rows = ctx['args'], []
-    src = ensure_prepared(ctx)
+    src = a.infer_data or ensure_prepared(ctx)
     files = sorted((src / 'images').glob('*.jpg'))[:a.infer_images]
     files = (files * (a.infer_images // max(1, len(files)) + 1))[:a.infer_images]
     for size in a.infer_sizes:

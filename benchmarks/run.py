@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--sample', type=Path, default=SAMPLE, help='real CelebAMask-HQ sample (skipped with a note where absent)')
     p.add_argument('--workdir', type=Path, default=None, help='keep the generated data here (default: a temporary folder)')
     p.add_argument('--infer-checkpoint', type=Path, default=None, help='infer: time this checkpoint (its size must be in --infer-sizes) instead of a random-weight FPN/mobilenet_v2')
+    p.add_argument('--infer-data', type=Path, default=None, help="infer: a prepared dataset to time, calibrate int8 on (its train split) and check on (test, else val); default: the section's synthetic set")
     p.add_argument('--no-compile', action='store_true', help='gpu: do not try torch.compile')
     p.add_argument('--gpu-device', default='cuda', help="gpu: the device (e.g. cuda:1); 'cpu' runs the section's code as a dry run")
     for k, v in FULL.items():  # every size can be set; defaults come from FULL or QUICK

@@ -20,7 +20,8 @@ from .detect import Region, extract
 from .predict import IMAGE_EXTENSIONS, ONNX_FORMAT, OnnxParser, normalize_batch, read_photo
 
 # %% auto #0
-__all__ = ['check_images', 'compare', 'check_onnx', 'int8_images', 'quantize_int8', 'check_int8', 'export_onnx']
+__all__ = ['LAYERS', 'FLOAT_STRIDES', 'check_images', 'compare', 'check_onnx', 'int8_images', 'score_nodes', 'float_nodes',
+           'quantize_int8', 'check_int8', 'export_onnx']
 
 # %% ../notebooks/lib/14_export.ipynb #ffc0e3c0
 def check_images(images: str | Path | Sequence[str | Path] | None,  # prepared dataset, folder, files; None: synthetic faces
@@ -139,8 +140,35 @@ class _Calibration:
     def __init__(self, name: str, x: np.ndarray): self.items = iter([{name: x[i:i + 1]} for i in range(len(x))])
     def get_next(self): return next(self.items, None)
 
+LAYERS: tuple[str, ...] = ('Conv', 'ConvTranspose', 'Resize', 'Gemm', 'MatMul')  # where the walk back from the scores stops
+
+def score_nodes(graph) -> list[str]:
+    "The nodes after the model's last layer that turn its logits into the output scores (softmax or sigmoid): kept in float."
+    producer = {o: n for n in graph.node for o in n.output}
+    todo, found = [o.name for o in graph.output], {}
+    while todo:
+        n = producer.get(todo.pop())
+        if n is None or n.name in found or n.op_type in LAYERS: continue
+        found[n.name] = n; todo += list(n.input)
+    return list(found)
+
+FLOAT_STRIDES: tuple[int, ...] = (2, 4, 32)  # the encoder stages int8 leaves in float, by how much they shrink the input's side
+
+def float_nodes(model) -> list[str]:
+    """The nodes int8 leaves in float: the scores (`score_nodes`) and the encoder's stages at FLOAT_STRIDES (its first two
+    and its last), found by their outputs' shapes. Measured on FPN/mobilenet_v2 at 512 px (README, "int8 ONNX for CPUs"):
+    they hold most of int8's argmax errors and little of its time."""
+    import onnx
+    g = onnx.shape_inference.infer_shapes(model).graph
+    side = g.input[0].type.tensor_type.shape.dim[2].dim_value
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in list(g.value_info) + list(g.output)}
+    def stride(n):
+        s = shapes.get(n.output[0]) if n.output else None
+        return side // s[2] if side and s and len(s) == 4 and s[2] else None
+    return score_nodes(g) + [n.name for n in g.node if '/encoder/' in n.name and stride(n) in FLOAT_STRIDES]
+
 def quantize_int8(fp32: Path, out: Path, calib: np.ndarray, mean, std) -> None:
-    "Static int8 quantisation of `fp32` (QDQ, per-channel int8 weights) calibrated on uint8 images `calib`, into `out`."
+    "Static int8 quantisation of `fp32` (QDQ, per-channel int8 weights, `float_nodes` left in float) calibrated on uint8 images `calib`, into `out`."
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -148,12 +176,11 @@ def quantize_int8(fp32: Path, out: Path, calib: np.ndarray, mean, std) -> None:
     logging.disable(logging.WARNING)  # ORT's quantiser logs a line per weight it leaves alone
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        g = onnx.load(str(pre)).graph
-        outputs = {o.name for o in g.output}
-        tail = [n.name for n in g.node if n.op_type in ('Softmax', 'Sigmoid') or outputs & set(n.output)]  # the scores stay float
-        quantize_static(str(pre), str(out), _Calibration(g.input[0].name, normalize_batch(calib, mean, std)), quant_format=QuantFormat.QDQ,
+        m = onnx.load(str(pre))
+        quantize_static(str(pre), str(out), _Calibration(m.graph.input[0].name, normalize_batch(calib, mean, std)), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=tail)
+                        calibrate_method=CalibrationMethod.MinMax, extra_options={'CalibMovingAverage': True},  # ranges averaged over the images
+                        nodes_to_exclude=float_nodes(m))
     finally: pre.unlink(missing_ok=True); logging.disable(logging.NOTSET)
 
 # %% ../notebooks/lib/14_export.ipynb #d49a360c
@@ -185,7 +212,7 @@ def _int8_from(fp32: Path, out: Path, images, size: int, n_calib: int, n_check: 
     "Quantise the checked fp32 file into `out`, hold it against fp32 on held-out images, carry over the metadata; the int8 report."
     calib, held, labels = int8_images(images, size, n_calib, n_check)
     quantize_int8(fp32, out, calib, json.loads(props['mean']), json.loads(props['std']))
-    _add_metadata(out, {**props, 'quantization': 'int8 static (QDQ, per-channel weights, uint8 activations), calibrated on '
+    _add_metadata(out, {**props, 'quantization': 'int8 static (QDQ, per-channel weights, uint8 activations; scores and encoder stages at 1/2, 1/4, 1/32 in float), calibrated on '
                         f'{len(calib)} images'})
     r = check_int8(out, fp32, held, labels, min_agreement, max_f1_drop)
     _add_metadata(out, {'int8_parity': json.dumps({k: r[k] for k in ('agreement', 'max_f1_drop', 'f1_against', 'images')})})

@@ -82,3 +82,16 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     assert '| careful | random | 1 |' in md and '| original | random | 1 |' in md
     stamp = (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns
     assert rs.main(args) == 0 and (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns == stamp
+    # the original recipe run the original way (plain smp + torch) on the same folds, beside the study's `original` row
+    spec = importlib.util.spec_from_file_location('original_reference', REPO / 'benchmarks' / 'original_reference.py')
+    ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref)
+    import torch
+    gt = torch.tensor([[1.0, 1.0, 0.0, 0.0]]); pr = torch.tensor([[0.9, 0.2, 0.7, 0.1]])  # tp 1, fp 1, fn 1
+    assert abs(ref.fscore(pr, gt) - 0.5) < 1e-6
+    ref_args = ['--work', str(tmp_path), '--size', '64', '--epochs', '1', '--runs', '1', '--inits', 'random', '--threads', '1']
+    assert ref.main(ref_args) == 0
+    rows = json.loads((tmp_path / 'original-reference-64px-1ep.json').read_text())
+    assert [(r['init'], r['run'], r['best_epoch']) for r in rows] == [('random', 0, 1)] and 0 <= rows[0]['val_mean_f1'] <= 1
+    table = ref.table(rows, tmp_path / 'results-64px-1ep.csv')
+    assert '| original, run the original way (this script) | random | 1 |' in table and '| faceseg --preset original | random | 1 |' in table
+    assert ref.main(ref_args) == 0 and len(json.loads((tmp_path / 'original-reference-64px-1ep.json').read_text())) == 1  # resumed

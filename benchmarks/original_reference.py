@@ -37,12 +37,13 @@ RARE = ('eye_g', 'hat', 'ear_r', 'neck_l')
 def load_fold(fold: Path, split: str):
     "Images (N, 3, H, W) float32 normalised as the original did, and part masks (N, 18, H, W) float32 of one split."
     import pandas as pd
+    import torch
     from faceseg_lib.dataset import read_image, read_parts
+    from faceseg_lib.losses import part_masks
     ids = pd.read_csv(fold / 'splits.csv').query('split == @split')['id'].tolist()
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     x = np.stack([((read_image(fold / 'images' / f'{i}.jpg') / 255.0 - mean) / std).astype(np.float32).transpose(2, 0, 1) for i in ids])
-    bits = np.stack([read_parts(fold / 'parts' / f'{i}.png') for i in ids])
-    y = ((bits[:, None] >> np.arange(18)[None, :, None, None]) & 1).astype(np.float32)
+    y = part_masks(torch.from_numpy(np.stack([read_parts(fold / 'parts' / f'{i}.png') for i in ids]))).numpy()
     return x, y
 
 

@@ -220,14 +220,15 @@ def videos(parser, raw, ids, rng, a) -> dict:
 
 def markdown(res: dict) -> str:
     lines = []
-    if 'photos' in res: p = res['photos']; lines += [
-        f"Photos: {p['photos']} (turned up to {res['settings']['max_angle']} degrees), canvas {res['settings']['canvas'][1]}x{res['settings']['canvas'][0]}",
-        '', '| measure | value |', '|---|---|',
-        f"| detection rate, RetinaFace | {p['detection_rate']['retinaface']:.3f} |",
-        f"| detection rate, dlib HOG | {p['detection_rate']['dlib']:.3f} |",
-        f"| landmark error (mean / 95th pct, inter-ocular distances) | {p['landmark_error_mean']:.3f} / {p['landmark_error_p95']:.3f} |",
-        '', '| method | photo-space mean F1 | s / photo |', '|---|---|---|']
-    if 'photos' in res: lines += [f"| {m} | {f1:.3f} | {p['seconds_per_photo'][m]:.3f} |" for m, f1 in p['mean_f1'].items()]
+    if 'photos' in res:
+        p = res['photos']; lines += [
+            f"Photos: {p['photos']} (turned up to {res['settings']['max_angle']} degrees), canvas {res['settings']['canvas'][1]}x{res['settings']['canvas'][0]}",
+            '', '| measure | value |', '|---|---|',
+            f"| detection rate, RetinaFace | {p['detection_rate']['retinaface']:.3f} |",
+            f"| detection rate, dlib HOG | {p['detection_rate']['dlib']:.3f} |",
+            f"| landmark error (mean / 95th pct, inter-ocular distances) | {p['landmark_error_mean']:.3f} / {p['landmark_error_p95']:.3f} |",
+            '', '| method | photo-space mean F1 | s / photo |', '|---|---|---|']
+        lines += [f"| {m} | {f1:.3f} | {p['seconds_per_photo'][m]:.3f} |" for m, f1 in p['mean_f1'].items()]
     if res.get('videos'):
         v = res['videos']
         st = res['settings']

@@ -100,10 +100,18 @@ def amp_dtype(amp: str, device):
 # %% ../notebooks/lib/01a_core.ipynb #f67cdda8
 _UMASK = os.umask(0); os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 
+def _link_new(tmp: Path, path: Path) -> None:
+    "Move `tmp` to `path` only if `path` does not exist: a hard link fails if it does, and never shows half a file."
+    try: os.link(tmp, path)
+    except FileExistsError: raise
+    except OSError: open(path, 'x').close(); os.replace(tmp, path)  # a file system without hard links: claim, then fill
+    else: tmp.unlink()
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path,      # the file to (re)place
                 fsync: bool = False,   # force the data to disk before the rename (worth it for large, costly files)
-                suffix: str = '.tmp'   # of the temporary file (a writer may go by it, e.g. '.onnx')
+                suffix: str = '.tmp',  # of the temporary file (a writer may go by it, e.g. '.onnx')
+                exclusive: bool = False  # create `path` only if it does not exist yet (else FileExistsError, nothing written)
                ) -> Iterator[Path]:
     "A hidden temporary path beside `path`; renamed onto `path` when the block succeeds, removed when it fails."
     path = Path(path)
@@ -114,16 +122,18 @@ def atomic_path(path: str | Path,      # the file to (re)place
         os.chmod(tmp, 0o666 & ~_UMASK)
         if fsync:
             with open(tmp, 'rb') as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive: _link_new(tmp, path)
+        else: os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True); raise
 
 def write_atomic(path: str | Path,
                  data: bytes | str | Callable[[BinaryIO], object],  # the content, or a function writing it to a binary file
-                 fsync: bool = False  # force it to disk before the rename (checkpoints)
+                 fsync: bool = False,  # force it to disk before the rename (checkpoints)
+                 exclusive: bool = False  # only if `path` does not exist yet (else FileExistsError): claiming a name
                 ) -> Path:
     "Write `data` to `path` through a hidden temp file and a rename: readers see the old or the new file, never half."
-    with atomic_path(path, fsync) as tmp, open(tmp, 'wb') as f:
+    with atomic_path(path, fsync, exclusive=exclusive) as tmp, open(tmp, 'wb') as f:
         if callable(data): data(f)
         else: f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)

@@ -238,12 +238,17 @@ def _config_diff(saved: Mapping, c: TrainConfig) -> list[str]:
     now = asdict(c)
     return [f'{k}: run has {saved.get(k)!r}, now {now[k]!r}' for k in now if k not in RUNTIME_FIELDS and saved.get(k) != now[k]]
 
+def _read_json(path: Path) -> dict | None:
+    "The JSON object in `path`; None when the file is missing or not whole."
+    try: return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError): return None
+
 def _resume_state(run: Path, c: TrainConfig, steps: int, world: int) -> dict | None:
     "The last.pt of `run` checked against `c` (None when the run has not finished an epoch yet)."
     last, saved_cfg = run / 'last.pt', run / 'config.json'
     ckpt = load_checkpoint(last) if last.is_file() else None
-    saved = ckpt['config'] if ckpt else json.loads(saved_cfg.read_text()) if saved_cfg.is_file() else None
-    if saved is None: return None
+    saved = ckpt['config'] if ckpt else _read_json(saved_cfg)
+    if saved is None: return None  # not started, or killed before its config.json was whole: nothing to keep
     diff = _config_diff(saved, c)
     if diff:
         raise DataError.from_problem(last if ckpt else saved_cfg, 'was trained with another config: ' + '; '.join(diff),
@@ -312,8 +317,7 @@ def _claim(run: Path, c: TrainConfig) -> None:
     run.mkdir(parents=True, exist_ok=True)
     text = json.dumps(asdict(c), indent=2) + '\n'
     if c.resume and (run / 'config.json').is_file(): write_atomic(run / 'config.json', text); return  # checked by _resume_state
-    try:
-        with open(run / 'config.json', 'x') as f: f.write(text)
+    try: write_atomic(run / 'config.json', text, exclusive=True)  # whole or absent, even if killed here
     except FileExistsError:
         raise DataError.from_problem(run, 'was just taken by another training started under the same name',
                                      f"choose another {spell('name', '--name')}, or let that one finish and pass {spell('resume=True', '--resume')}") from None

@@ -1,5 +1,6 @@
 """Training: config checks before any work, learning on the synthetic set, loadable checkpoints, resume = uninterrupted run."""
 import json
+from dataclasses import replace
 import math
 import subprocess
 import sys
@@ -342,3 +343,14 @@ def test_two_trainings_under_one_name_the_second_stops(tmp_path):
     with pytest.raises(DataError, match='was just taken by another training started under the same name.*resume=True'):
         train._claim(tmp_path / 'twin', c)
     assert [p.name for p in (tmp_path / 'twin').iterdir()] == ['config.json']
+
+
+def test_a_run_killed_while_claiming_its_name_resumes_as_a_fresh_start(tmp_path):
+    c = train.resolved(TrainConfig(name='cut', resume=True))
+    (tmp_path / 'cut').mkdir(); (tmp_path / 'cut' / 'config.json').write_text('')  # an older kit: killed between open('x') and write
+    assert train._resume_state(tmp_path / 'cut', c, 4, 1) is None  # nothing to continue: train from the start
+    train._claim(tmp_path / 'cut', c)
+    assert json.loads((tmp_path / 'cut' / 'config.json').read_text())['name'] == 'cut'
+    train._claim(tmp_path / 'fresh', replace(c, resume=False))  # claimed whole through a hard link, no temp file left
+    assert [p.name for p in (tmp_path / 'fresh').iterdir()] == ['config.json']
+    assert json.loads((tmp_path / 'fresh' / 'config.json').read_text())['resume'] is False

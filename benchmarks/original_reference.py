@@ -29,19 +29,19 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / 'benchmarks')]
 
-RARE = ('eye_g', 'hat', 'ear_r', 'neck_l')
+from recipe_study import RARE, fold_dir, results_stem  # noqa: E402  the study's rare parts and file layout
 
 
 def load_fold(fold: Path, split: str):
     "Images (N, 3, H, W) float32 normalised as the original did, and part masks (N, 18, H, W) float32 of one split."
     import pandas as pd
     import torch
-    from faceseg_lib.dataset import read_image, read_parts
+    from faceseg_lib.dataset import IMAGENET_MEAN, IMAGENET_STD, read_image, read_parts
     from faceseg_lib.losses import part_masks
     ids = pd.read_csv(fold / 'splits.csv').query('split == @split')['id'].tolist()
-    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
     x = np.stack([((read_image(fold / 'images' / f'{i}.jpg') / 255.0 - mean) / std).astype(np.float32).transpose(2, 0, 1) for i in ids])
     y = part_masks(torch.from_numpy(np.stack([read_parts(fold / 'parts' / f'{i}.png') for i in ids]))).numpy()
     return x, y
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         if init == 'imagenet' and not a.weights: sys.exit('original_reference: --weights is needed for the imagenet init')
         for r in range(a.runs):
             if any(x['init'] == init and x['run'] == r for x in rows): continue
-            fold = a.work / f'folds-{a.size}' / f'fold{r}'
+            fold = fold_dir(a.work, a.size, r)
             if not (fold / 'splits.csv').is_file(): sys.exit(f'original_reference: {fold} is missing: run benchmarks/recipe_study.py --work {a.work} first')
             print(f'original, run the original way: {init} init, fold {r}, seed {r}', flush=True)
             t0 = time.time()
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
                          **score(res['model'], res['val'][0], fold), 'minutes': round((time.time() - t0) / 60, 1), 'history': res['history']})
             out.write_text(json.dumps(rows, indent=1))
             print(f'  val mean F1 {rows[-1]["val_mean_f1"]:.4f}', flush=True)
-    print(table(rows, a.work / f'results-{a.size}px-{a.epochs}ep.csv'))
+    print(table(rows, results_stem(a.work, a.size, a.epochs).with_suffix('.csv')))
     print(f'\n{out}')
     return 0
 

@@ -58,6 +58,16 @@ RECIPES: dict[str, dict] = {
 }
 
 
+def fold_dir(work: Path, size: int, r: int) -> Path:
+    "The prepared-dataset view of run r: validating on fold r (`fold_dataset`)."
+    return work / f'folds-{size}' / f'fold{r}'
+
+
+def results_stem(work: Path, size: int, epochs: int) -> Path:
+    "Where the study's table goes (.csv and .md)."
+    return work / f'results-{size}px-{epochs}ep'
+
+
 def folds_of(ids: list[int], k: int, seed: int = 0) -> list[list[int]]:
     "`ids` shuffled by `seed` and cut into `k` folds of (nearly) equal size."
     order = np.random.default_rng(seed).permutation(sorted(ids)).tolist()
@@ -155,7 +165,7 @@ def main(argv=None) -> int:
         prepare(a.sample, prepared, size=a.size, split='fractions:0.8,0.1,0.1')
     ids = split_ids(prepared, None)
     folds = folds_of(ids, a.folds)
-    rows, results = [], work / f'results-{a.size}px-{a.epochs}ep'
+    rows, results = [], results_stem(work, a.size, a.epochs)
     # run 0 of every recipe first, then run 1, ...: wherever the study stops, the recipes have had the same folds
     plan = [(recipe, init, r) for init in a.inits.split(',') for r in range(a.runs) for recipe in a.recipes.split(',')]
     for n, (recipe, init, r) in enumerate(plan, 1):
@@ -164,7 +174,7 @@ def main(argv=None) -> int:
         row = run_result(run, recipe, init, r)
         if row is None:
             print(f'[{n}/{len(plan)}] {name}: training (fold {r} of {a.folds} as validation, seed {r})', flush=True)
-            data = fold_dataset(prepared, work / f'folds-{a.size}' / f'fold{r}', folds[r], ids)
+            data = fold_dataset(prepared, fold_dir(work, a.size, r), folds[r], ids)
             t0 = time.time()
             fit(TrainConfig(data_dir=str(data), out_dir=str(run.parent), name=name, size=a.size, epochs=a.epochs,
                             arch=a.arch, encoder=a.encoder, encoder_weights=None if init == 'random' else a.weights,

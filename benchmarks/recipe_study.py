@@ -55,6 +55,8 @@ RECIPES: dict[str, dict] = {
     'careful-repeat-bce': dict(preset='careful', sampling='repeat', loss='dice_bce'),
     'default-ema': dict(preset='default', ema=0.98),  # validate and keep a moving average of the weights (~50-step window)
     'default-repeat': dict(preset='default', sampling='repeat'),
+    'default-repeat-linear': dict(preset='default', sampling='repeat_linear'),  # repeat factors t/f, not sqrt(t/f)
+    'careful-repeat-linear': dict(preset='careful', sampling='repeat_linear'),
 }
 
 

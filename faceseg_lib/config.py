@@ -53,7 +53,7 @@ class TrainConfig:
     scheduler: str | None = None         # lr schedule per step: 'cosine' | 'onecycle' | 'none' (None: from preset)
     warmup_epochs: float | None = None   # linear lr warm-up, in epochs (None: from preset)
     augmentation: str | None = None      # training augmentation: 'default' | 'geometric' | 'strong' | 'flip' | 'none' (None: from preset)
-    sampling: str | None = None          # 'uniform' | 'repeat' (images with rare parts drawn more often, LVIS repeat factors) (None: from preset)
+    sampling: str | None = None          # 'uniform' | 'repeat' (images with rare parts drawn more often, LVIS repeat factors) | 'repeat_linear' (the same without the square root) (None: from preset)
     best_by: str | None = None           # which validation score picks best.pt: 'mean_f1' | 'micro_fscore' (None: from preset)
     epochs: int = 30                     # passes over the training split
     batch_size: int | None = None        # images per step and process (DDP: the global batch is this x processes) (None: from preset)

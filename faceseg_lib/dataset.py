@@ -27,12 +27,12 @@ from .splits import SPLITS
 from .prepare import FORMAT as PREPARED_FORMAT, class_pixels, unpack_bits
 
 # %% auto #0
-__all__ = ['PART_BITS_DTYPE', 'IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'TARGETS', 'SAMPLINGS', 'REPEAT_THRESHOLD',
-           'check_prepared', 'load_meta', 'load_splits', 'split_ids', 'read_image', 'read_label', 'read_parts',
-           'swap_lr', 'HorizontalFlipLR', 'augmentations', 'train_transform', 'eval_transform', 'denormalize',
-           'FaceParsingDataset', 'normalize_images', 'model_batch', 'label_map', 'derive_seed', 'SeededSampler',
-           'SeededItems', 'SeededTransform', 'label_stats', 'repeat_factors', 'RepeatFactorSampler', 'split_sizes',
-           'class_summary', 'mask_areas', 'meta_summary']
+__all__ = ['PART_BITS_DTYPE', 'IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 'TARGETS', 'REPEAT_POWERS', 'SAMPLINGS',
+           'REPEAT_THRESHOLD', 'check_prepared', 'load_meta', 'load_splits', 'split_ids', 'read_image', 'read_label',
+           'read_parts', 'swap_lr', 'HorizontalFlipLR', 'augmentations', 'train_transform', 'eval_transform',
+           'denormalize', 'FaceParsingDataset', 'normalize_images', 'model_batch', 'label_map', 'derive_seed',
+           'SeededSampler', 'SeededItems', 'SeededTransform', 'label_stats', 'repeat_factors', 'RepeatFactorSampler',
+           'split_sizes', 'class_summary', 'mask_areas', 'meta_summary']
 
 # %% ../notebooks/lib/05_dataset.ipynb #e5a2cdde
 _PREPARE_FIX = 'point at the output folder of `faceseg prepare RAW OUT` (or run it to create one)'
@@ -361,15 +361,17 @@ def label_stats(root: str | Path,                   # a prepared dataset
     return df
 
 # %% ../notebooks/lib/05_dataset.ipynb #6bbabe1a
-SAMPLINGS: tuple[str, ...] = ('uniform', 'repeat')  # how training draws an epoch's images
+REPEAT_POWERS: dict[str, float] = {'repeat': 0.5, 'repeat_linear': 1.0}  # sampling -> power of t / f in the repeat factor
+SAMPLINGS: tuple[str, ...] = ('uniform', *REPEAT_POWERS)  # how training draws an epoch's images
 REPEAT_THRESHOLD = 0.5  # LVIS's t: parts in fewer than this share of the images are drawn more often
 
 def repeat_factors(stats: pd.DataFrame,                # `label_stats` of the training images
-                   threshold: float = REPEAT_THRESHOLD
+                   threshold: float = REPEAT_THRESHOLD,
+                   power: float = 0.5                   # 0.5: LVIS's sqrt; 1: linear (`REPEAT_POWERS`)
                   ) -> np.ndarray:
-    "Each image's repeat factor: the largest max(1, sqrt(threshold / f)) over its parts, f the share of images showing the part."
+    "Each image's repeat factor: the largest max(1, (threshold / f) ** power) over its parts, f the share of images showing the part."
     present = stats[list(CLASSES[1:])].to_numpy() > 0
-    part = np.maximum(1.0, np.sqrt(threshold / np.maximum(present.mean(0), 1e-12)))
+    part = np.maximum(1.0, (threshold / np.maximum(present.mean(0), 1e-12)) ** power)
     return np.where(present, part, 1.0).max(1, initial=1.0)
 
 class RepeatFactorSampler(torch.utils.data.Sampler):

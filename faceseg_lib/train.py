@@ -25,7 +25,7 @@ from .losses import losses_for, make_loss
 from .optim import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler
 from .dataset import (AUGMENTATIONS, SAMPLINGS, FaceParsingDataset, RepeatFactorSampler, SeededItems, SeededSampler,
                                  SeededTransform, derive_seed, eval_transform, label_map, label_stats, load_meta, model_batch,
-                                 repeat_factors, split_ids, train_transform)
+                                 REPEAT_POWERS, repeat_factors, split_ids, train_transform)
 from .models import (HEADS, class_scores, create_model, check_input_size, model_head, resolve_arch, resolve_encoder,
                                 save_checkpoint, load_checkpoint)
 from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
@@ -106,8 +106,8 @@ def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.de
     target = 'parts' if c.head == 'multilabel' else 'labels'  # the multilabel head trains on the overlapping part masks
     train_ds = FaceParsingDataset(root, c.train_split, transform=SeededTransform(train_transform(c.size, c.augmentation, normalize=False)), target=target)
     val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size, normalize=False), target=target)
-    if c.sampling == 'repeat':  # rare parts' images more often (dataset.repeat_factors)
-        factors = repeat_factors(label_stats(root, ids=train_ds.ids, progress=rank == 0 and _show_progress()))
+    if c.sampling in REPEAT_POWERS:  # rare parts' images more often (dataset.repeat_factors)
+        factors = repeat_factors(label_stats(root, ids=train_ds.ids, progress=rank == 0 and _show_progress()), power=REPEAT_POWERS[c.sampling])
         shuffle = RepeatFactorSampler(factors, num_replicas=world, rank=rank, seed=c.seed)
     else: shuffle = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
     workers = loader_workers(c.workers, world)

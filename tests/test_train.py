@@ -283,22 +283,27 @@ def test_the_default_loss_revives_a_collapsed_class_where_pure_dice_leaves_it_de
     assert _collapsed_class_f1(settings.PRESETS['default']['loss']) > 0.9
 
 
-def test_repeat_sampling_draws_images_with_rare_parts_more_often(train_set, tmp_path):
-    """sampling='repeat': each image drawn in proportion to its LVIS repeat factor, the epoch as long as a uniform one."""
-    from faceseg_lib.dataset import RepeatFactorSampler, label_stats, repeat_factors
-    c = train.resolved(tiny(train_set, tmp_path, sampling='repeat'))
+@pytest.mark.parametrize('sampling', ['repeat', 'repeat_linear'])
+def test_repeat_sampling_draws_images_with_rare_parts_more_often(train_set, tmp_path, sampling):
+    """sampling='repeat' / 'repeat_linear': each image drawn in proportion to its repeat factor (LVIS's sqrt(t / f), or
+    t / f), the epoch as long as a uniform one."""
+    from faceseg_lib.dataset import REPEAT_POWERS, RepeatFactorSampler, label_stats, repeat_factors
+    c = train.resolved(tiny(train_set, tmp_path, sampling=sampling))
     train_dl, _ = train.make_loaders(c)
     sampler = train_dl.sampler.sampler
     assert isinstance(sampler, RepeatFactorSampler) and len(sampler) == len(train_dl.dataset)
-    factors = repeat_factors(label_stats(train_set, ids=train_dl.dataset.dataset.ids, progress=False))
+    stats = label_stats(train_set, ids=train_dl.dataset.dataset.ids, progress=False)
+    factors = repeat_factors(stats, power=REPEAT_POWERS[sampling])
     assert factors.max() > 1.2 * factors.min(), factors  # the synthetic set has parts in few images
+    if sampling == 'repeat_linear':  # the square of LVIS's factors
+        np.testing.assert_allclose(factors, repeat_factors(stats) ** 2)
     counts = np.zeros(len(factors))
     for epoch in range(400):
         train_dl.sampler.set_epoch(epoch); np.add.at(counts, [i for _, i in train_dl.sampler], 1)
     np.testing.assert_allclose(counts / counts.sum(), factors / factors.sum(), rtol=0.25)
-    uniform = train.make_loaders(train.resolved(tiny(train_set, tmp_path)))[0]
+    uniform = train.make_loaders(train.resolved(tiny(train_set, tmp_path, sampling='uniform')))[0]
     assert len(uniform.sampler) == len(train_dl.sampler)  # same steps per epoch: budgets stay comparable
-    assert fit(tiny(train_set, tmp_path, sampling='repeat', epochs=1, max_steps=1, name='repeat')).is_dir()
+    assert fit(tiny(train_set, tmp_path, sampling=sampling, epochs=1, max_steps=1, name=sampling)).is_dir()
 
 
 def test_fit_reports_a_dead_part_in_the_epoch_line_history_and_checkpoint(train_set, tmp_path, monkeypatch, capsys):

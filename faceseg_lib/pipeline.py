@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import DataError
-from .config import PRESETS, as_none, weights_value
+from .config import TrainConfig, as_none, weights_value, with_preset
 from .core import PROGRESS_ENV, cuda_count, replaced_in_place, repo_root, write_atomic
 
 # %% auto #0
@@ -149,11 +149,10 @@ def demo_parameters(out: Path, prepared: Path, recipe: dict, seed: int = 0, n_sa
                                           device=recipe['device'], batch_size=recipe['batch_size'])}
 
 def demo_model(recipe: dict, run: Path) -> str:
-    "The model line of SUMMARY.md."
-    r, preset = recipe, PRESETS.get(recipe.get('preset') or 'default', {})
-    loss, lr = as_none(r['loss']) or preset.get('loss'), as_none(r['lr']) or preset.get('lr')
-    return (f"{r['arch']}/{r['encoder']}, encoder weights {r['encoder_weights']}, preset {r.get('preset') or 'default'} "
-            f"(loss {loss}, lr {lr:g}), {r['epochs']} epochs" + (f" x {r['max_steps']} steps" if r['max_steps'] else '') + f", run {run}")
+    "The model line of SUMMARY.md: the recipe as its preset fills it in (`config.with_preset`, which knows the init's part)."
+    c = with_preset(TrainConfig(**recipe))
+    return (f"{c.arch}/{c.encoder}, encoder weights {c.encoder_weights}, preset {c.preset} (loss {c.loss}, lr {c.lr:g}, "
+            f"sampling {c.sampling}), {c.epochs} epochs" + (f" x {c.max_steps} steps" if c.max_steps else '') + f", run {run}")
 
 # %% ../notebooks/lib/11_pipeline.ipynb #e2e23a74
 def write_summary(out: Path, lines: list[str]) -> Path:

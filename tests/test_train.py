@@ -306,6 +306,19 @@ def test_repeat_sampling_draws_images_with_rare_parts_more_often(train_set, tmp_
     assert fit(tiny(train_set, tmp_path, sampling=sampling, epochs=1, max_steps=1, name=sampling)).is_dir()
 
 
+def test_the_default_draws_rare_parts_more_often_from_pretrained_weights_only(train_set, tmp_path):
+    """The recipe study at 256 px: rare-part sampling (t / f) gains from ImageNet weights on every fold and loses from
+    random weights on every fold, so the default preset samples that way from pretrained weights only."""
+    from faceseg_lib.dataset import RepeatFactorSampler
+    weights = 'imagenet'  # nothing is downloaded: only the config and the loaders are made
+    pretrained = train.resolved(tiny(train_set, tmp_path, encoder_weights=weights))
+    assert pretrained.sampling == settings.PRETRAINED_PRESETS['default']['sampling'] == 'repeat_linear'
+    assert isinstance(train.make_loaders(pretrained)[0].sampler.sampler, RepeatFactorSampler)
+    assert train.resolved(tiny(train_set, tmp_path, encoder_weights=None)).sampling == 'uniform'
+    assert train.resolved(tiny(train_set, tmp_path, encoder_weights=weights, sampling='uniform')).sampling == 'uniform'
+    assert train.resolved(tiny(train_set, tmp_path, encoder_weights=weights, preset='careful')).sampling == 'uniform'
+
+
 def test_fit_reports_a_dead_part_in_the_epoch_line_history_and_checkpoint(train_set, tmp_path, monkeypatch, capsys):
     nose = CLASSES.index('nose')
     class NoNose(torch.nn.Module):  # a model that can never predict the nose

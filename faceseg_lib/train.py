@@ -98,6 +98,18 @@ def validate(config: TrainConfig) -> TrainConfig:
     if problems: raise DataError.from_problems(problems, 'Bad training config')
     return c
 
+# %% ../notebooks/lib/09_train.ipynb #a1b2c3d4
+def _show_progress() -> bool:
+    "Progress bars in a terminal or an interactive notebook (FACESEG_PROGRESS=0/1 overrides); never in plain logs."
+    env = progress_setting()
+    if env is not None: return env
+    if sys.stderr.isatty(): return True
+    try:
+        import importlib.util
+        shell = type(sys.modules['IPython'].get_ipython()).__name__ if 'IPython' in sys.modules else ''
+        return shell == 'ZMQInteractiveShell' and importlib.util.find_spec('ipywidgets') is not None
+    except Exception: return False
+
 # %% ../notebooks/lib/09_train.ipynb #c3a81974
 def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = torch.device('cpu')
                 ) -> tuple[DataLoader, DataLoader]:
@@ -148,17 +160,6 @@ def seed_all(seed: int):
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
 
 # %% ../notebooks/lib/09_train.ipynb #38fdb07e
-def _show_progress() -> bool:
-    "Progress bars in a terminal or an interactive notebook (FACESEG_PROGRESS=0/1 overrides); never in plain logs."
-    env = progress_setting()
-    if env is not None: return env
-    if sys.stderr.isatty(): return True
-    try:
-        import importlib.util
-        shell = type(sys.modules['IPython'].get_ipython()).__name__ if 'IPython' in sys.modules else ''
-        return shell == 'ZMQInteractiveShell' and importlib.util.find_spec('ipywidgets') is not None
-    except Exception: return False
-
 SYNC_EVERY = 16  # training steps between reading losses back: each read makes the CPU wait until the GPU has caught up
 
 def _read_losses(pending: list[tuple[int, int, torch.Tensor]], desc: str) -> list[float]:

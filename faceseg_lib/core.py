@@ -16,7 +16,7 @@ from .errors import DataError, Problem
 __all__ = ['DEVICE_PATTERN', 'AMP_MODES', 'PROGRESS_ENV', 'find_repo_root', 'repo_root', 'resolve_path', 'repo_path',
            'cuda_count', 'device_problems', 'check_device', 'wants_cuda', 'resolve_device', 'amp_dtype', 'atomic_path',
            'write_atomic', 'spell', 'command_line', 'out_dir_problems', 'NewFolder', 'fresh_dir', 'replaced_in_place',
-           'usable_cores', 'loader_workers', 'progress_setting', 'progress_bar']
+           'usable_cores', 'loader_workers', 'progress_setting', 'show_progress', 'progress_bar']
 
 # %% ../notebooks/lib/01a_core.ipynb #370c097b
 def find_repo_root(start: str | Path | None = None,  # folder to start from; default: the working directory
@@ -265,6 +265,18 @@ def progress_setting() -> bool | None:
     "FACESEG_PROGRESS as on/off: False for '0', 'false', 'no' or '', True for any other value, None when unset."
     mode = os.environ.get(PROGRESS_ENV)
     return None if mode is None else mode.strip().lower() not in ('0', 'false', 'no', '')
+
+def show_progress() -> bool:
+    "Progress bars in a terminal or an interactive notebook (FACESEG_PROGRESS=0/1 overrides); never in plain logs."
+    import sys
+    env = progress_setting()
+    if env is not None: return env
+    if sys.stderr.isatty(): return True
+    try:
+        import importlib.util
+        shell = type(sys.modules['IPython'].get_ipython()).__name__ if 'IPython' in sys.modules else ''
+        return shell == 'ZMQInteractiveShell' and importlib.util.find_spec('ipywidgets') is not None
+    except Exception: return False
 
 def progress_bar(enabled: bool = True, **kwargs):
     "A tqdm bar (kwargs as tqdm's): text on the terminal under FACESEG_PROGRESS=terminal, off under FACESEG_PROGRESS=0, else tqdm.auto's."

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, progress_setting, resolve_device, resolve_path, spell, write_atomic
+from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, show_progress, resolve_device, resolve_path, spell, write_atomic
 from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
@@ -98,18 +98,6 @@ def validate(config: TrainConfig) -> TrainConfig:
     if problems: raise DataError.from_problems(problems, 'Bad training config')
     return c
 
-# %% ../notebooks/lib/09_train.ipynb #a1b2c3d4
-def _show_progress() -> bool:
-    "Progress bars in a terminal or an interactive notebook (FACESEG_PROGRESS=0/1 overrides); never in plain logs."
-    env = progress_setting()
-    if env is not None: return env
-    if sys.stderr.isatty(): return True
-    try:
-        import importlib.util
-        shell = type(sys.modules['IPython'].get_ipython()).__name__ if 'IPython' in sys.modules else ''
-        return shell == 'ZMQInteractiveShell' and importlib.util.find_spec('ipywidgets') is not None
-    except Exception: return False
-
 # %% ../notebooks/lib/09_train.ipynb #c3a81974
 def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.device = torch.device('cpu')
                 ) -> tuple[DataLoader, DataLoader]:
@@ -119,7 +107,7 @@ def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.de
     train_ds = FaceParsingDataset(root, c.train_split, transform=SeededTransform(train_transform(c.size, c.augmentation, normalize=False)), target=target)
     val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size, normalize=False), target=target)
     if c.sampling in REPEAT_POWERS:  # rare parts' images more often (dataset.repeat_factors)
-        factors = repeat_factors(label_stats(root, ids=train_ds.ids, progress=rank == 0 and _show_progress()), power=REPEAT_POWERS[c.sampling])
+        factors = repeat_factors(label_stats(root, ids=train_ds.ids, progress=rank == 0 and show_progress()), power=REPEAT_POWERS[c.sampling])
         shuffle = RepeatFactorSampler(factors, num_replicas=world, rank=rank, seed=c.seed)
     else: shuffle = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
     workers = loader_workers(c.workers, world)
@@ -379,7 +367,7 @@ def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, tra
     t0 = time.time()
     seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
     tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
-                             s.channels_last, c.grad_clip, main and _show_progress(), f'epoch {epoch + 1}/{c.epochs}',
+                             s.channels_last, c.grad_clip, main and show_progress(), f'epoch {epoch + 1}/{c.epochs}',
                              seed=(c.seed, epoch, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0), ema=s.ema)
     _sync_buffers(s.scored)
     vl, vn, cm, image_f1 = evaluate_loader(s.scored, val_dl, s.loss_fn, device, s.dtype, s.channels_last)

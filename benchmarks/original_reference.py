@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument('--size', type=int, default=128)
     ap.add_argument('--epochs', type=int, default=10)
     ap.add_argument('--runs', type=int, default=3)
+    ap.add_argument('--first-run', type=int, default=0, help='train runs FIRST_RUN..RUNS-1 only (the earlier ones measured elsewhere)')
     ap.add_argument('--inits', default='imagenet,random')
     ap.add_argument('--weights', help='torchvision ImageNet mobilenet_v2 state dict (.pth) for the imagenet init')
     ap.add_argument('--threads', type=int, default=2)
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     rows = json.loads(out.read_text()) if out.is_file() else []
     for init in a.inits.split(','):
         if init == 'imagenet' and not a.weights: sys.exit('original_reference: --weights is needed for the imagenet init')
-        for r in range(a.runs):
+        for r in range(a.first_run, a.runs):
             if any(x['init'] == init and x['run'] == r for x in rows): continue
             fold = fold_dir(a.work, a.size, r)
             if not (fold / 'splits.csv').is_file(): sys.exit(f'original_reference: {fold} is missing: run benchmarks/recipe_study.py --work {a.work} first')

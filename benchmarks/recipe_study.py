@@ -59,6 +59,7 @@ RECIPES: dict[str, dict] = {
     'default-repeat': dict(preset='default', sampling='repeat'),
     'default-repeat-linear': dict(preset='default', sampling='repeat_linear'),  # repeat factors t/f, not sqrt(t/f)
     'careful-repeat-linear': dict(preset='careful', sampling='repeat_linear'),
+    'default-paste': dict(preset='default', paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }
 
 
@@ -147,6 +148,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--epochs', type=int, default=10)
     p.add_argument('--folds', type=int, default=5, help='cross-validation folds (run r validates on fold r)')
     p.add_argument('--runs', type=int, default=3, help='runs per recipe and init (fold r, seed r)')
+    p.add_argument('--first-run', type=int, default=0, help='train runs FIRST_RUN..RUNS-1 only (the earlier ones measured elsewhere)')
     p.add_argument('--recipes', default='default,original,careful', help=f"comma-separated, from: {', '.join(RECIPES)}")
     p.add_argument('--inits', default='imagenet,random', help="'imagenet' and/or 'random'")
     p.add_argument('--weights', default='imagenet', help="the ImageNet encoder weights: 'imagenet' (hub) or a local file")
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
     folds = folds_of(ids, a.folds)
     rows, results = [], results_stem(work, a.size, a.epochs)
     # run 0 of every recipe first, then run 1, ...: wherever the study stops, the recipes have had the same folds
-    plan = [(recipe, init, r) for init in a.inits.split(',') for r in range(a.runs) for recipe in a.recipes.split(',')]
+    plan = [(recipe, init, r) for init in a.inits.split(',') for r in range(a.first_run, a.runs) for recipe in a.recipes.split(',')]
     for n, (recipe, init, r) in enumerate(plan, 1):
         name = f'{recipe}-{init}-r{r}'
         run = work / f'runs-{a.size}px-{a.epochs}ep' / name

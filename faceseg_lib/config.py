@@ -23,14 +23,14 @@ __all__ = ['PRESETS', 'PRETRAINED_PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', '
 PRESETS: dict[str, dict] = {  # recipe name -> values of the recipe fields
     # the best recipe of the study (README, Results): Dice + class-balanced CE, AdamW 1e-3 one-cycle, flip-swap + affine
     'default': dict(head='multiclass', loss='dice_bce', optimizer='adamw', lr=1e-3, weight_decay=1e-4, scheduler='onecycle',
-                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', batch_size=8, best_by='mean_f1'),
+                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, batch_size=8, best_by='mean_f1'),
     # the original project's recipe exactly: 18 sigmoid part channels, smp's multilabel Dice, Adam 1e-4, batch 15,
     # no augmentation, no schedule, the best epoch by the micro F-score
     'original': dict(head='multilabel', loss='dice_smp', optimizer='adam', lr=1e-4, weight_decay=0.0, scheduler='none',
-                     warmup_epochs=0.0, augmentation='none', sampling='uniform', batch_size=15, best_by='micro_fscore'),
+                     warmup_epochs=0.0, augmentation='none', sampling='uniform', paste=0.0, batch_size=15, best_by='micro_fscore'),
     # a careful short script's recipe (the baseline of the recipe study): Dice + CE, AdamW 1e-3 one-cycle, flip + affine
     'careful': dict(head='multiclass', loss='dice_ce', optimizer='adamw', lr=1e-3, weight_decay=1e-4, scheduler='onecycle',
-                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', batch_size=8, best_by='mean_f1'),
+                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, batch_size=8, best_by='mean_f1'),
 }
 
 PRETRAINED_PRESETS: dict[str, dict] = {  # preset -> the recipe fields it sets otherwise when the encoder starts from pretrained weights
@@ -60,6 +60,7 @@ class TrainConfig:
     warmup_epochs: float | None = None   # linear lr warm-up, in epochs (None: from preset)
     augmentation: str | None = None      # training augmentation: 'default' | 'geometric' | 'strong' | 'flip' | 'none' (None: from preset)
     sampling: str | None = None          # 'uniform' | 'repeat' (images with rare parts drawn more often, LVIS repeat factors) | 'repeat_linear' (the same without the square root) (None: from preset)
+    paste: float | None = None           # chance that a training image gets a rare part (one shown in few training images) pasted at its own place from another training image that shows it; 0: never (None: from preset)
     best_by: str | None = None           # which validation score picks best.pt: 'mean_f1' | 'micro_fscore' (None: from preset)
     epochs: int = 30                     # passes over the training split
     batch_size: int | None = None        # images per step and process (DDP: the global batch is this x processes) (None: from preset)
@@ -131,6 +132,8 @@ def value_problems(c: TrainConfig) -> list[Problem]:
     for field in ('weight_decay', 'warmup_epochs', 'grad_clip'):
         v = getattr(c, field)
         if not (isinstance(v, (int, float)) and v >= 0): bad(field, f'must be a number >= 0, got {v!r}', f'set {field} to 0 or more')
+    if not (isinstance(c.paste, (int, float)) and not isinstance(c.paste, bool) and 0 <= c.paste <= 1):
+        bad('paste', f'must be a chance in [0, 1], got {c.paste!r}', 'use e.g. paste=0.5, or 0 for none')
     if not (isinstance(c.ema, (int, float)) and not isinstance(c.ema, bool) and 0 <= c.ema < 1):
         bad('ema', f'must be a decay in [0, 1), got {c.ema!r}', 'use e.g. ema=0.99, or 0 for none')
     if c.warmup_epochs and isinstance(c.epochs, int) and c.warmup_epochs > c.epochs:

@@ -189,10 +189,11 @@ def _to_model(size: int, normalize: bool = True) -> list:
 
 def train_transform(size: int,                 # side of the square model input, in pixels
                     preset: str = 'default',   # a name in AUGMENTATIONS
-                    normalize: bool = True     # False: leave uint8 images for `model_batch` to normalise on the device
+                    normalize: bool = True,    # False: leave uint8 images for `model_batch` to normalise on the device
+                    first: Sequence = ()       # transforms run before the augmentations (e.g. `paste.RarePartPaste`)
                    ) -> A.Compose:
-    "Training transform: a preset's augmentations, then resize, normalise (unless told not to) and convert to tensors."
-    return A.Compose(augmentations(preset) + _to_model(size, normalize))
+    "Training transform: `first`, a preset's augmentations, then resize, normalise (unless told not to) and convert to tensors."
+    return A.Compose([*first, *augmentations(preset), *_to_model(size, normalize)])
 
 def eval_transform(size: int, normalize: bool = True) -> A.Compose:
     "Evaluation transform: resize, normalise (unless told not to) and convert to tensors, nothing random."

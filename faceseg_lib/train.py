@@ -29,6 +29,7 @@ from .dataset import (AUGMENTATIONS, SAMPLINGS, FaceParsingDataset, RepeatFactor
 from .models import (HEADS, class_scores, create_model, check_input_size, model_head, resolve_arch, resolve_encoder,
                                 save_checkpoint, load_checkpoint)
 from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
+from .paste import RarePartPaste, paste_sources
 from .history import BEST_BY, dead_warning, epoch_line, history_row, noise_note, small_val_warning, write_history
 
 # %% auto #0
@@ -104,10 +105,14 @@ def make_loaders(c: TrainConfig, rank: int = 0, world: int = 1, device: torch.de
     "Training loader (seeded shuffle and augmentation, this process's shard) and validation loader (its shard, in order); compact uint8 batches."
     root = resolve_path(c.data_dir)
     target = 'parts' if c.head == 'multilabel' else 'labels'  # the multilabel head trains on the overlapping part masks
-    train_ds = FaceParsingDataset(root, c.train_split, transform=SeededTransform(train_transform(c.size, c.augmentation, normalize=False)), target=target)
+    ids = split_ids(root, c.train_split)
+    stats = label_stats(root, ids=ids, progress=rank == 0 and show_progress()) if c.sampling in REPEAT_POWERS or c.paste else None
+    paste = [RarePartPaste(root, paste_sources(stats), target, p=c.paste)] if c.paste else []  # then the flip and affine move the pasted part too
+    train_ds = FaceParsingDataset(root, c.train_split, transform=SeededTransform(train_transform(c.size, c.augmentation, normalize=False, first=paste)),
+                                  ids=ids, target=target)
     val_ds = FaceParsingDataset(root, c.val_split, transform=eval_transform(c.size, normalize=False), target=target)
     if c.sampling in REPEAT_POWERS:  # rare parts' images more often (dataset.repeat_factors)
-        factors = repeat_factors(label_stats(root, ids=train_ds.ids, progress=rank == 0 and show_progress()), power=REPEAT_POWERS[c.sampling])
+        factors = repeat_factors(stats, power=REPEAT_POWERS[c.sampling])
         shuffle = RepeatFactorSampler(factors, num_replicas=world, rank=rank, seed=c.seed)
     else: shuffle = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=c.seed, drop_last=True)
     workers = loader_workers(c.workers, world)

@@ -42,6 +42,7 @@ def tiny(train_set, tmp_path, **kw):
     (dict(size=100, arch='FPN'), 'divisible by 32'),
     (dict(loss='dise'), 'config.loss'),
     (dict(epochs=0), 'config.epochs'),
+    (dict(paste=1.5), 'config.paste: must be a chance in [0, 1]'),
     (dict(val_split='nope'), 'nope'),
 ])
 def test_bad_config_fails_before_any_work(train_set, tmp_path, monkeypatch, kw, message):
@@ -304,6 +305,28 @@ def test_repeat_sampling_draws_images_with_rare_parts_more_often(train_set, tmp_
     uniform = train.make_loaders(train.resolved(tiny(train_set, tmp_path, sampling='uniform')))[0]
     assert len(uniform.sampler) == len(train_dl.sampler)  # same steps per epoch: budgets stay comparable
     assert fit(tiny(train_set, tmp_path, sampling=sampling, epochs=1, max_steps=1, name=sampling)).is_dir()
+
+
+@pytest.mark.parametrize('head', ['multiclass', 'multilabel'])
+def test_paste_puts_a_rare_part_into_training_images_before_the_augmentations(train_set, tmp_path, head):
+    """paste=p: the training transform starts with RarePartPaste over the training split's rare parts (the flip and
+    affine then move a pasted part with the face); at p=1 every training item shows a rare part; 0 pastes nothing."""
+    from faceseg_lib.dataset import label_map
+    from faceseg_lib.paste import RarePartPaste
+    train_dl, _ = train.make_loaders(train.resolved(tiny(train_set, tmp_path, head=head, paste=1.0, augmentation='none')))
+    items = train_dl.dataset
+    first = items.dataset.transform.transform.transforms[0]
+    assert isinstance(first, RarePartPaste) and first.sources and first.target == ('parts' if head == 'multilabel' else 'labels')
+    rare = torch.tensor(sorted(first.sources))
+    stored = [torch.isin(label_map(torch.as_tensor(items.dataset.read(i)[1])), rare).any() for i in range(len(items))]
+    assert not all(stored)  # as stored, some training images show no rare part
+    for i in range(len(items)):
+        shown = torch.isin(label_map(items[(i, i)][1]), rare)
+        assert shown.any(), f'item {i} got no rare part'
+        assert torch.equal(shown, torch.isin(label_map(items[(i, i)][1]), rare))  # the same seed, the same paste
+    plain = train.make_loaders(train.resolved(tiny(train_set, tmp_path, head=head)))[0]
+    assert not any(isinstance(t, RarePartPaste) for t in plain.dataset.dataset.transform.transform.transforms)
+    assert fit(tiny(train_set, tmp_path, head=head, paste=0.5, epochs=1, max_steps=1, name=f'paste-{head}')).is_dir()
 
 
 def test_the_default_draws_rare_parts_more_often_from_pretrained_weights_only(train_set, tmp_path):

@@ -15,9 +15,9 @@ from .core import AMP_MODES, device_problems, resolve_path, wants_cuda
 from .errors import DataError, Problem
 
 # %% auto #0
-__all__ = ['PRESETS', 'PRETRAINED_PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', 'PATH_FIELDS', 'NONE_SPELLINGS', 'TrainConfig',
-           'config_fields', 'as_none', 'weights_value', 'with_preset', 'value_problems', 'field_help', 'optional',
-           'add_arguments', 'from_namespace', 'config_from_params']
+__all__ = ['PRESETS', 'PRETRAINED_PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', 'PATH_FIELDS', 'LATER_FIELDS', 'NONE_SPELLINGS',
+           'TrainConfig', 'config_fields', 'as_none', 'weights_value', 'with_preset', 'value_problems', 'field_help',
+           'optional', 'add_arguments', 'from_namespace', 'config_from_params']
 
 # %% ../notebooks/lib/01b_config.ipynb #31760b08
 PRESETS: dict[str, dict] = {  # recipe name -> values of the recipe fields
@@ -81,6 +81,7 @@ class TrainConfig:
 RECIPE_FIELDS: tuple[str, ...] = tuple(PRESETS['default'])  # the fields a preset fills in
 RUNTIME_FIELDS: tuple[str, ...] = ('resume', 'workers', 'device', 'compile', 'out_dir', 'data_dir')  # may change on resume
 PATH_FIELDS: tuple[str, ...] = ('data_dir', 'out_dir')  # resolved against the working directory (notebooks: the repo root)
+LATER_FIELDS: dict[str, object] = {'paste': 0.0}  # fields added since runs were first saved -> the value a run saved without them trained with
 
 def config_fields() -> list[str]:
     "The names of the TrainConfig fields, in order."

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, show_progress, resolve_device, resolve_path, spell, write_atomic
-from .config import RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
+from .config import LATER_FIELDS, RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
 from .losses import losses_for, make_loss
@@ -230,6 +230,7 @@ def image_spread(image_f1: np.ndarray, device: torch.device) -> tuple[float, flo
 def _config_diff(saved: Mapping, c: TrainConfig) -> list[str]:
     "The result-changing fields whose values differ between a saved config and `c`."
     now = asdict(c)
+    saved = {**LATER_FIELDS, **saved}  # a run saved before a field existed trained with its neutral value
     return [f'{k}: run has {saved.get(k)!r}, now {now[k]!r}' for k in now if k not in RUNTIME_FIELDS and saved.get(k) != now[k]]
 
 def _read_json(path: Path) -> dict | None:

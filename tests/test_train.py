@@ -386,6 +386,15 @@ def test_two_trainings_under_one_name_the_second_stops(tmp_path):
     assert [p.name for p in (tmp_path / 'twin').iterdir()] == ['config.json']
 
 
+def test_a_run_saved_before_a_field_existed_resumes_with_its_neutral_value(train_set, tmp_path):
+    """A config saved before `paste` existed trained without pasting: it resumes under paste=0, not under paste=0.5."""
+    from dataclasses import asdict
+    c = train.resolved(tiny(train_set, tmp_path))
+    old = {k: v for k, v in asdict(c).items() if k not in settings.LATER_FIELDS}
+    assert c.paste == settings.LATER_FIELDS['paste'] == 0.0 and train._config_diff(old, c) == []
+    assert train._config_diff(old, replace(c, paste=0.5)) == ['paste: run has 0.0, now 0.5']
+
+
 def test_a_run_killed_while_claiming_its_name_resumes_as_a_fresh_start(tmp_path):
     c = train.resolved(TrainConfig(name='cut', resume=True))
     (tmp_path / 'cut').mkdir(); (tmp_path / 'cut' / 'config.json').write_text('')  # an older kit: killed between open('x') and write

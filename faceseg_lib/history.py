@@ -21,17 +21,17 @@ __all__ = ['HISTORY_COLUMNS', 'BEST_BY', 'STABLE_VAL_IMAGES', 'history_row', 'wr
 
 # %% ../notebooks/lib/08b_history.ipynb #e52136a8
 HISTORY_COLUMNS: tuple[str, ...] = ('epoch', 'train_loss', 'val_loss', 'val_mean_f1', 'val_mean_iou', 'val_micro_fscore',
-                                    'val_image_f1_mean', 'val_image_f1_std', *(f'f1_{c}' for c in CLASSES), 'dead_parts',
+                                    'val_part_fscore', 'val_image_f1_mean', 'val_image_f1_std', *(f'f1_{c}' for c in CLASSES), 'dead_parts',
                                     'lr', 'seconds')
-BEST_BY: tuple[str, ...] = ('mean_f1', 'micro_fscore')  # validation scores that may pick best.pt: history column 'val_<name>'
+BEST_BY: tuple[str, ...] = ('mean_f1', 'micro_fscore', 'part_fscore')  # validation scores that may pick best.pt: history column 'val_<name>'
 
 def history_row(epoch: int, train_loss: float, val_loss: float, cm: ConfusionMatrix, lr: float, seconds: float,
-                spread: tuple = (math.nan, math.nan)) -> dict:
-    "One history.csv row: losses, validation scores (per-class F1 NaN for absent classes), per-image spread, dead parts, lr, seconds."
+                spread: tuple = (math.nan, math.nan), part_fscore: float = math.nan) -> dict:
+    "One history.csv row: losses, validation scores (per-class F1 NaN for absent classes; `part_fscore`: the mean of `metrics.part_fscores`), per-image spread, dead parts, lr, seconds."
     f1 = cm.per_class_f1()
     return {'epoch': epoch, 'train_loss': train_loss, 'val_loss': val_loss, 'val_mean_f1': cm.mean_f1(),
             'val_mean_iou': cm.mean_iou(), 'val_micro_fscore': cm.micro_fscore(),
-            'val_image_f1_mean': spread[0], 'val_image_f1_std': spread[1],
+            'val_part_fscore': part_fscore, 'val_image_f1_mean': spread[0], 'val_image_f1_std': spread[1],
             **{f'f1_{c}': float(v) for c, v in zip(CLASSES, f1)}, 'dead_parts': ' '.join(cm.dead_parts()),
             'lr': lr, 'seconds': seconds}
 

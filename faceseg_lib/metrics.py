@@ -16,9 +16,10 @@ import torch.distributed as dist
 from fastcore.basics import patch
 
 from .labels import CLASSES, NUM_CLASSES
+from .losses import part_masks
 
 # %% auto #0
-__all__ = ['confusion_counts', 'ConfusionMatrix', 'per_image_f1', 'image_means', 'per_image_scores']
+__all__ = ['confusion_counts', 'ConfusionMatrix', 'per_image_f1', 'image_means', 'per_image_scores', 'part_fscores']
 
 # %% ../notebooks/lib/07_metrics.ipynb #52c08a85
 def _as_labels(x, num_classes: int, what: str) -> torch.Tensor:
@@ -177,7 +178,7 @@ def mean_iou(self: ConfusionMatrix, include_background: bool = False) -> float:
 # %% ../notebooks/lib/07_metrics.ipynb #b2dfe1a7
 @patch
 def micro_fscore(self: ConfusionMatrix, include_background: bool = True) -> float:
-    "Micro F-score 2*sum(TP)/(2*sum(TP)+sum(FP)+sum(FN)) over all classes (the original 'fscore'; = pixel accuracy)."
+    "Micro F-score 2*sum(TP)/(2*sum(TP)+sum(FP)+sum(FN)) over the label map's classes (with background: = pixel accuracy)."
     tp, fp, fn = (_fg(s, include_background).sum() for s in self.stats())
     return float(_ratio(2 * tp, 2 * tp + fp + fn))
 
@@ -228,3 +229,15 @@ def per_image_scores(pred, target,
     "Mean F1 of each image over its present (or predicted) foreground classes, as a float64 array (N,)."
     counts = confusion_counts(pred, target, num_classes, ignore_index, per_image=True).cpu().numpy()
     return image_means(per_image_f1(counts), include_background)
+
+# %% ../notebooks/lib/07_metrics.ipynb #bd244fdc
+def part_fscores(scores: torch.Tensor,   # (N, C, H, W) class scores, channel 0 background (`models.class_scores`)
+                 target: torch.Tensor,   # (N, H, W) int32 part bits (overlapping part masks) or a label map
+                 threshold: float = 0.5, eps: float = 1e-7) -> torch.Tensor:
+    "Each image's micro F-score over the part channels: (2TP + eps) / (2TP + FP + FN + eps), float64 (N,), the original's score."
+    pred = scores[:, 1:] > threshold
+    if target.dtype == torch.int32: truth = part_masks(target, pred.shape[1]).bool()
+    else: truth = target.unsqueeze(1) == torch.arange(1, scores.shape[1], device=target.device).view(1, -1, 1, 1)
+    tp = (pred & truth).sum((1, 2, 3)).double()
+    fp, fn = pred.sum((1, 2, 3)) - tp, truth.sum((1, 2, 3)) - tp
+    return (2 * tp + eps) / (2 * tp + fp + fn + eps)

@@ -28,7 +28,7 @@ from .dataset import (AUGMENTATIONS, SAMPLINGS, FaceParsingDataset, RepeatFactor
                                  REPEAT_POWERS, repeat_factors, split_ids, train_transform)
 from .models import (HEADS, class_scores, create_model, check_input_size, model_head, resolve_arch, resolve_encoder,
                                 save_checkpoint, load_checkpoint)
-from .metrics import ConfusionMatrix, confusion_counts, image_means, per_image_f1
+from .metrics import ConfusionMatrix, confusion_counts, image_means, part_fscores, per_image_f1
 from .paste import RarePartPaste, paste_sources
 from .history import BEST_BY, dead_warning, epoch_line, history_row, noise_note, small_val_warning, write_history
 
@@ -202,20 +202,21 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device,
                     dtype: torch.dtype | None = None, channels_last: bool = False
-                   ) -> tuple[float, int, ConfusionMatrix, np.ndarray]:
-    "One pass over `loader`: (sum of batch loss x batch size, images, confusion matrix, each image's mean F1) on this process."
+                   ) -> tuple[float, int, ConfusionMatrix, np.ndarray, np.ndarray]:
+    "One pass over `loader` on this process: (sum of batch loss x batch size, images, confusion matrix, each image's mean F1, each image's `part_fscores`)."
     model.eval()
-    losses, sizes, per_image, cm = [], [], [], ConfusionMatrix(NUM_CLASSES, device)
+    losses, sizes, per_image, part_f, cm = [], [], [], [], ConfusionMatrix(NUM_CLASSES, device)
     for x, y in loader:
         x, y = model_batch(x, y, device, channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x).float()
         losses.append(loss_fn(logits, y)); sizes.append(len(x))
-        counts = confusion_counts(class_scores(logits, model_head(model)), label_map(y), per_image=True)
-        cm.add(counts.sum(0)); per_image.append(counts)
+        scores = class_scores(logits, model_head(model))
+        counts = confusion_counts(scores, label_map(y), per_image=True)
+        cm.add(counts.sum(0)); per_image.append(counts); part_f.append(part_fscores(scores, y))
     values = torch.stack(losses).tolist() if losses else []  # read back once, at the end
     image_f1 = image_means(per_image_f1(torch.cat(per_image).cpu().numpy())) if per_image else np.zeros(0)
-    return sum(v * n for v, n in zip(values, sizes)), sum(sizes), cm, image_f1
+    return sum(v * n for v, n in zip(values, sizes)), sum(sizes), cm, image_f1, torch.cat(part_f).cpu().numpy() if part_f else np.zeros(0)
 
 # %% ../notebooks/lib/09_train.ipynb #92a25b2c
 def image_spread(image_f1: np.ndarray, device: torch.device) -> tuple[float, float]:
@@ -376,9 +377,9 @@ def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, tra
                              s.channels_last, c.grad_clip, main and show_progress(), f'epoch {epoch + 1}/{c.epochs}',
                              seed=(c.seed, epoch, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0), ema=s.ema)
     _sync_buffers(s.scored)
-    vl, vn, cm, image_f1 = evaluate_loader(s.scored, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
+    vl, vn, cm, image_f1, part_f = evaluate_loader(s.scored, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
     tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
-    return history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device)), cm
+    return history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device), image_spread(part_f, device)[0]), cm
 
 # %% ../notebooks/lib/09_train.ipynb #808c71ba
 def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:

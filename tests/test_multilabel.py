@@ -44,10 +44,39 @@ def test_original_preset_trains_a_multilabel_checkpoint(original_run):
     assert (ckpt['model']['head'], ckpt['model']['num_classes']) == ('multilabel', 18)
     c = ckpt['config']
     assert (c['head'], c['loss'], c['optimizer'], c['augmentation'], c['scheduler'], c['best_by']) == (
-        'multilabel', 'dice_smp', 'adam', 'none', 'none', 'micro_fscore')
+        'multilabel', 'dice_smp', 'adam', 'none', 'none', 'part_fscore')
     h = load_history(original_run)
-    assert ckpt['metrics']['epoch'] == int(h.loc[h['val_micro_fscore'].idxmax(), 'epoch'])  # best epoch by micro F-score
+    assert ckpt['metrics']['epoch'] == int(h.loc[h['val_part_fscore'].idxmax(), 'epoch'])  # best epoch by the original's score
     assert np.isfinite(h['train_loss']).all() and (h['train_loss'] > 0).all()
+
+
+def test_the_original_presets_best_epoch_score_is_the_reference_scripts(original_run):
+    """val_part_fscore, by which `--preset original` picks best.pt, is the score of benchmarks/original_reference.py
+    (smp's old Fscore per image over the 18 sigmoid channels at 0.5, against the overlapping part masks), not the
+    label map's micro F-score: at 256 px on the sample the two picked epochs 1 and 10 of the same training."""
+    import importlib.util, sys
+    from conftest import REPO
+    from faceseg_lib.losses import part_masks
+    from faceseg_lib.models import model_from_checkpoint
+    sys.path.insert(0, str(REPO / 'benchmarks'))
+    spec = importlib.util.spec_from_file_location('original_reference', REPO / 'benchmarks' / 'original_reference.py')
+    ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref)
+    model, ckpt = model_from_checkpoint(original_run / 'best.pt')
+    c = train.resolved(TrainConfig(**ckpt['config']))
+    _, val_dl = train.make_loaders(c)
+    _, n, cm, _, part_f = train.evaluate_loader(model, val_dl, lambda l, y: l.sum(), torch.device('cpu'))
+    theirs = []
+    with torch.no_grad():
+        for x, y in val_dl:
+            x, y = train.model_batch(x, y, 'cpu')
+            probs, truth = model(x).sigmoid(), part_masks(y)
+            theirs += [ref.fscore(probs[i:i + 1], truth[i:i + 1]) for i in range(len(x))]
+    assert len(part_f) == n == len(theirs) > 1
+    np.testing.assert_allclose(part_f, theirs, rtol=1e-5)
+    h = load_history(original_run)
+    row = h.loc[h['epoch'] == ckpt['metrics']['epoch']].iloc[0]
+    assert row['val_part_fscore'] == pytest.approx(np.mean(theirs), rel=1e-5)  # what history.csv recorded for that epoch
+    assert row['val_part_fscore'] != pytest.approx(row['val_micro_fscore'], rel=1e-3)  # another score
 
 
 def test_evaluate_decodes_by_the_most_probable_part_above_half(original_run, train_set, tmp_path):

@@ -75,7 +75,7 @@ def test_all_problems_reported_at_once(train_set, tmp_path):
 def test_presets_fill_only_unset_recipe_fields():
     c = train.resolved(TrainConfig(preset='original', lr=3e-4))
     assert (c.head, c.loss, c.optimizer, c.lr, c.scheduler, c.augmentation, c.batch_size, c.best_by) == (
-        'multilabel', 'dice_smp', 'adam', 3e-4, 'none', 'none', 15, 'micro_fscore')
+        'multilabel', 'dice_smp', 'adam', 3e-4, 'none', 'none', 15, 'part_fscore')
     d = train.resolved(TrainConfig())
     assert (d.loss, d.optimizer, d.lr, d.scheduler, d.augmentation) == ('dice_bce', 'adamw', 1e-3, 'onecycle', 'geometric')
     assert set(settings.RECIPE_FIELDS) == set(settings.PRESETS['original']) <= set(settings.config_fields())
@@ -233,8 +233,9 @@ def test_losses_read_back_in_groups_add_up_as_read_one_by_one(train_set, monkeyp
     total, seen, lr = train.train_epoch(model, dl, opt, sched, scaler, recording, len(dl), torch.device('cpu'))
     assert len(dl) == 7 and seen == 14 == sum(n for _, n in seen_losses)
     assert total == pytest.approx(sum(v * n for v, n in seen_losses), rel=1e-12)
-    vl, vn, cm, image_f1 = train.evaluate_loader(model, dl, losses.LOSSES[c.loss], torch.device("cpu"))
+    vl, vn, cm, image_f1, part_f = train.evaluate_loader(model, dl, losses.LOSSES[c.loss], torch.device("cpu"))
     assert len(image_f1) == 14 and np.nanmax(image_f1) <= 1  # one mean F1 per image, for the spread in history.csv
+    assert len(part_f) == 14 and ((0 <= part_f) & (part_f <= 1)).all()  # the original's score of each image
     assert vn == 14 and math.isfinite(vl) and cm.tensor.sum() == 14 * SIZE * SIZE
 
 

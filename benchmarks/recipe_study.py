@@ -59,6 +59,7 @@ RECIPES: dict[str, dict] = {
     'default-repeat': dict(preset='default', sampling='repeat'),
     'default-repeat-linear': dict(preset='default', sampling='repeat_linear'),  # repeat factors t/f, not sqrt(t/f)
     'careful-repeat-linear': dict(preset='careful', sampling='repeat_linear'),
+    'default-bs4': dict(preset='default', batch_size=4),  # twice the steps on the same images
     'default-paste': dict(preset='default', paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }
 

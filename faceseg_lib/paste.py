@@ -43,7 +43,9 @@ class RarePartPaste(A.DualTransform):
         self.sources = {int(k): [int(i) for i in v] for k, v in sources.items() if len(v)}
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
-        if not self.sources: return {'part': 0, 'where': np.zeros(data['image'].shape[:2], bool), 'pixels': None}
+        if not self.sources:  # no rare part in the training split: nothing to paste
+            where = np.zeros(data['image'].shape[:2], bool)
+            return {'part': 0, 'where': where, 'pixels': data['image'][where]}
         part = self.py_random.choice(sorted(self.sources))
         id = self.py_random.choice(self.sources[part])
         image, target = read_image(self.root / 'images' / f'{id}.jpg'), TARGETS[self.target](self.root / self.target / f'{id}.png')

@@ -2,6 +2,7 @@
 
 Plain functions live here (import them); fixtures built from them live in conftest.py."""
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +18,16 @@ from faceseg_lib.celebamask import ANNO_DIR, IMG_DIR, mask_name
 from faceseg_lib.dataset import FaceParsingDataset, eval_transform
 from faceseg_lib.labels import CLASSES, CLASS_INDEX, NUM_CLASSES, PALETTE
 from faceseg_lib.models import model_from_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: str):
+    """A script of the repository that is not a package module (e.g. 'benchmarks/wild.py'), imported by its path."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+    return module
+
 
 C = CLASS_INDEX
 SIZE = 64  # side of the synthetic training set (conftest.train_set) and of the models trained on it

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from conftest import REPO
+from helpers import load_script
 
 TINY = ['--quick', '--images', '4', '--mem-images', '4', '--loader-images', '4', '--infer-images', '2', '--repeat', '1']
 
@@ -70,9 +71,7 @@ def test_unknown_section_is_refused(tmp_path):
 def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     """The recipe study on the synthetic raw set: folds are disjoint and cover every id, one run per recipe trains,
     the table is written, and a second call reads the finished runs back instead of training them again."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('recipe_study', REPO / 'benchmarks' / 'recipe_study.py')
-    rs = importlib.util.module_from_spec(spec); spec.loader.exec_module(rs)
+    rs = load_script('benchmarks/recipe_study.py')
     folds = rs.folds_of(list(range(10)), 3)
     assert sorted(sum(folds, [])) == list(range(10)) and all(len(set(a) & set(b)) == 0 for a in folds for b in folds if a is not b)
     args = ['--sample', str(train_set.parent / 'raw'), '--work', str(tmp_path), '--size', '64', '--epochs', '1', '--folds', '3',
@@ -83,8 +82,7 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     stamp = (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns
     assert rs.main(args) == 0 and (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns == stamp
     # the original recipe run the original way (plain smp + torch) on the same folds, beside the study's `original` row
-    spec = importlib.util.spec_from_file_location('original_reference', REPO / 'benchmarks' / 'original_reference.py')
-    ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref)
+    ref = load_script('benchmarks/original_reference.py')
     import torch
     gt = torch.tensor([[1.0, 1.0, 0.0, 0.0]]); pr = torch.tensor([[0.9, 0.2, 0.7, 0.1]])  # tp 1, fp 1, fn 1
     assert abs(ref.fscore(pr, gt) - 0.5) < 1e-6

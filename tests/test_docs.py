@@ -5,7 +5,6 @@ a local http.server: its home page and the API page of one module hold the real 
 The browser test is skipped, with the reason, where the site is not built or Chromium/playwright is missing."""
 import functools
 import http.server
-import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -13,16 +12,14 @@ from pathlib import Path
 import pytest
 from fastcore.basics import AttrDict
 
-from helpers import headless_chromium
+from helpers import headless_chromium, load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = Path(os.environ.get('FACESEG_DOCS', REPO / '_docs'))
 
 
 def build_docs():
-    spec = importlib.util.spec_from_file_location('build_docs', REPO / 'tools' / 'build_docs.py')
-    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-    return module
+    return load_script('tools/build_docs.py')
 
 
 def cell(kind, source, outputs=()):

@@ -16,7 +16,7 @@ from faceseg_lib.history import load_history
 from faceseg_lib.labels import label_from_bits
 from faceseg_lib.models import load_checkpoint, model_head
 
-from helpers import SIZE, evaluate_checkpoint, f1_from_counts
+from helpers import SIZE, evaluate_checkpoint, f1_from_counts, load_script
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -54,13 +54,9 @@ def test_the_original_presets_best_epoch_score_is_the_reference_scripts(original
     """val_part_fscore, by which `--preset original` picks best.pt, is the score of benchmarks/original_reference.py
     (smp's old Fscore per image over the 18 sigmoid channels at 0.5, against the overlapping part masks), not the
     label map's micro F-score: at 256 px on the sample the two picked epochs 1 and 10 of the same training."""
-    import importlib.util, sys
-    from conftest import REPO
     from faceseg_lib.losses import part_masks
     from faceseg_lib.models import model_from_checkpoint
-    sys.path.insert(0, str(REPO / 'benchmarks'))
-    spec = importlib.util.spec_from_file_location('original_reference', REPO / 'benchmarks' / 'original_reference.py')
-    ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref)
+    ref = load_script('benchmarks/original_reference.py')
     model, ckpt = model_from_checkpoint(original_run / 'best.pt')
     c = train.resolved(TrainConfig(**ckpt['config']))
     _, val_dl = train.make_loaders(c)

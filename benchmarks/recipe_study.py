@@ -32,20 +32,21 @@ sys.path.insert(0, str(REPO))
 RARE = ('eye_g', 'hat', 'ear_r', 'neck_l')  # the parts present in few images
 
 # recipe name -> TrainConfig fields (a preset and what changes on top of it); the recipes measured before the default took
-# rare-part sampling from pretrained weights name sampling='uniform', so they still train what their results show
+# rare-part sampling from pretrained weights name sampling='uniform', and those measured before it took batch 4 name
+# batch_size=8, so they still train what their results show
 RECIPES: dict[str, dict] = {
     'default': dict(preset='default'),
-    'default-uniform': dict(preset='default', sampling='uniform'),  # the default before rare-part sampling from pretrained weights
+    'default-uniform': dict(preset='default', batch_size=8, sampling='uniform'),  # the default before rare-part sampling from pretrained weights
     # the default preset before the study chose it: Dice + CE, AdamW 5e-4, warm-up + cosine, flip/affine/colour
-    'previous-default': dict(preset='default', loss='dice_ce', lr=5e-4, scheduler='cosine', warmup_epochs=1.0,
+    'previous-default': dict(preset='default', batch_size=8, loss='dice_ce', lr=5e-4, scheduler='cosine', warmup_epochs=1.0,
                              augmentation='default', sampling='uniform'),
     'original': dict(preset='original'),
     'careful': dict(preset='careful'),
-    'default-lr1e-3': dict(preset='default', sampling='uniform', lr=1e-3),
-    'default-geometric': dict(preset='default', sampling='uniform', augmentation='geometric'),
-    'default-ce': dict(preset='default', sampling='uniform', loss='ce'),
-    'default-focal': dict(preset='default', sampling='uniform', loss='focal'),
-    'multilabel-dice_ce': dict(preset='default', sampling='uniform', head='multilabel'),
+    'default-lr1e-3': dict(preset='default', batch_size=8, sampling='uniform', lr=1e-3),
+    'default-geometric': dict(preset='default', batch_size=8, sampling='uniform', augmentation='geometric'),
+    'default-ce': dict(preset='default', batch_size=8, sampling='uniform', loss='ce'),
+    'default-focal': dict(preset='default', batch_size=8, sampling='uniform', loss='focal'),
+    'multilabel-dice_ce': dict(preset='default', batch_size=8, sampling='uniform', head='multilabel'),
     'careful-cosine': dict(preset='careful', scheduler='cosine', warmup_epochs=1.0),
     'careful-repeat': dict(preset='careful', sampling='repeat'),
     'careful-ohem': dict(preset='careful', loss='dice_ohem'),
@@ -55,12 +56,13 @@ RECIPES: dict[str, dict] = {
     'careful-bs4': dict(preset='careful', batch_size=4),
     'careful-bce': dict(preset='careful', loss='dice_bce'),
     'careful-repeat-bce': dict(preset='careful', sampling='repeat', loss='dice_bce'),
-    'default-ema': dict(preset='default', sampling='uniform', ema=0.98),  # validate and keep a moving average of the weights (~50-step window)
-    'default-repeat': dict(preset='default', sampling='repeat'),
-    'default-repeat-linear': dict(preset='default', sampling='repeat_linear'),  # repeat factors t/f, not sqrt(t/f)
+    'default-ema': dict(preset='default', batch_size=8, sampling='uniform', ema=0.98),  # validate and keep a moving average of the weights (~50-step window)
+    'default-repeat': dict(preset='default', batch_size=8, sampling='repeat'),
+    'default-repeat-linear': dict(preset='default', batch_size=8, sampling='repeat_linear'),  # repeat factors t/f, not sqrt(t/f)
     'careful-repeat-linear': dict(preset='careful', sampling='repeat_linear'),
     'default-bs4': dict(preset='default', batch_size=4),  # twice the steps on the same images
-    'default-paste': dict(preset='default', paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
+    'default-bs4-dice_ce': dict(preset='default', batch_size=4, loss='dice_ce'),  # careful's loss, the default's sampling
+    'default-paste': dict(preset='default', batch_size=8, paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }
 
 

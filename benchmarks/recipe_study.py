@@ -61,6 +61,7 @@ RECIPES: dict[str, dict] = {
     'default-repeat-linear': dict(preset='default', batch_size=8, sampling='repeat_linear'),  # repeat factors t/f, not sqrt(t/f)
     'careful-repeat-linear': dict(preset='careful', sampling='repeat_linear'),
     'default-bs4': dict(preset='default', batch_size=4),  # twice the steps on the same images
+    'default-bs2': dict(preset='default', batch_size=2),  # four times the steps of batch 8 on the same images
     'default-bs4-dice_ce': dict(preset='default', batch_size=4, loss='dice_ce'),  # careful's loss, the default's sampling
     'default-paste': dict(preset='default', batch_size=8, paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }

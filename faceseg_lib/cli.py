@@ -15,7 +15,7 @@ from . import __version__
 from .config import TrainConfig, add_arguments, field_help
 from .core import command_line, fresh_dir, resolve_path
 from .errors import DataError
-from .pipeline import DEMO_OUT, DEMO_RECIPE, DEMO_SYNTHETIC
+from .pipeline import DEMO_OUT, DEMO_RECIPE
 
 # %% auto #0
 __all__ = ['DEMO_TRAIN', 'SWEEP_TRAIN_FIELDS', 'SWEEP_TRAIN', 'COMMANDS', 'SynthOptions', 'PrepareOptions', 'TestOptions',
@@ -136,8 +136,7 @@ class DemoOptions:
 
 _TRAIN_HELP = field_help(TrainConfig)
 DEMO_TRAIN: dict = dict(only=list(DEMO_RECIPE), defaults=DEMO_RECIPE, helps={'encoder_weights':  # add_arguments(TrainConfig) of the demo
-    f"{_TRAIN_HELP['encoder_weights']}; auto: None for the synthetic faces, imagenet for real data",
-    'lr': f"{_TRAIN_HELP['lr']}; on the synthetic faces None is {DEMO_SYNTHETIC['lr']:g}, which they measurably need"})
+    f"{_TRAIN_HELP['encoder_weights']}; auto: None for the synthetic faces, imagenet for real data"})
 
 # %% ../notebooks/lib/20_cli.ipynb #d79c0540
 @dataclass

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import DataError
-from .config import TrainConfig, as_none, weights_value, with_preset
+from .config import TrainConfig, weights_value, with_preset
 from .core import PROGRESS_ENV, cuda_count, replaced_in_place, repo_root, write_atomic
 
 # %% auto #0
-__all__ = ['DEMO_RECIPE', 'DEMO_SYNTHETIC', 'DEMO_SETS', 'DEMO_OUT', 'REAL_DATA_DEFAULTS', 'notebook_path', 'kernel_arguments',
-           'run_notebook', 'demo_data_paths', 'demo_encoder_weights', 'demo_recipe', 'after_demo', 'Laps', 'demo_data',
+__all__ = ['DEMO_RECIPE', 'DEMO_SETS', 'DEMO_OUT', 'REAL_DATA_DEFAULTS', 'notebook_path', 'kernel_arguments', 'run_notebook',
+           'demo_data_paths', 'demo_encoder_weights', 'demo_recipe', 'after_demo', 'Laps', 'demo_data',
            'demo_parameters', 'demo_model', 'write_summary', 'summary_lines', 'zero_part_lines', 'demo']
 
 # %% ../notebooks/lib/11_pipeline.ipynb #c9f309a5
@@ -76,9 +76,8 @@ def demo_data_paths(raw: str | Path | None, size: int, root: str | Path | None =
 
 # %% ../notebooks/lib/11_pipeline.ipynb #07d2fd38
 DEMO_RECIPE: dict = dict(  # the demo's TrainConfig values where the caller gives none; None recipe fields: the preset's
-    size=128, arch='Unet', encoder='resnet18', encoder_weights='auto', preset='default', epochs=15, batch_size=8,
+    size=128, arch='Unet', encoder='resnet18', encoder_weights='auto', preset='default', epochs=15, batch_size=None,
     loss=None, lr=None, max_steps=0, device='auto')
-DEMO_SYNTHETIC: dict = dict(lr=2e-3)  # on the synthetic faces, for the recipe fields left None (measured: README, Results)
 DEMO_SETS: tuple[str, ...] = ('data_dir', 'out_dir', 'name')  # TrainConfig fields the demo sets itself
 DEMO_OUT: str = 'outputs/demo'  # the demo's results folder: executed notebooks, runs/demo/best.pt, SUMMARY.md
 
@@ -94,7 +93,6 @@ def demo_recipe(synthetic: bool, **train) -> dict:
     unknown = sorted(set(train) - set(config_fields()) | set(train) & set(DEMO_SETS))
     if unknown: raise TypeError(f"demo() takes TrainConfig fields but not {', '.join(unknown)} (it sets {', '.join(DEMO_SETS)} itself)")
     recipe = {**DEMO_RECIPE, **train}
-    if synthetic: recipe.update({k: v for k, v in DEMO_SYNTHETIC.items() if as_none(recipe[k]) is None})
     return {**recipe, 'encoder_weights': demo_encoder_weights(recipe['encoder_weights'], synthetic)}
 
 # %% ../notebooks/lib/11_pipeline.ipynb #90965bca
@@ -146,13 +144,14 @@ def demo_parameters(out: Path, prepared: Path, recipe: dict, seed: int = 0, n_sa
                          'data_dir': prepared, 'out_dir': out / 'runs', 'name': 'demo'},
             '04_test_and_visualize': dict(checkpoint=out / 'runs' / 'demo' / 'best.pt', split='test', tta=tta,
                                           n_examples=n_examples, out_dir=out / '04_test_and_visualize',
-                                          device=recipe['device'], batch_size=recipe['batch_size'])}
+                                          device=recipe['device'],
+                                          **({'batch_size': recipe['batch_size']} if recipe['batch_size'] is not None else {}))}
 
 def demo_model(recipe: dict, run: Path) -> str:
     "The model line of SUMMARY.md: the recipe as its preset fills it in (`config.with_preset`, which knows the init's part)."
     c = with_preset(TrainConfig(**recipe))
     return (f"{c.arch}/{c.encoder}, encoder weights {c.encoder_weights}, preset {c.preset} (loss {c.loss}, lr {c.lr:g}, "
-            f"sampling {c.sampling}), {c.epochs} epochs" + (f" x {c.max_steps} steps" if c.max_steps else '') + f", run {run}")
+            f"sampling {c.sampling}, batch {c.batch_size}), {c.epochs} epochs" + (f" x {c.max_steps} steps" if c.max_steps else '') + f", run {run}")
 
 # %% ../notebooks/lib/11_pipeline.ipynb #e2e23a74
 def write_summary(out: Path, lines: list[str]) -> Path:

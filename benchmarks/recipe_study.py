@@ -62,6 +62,7 @@ RECIPES: dict[str, dict] = {
     'careful-repeat-linear': dict(preset='careful', sampling='repeat_linear'),
     'default-bs4': dict(preset='default', batch_size=4),  # twice the steps on the same images
     'default-bs2': dict(preset='default', batch_size=2),  # four times the steps of batch 8 on the same images
+    'default-bs4-lr5e-4': dict(preset='default', batch_size=4, lr=5e-4),  # half the lr for half the batch (linear scaling from batch 8)
     'default-bs4-dice_ce': dict(preset='default', batch_size=4, loss='dice_ce'),  # careful's loss, the default's sampling
     'default-paste': dict(preset='default', batch_size=8, paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }

@@ -93,3 +93,27 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     table = ref.table(rows, tmp_path / 'results-64px-1ep.csv')
     assert '| original, run the original way (this script) | random | 1 |' in table and '| faceseg --preset original | random | 1 |' in table
     assert ref.main(ref_args) == 0 and len(json.loads((tmp_path / 'original-reference-64px-1ep.json').read_text())) == 1  # resumed
+
+
+def test_dead_part_probe_counts_and_biases(train_set, tmp_path, capsys):
+    """The dead-part probe: a part the argmax never picks at its pixels scores TP 0 at bias 0, and a bias that lifts
+    its log-probability above the winner's finds it; the probe runs end to end on a checkpoint."""
+    dp = load_script('benchmarks/dead_part.py')
+    import torch
+    nl = dp.CLASSES.index('neck_l')
+    y = torch.zeros(1, 2, 3, dtype=torch.int64); y[0, 0, :2] = nl  # 2 necklace pixels, 4 background
+    scores = torch.full((1, 19, 2, 3), 1e-3); scores[:, 0] = 0.9
+    scores[0, nl, 0, :2] = 0.9 * math.exp(-3)  # 3 below background on the log scale at its own pixels
+    t = dp.tally(dp.new_tally((0.0, 4.0)), scores, y, nl)
+    assert (t['images'], t['true_px'], t['pred_px']) == (1, 2, 0)
+    assert t['counts'].tolist() == [[0, 0, 2], [2, 0, 0]] and t['instead'][0] == 2
+    assert abs(dp.f1(*t['counts'][1]) - 1.0) < 1e-9 and math.isnan(dp.f1(0, 0, 0))
+    assert '| +4 | 2 | 0 | 0 | 1.000 |' in dp.report('x', t)
+    ck = tmp_path / 'run' / 'best.pt'
+    from faceseg_lib.train import TrainConfig, fit
+    fit(TrainConfig(data_dir=str(train_set), out_dir=str(ck.parent.parent), name='run', size=64, epochs=1, max_steps=1,
+                    batch_size=2, encoder_weights=None, workers=0, device='cpu'))
+    capsys.readouterr()
+    assert dp.main([str(ck), '--part', 'skin', '--biases', '0,2']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('run: ') and '| +2 |' in out

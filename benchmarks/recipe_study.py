@@ -64,6 +64,9 @@ RECIPES: dict[str, dict] = {
     'default-bs2': dict(preset='default', batch_size=2),  # four times the steps of batch 8 on the same images
     'default-bs4-lr5e-4': dict(preset='default', batch_size=4, lr=5e-4),  # half the lr for half the batch (linear scaling from batch 8)
     'default-bs4-dice_ce': dict(preset='default', batch_size=4, loss='dice_ce'),  # careful's loss, the default's sampling
+    'default-bs4-lr2e-3': dict(preset='default', batch_size=4, lr=2e-3),  # twice the lr at the default's batch from ImageNet weights
+    'default-flip': dict(preset='default', augmentation='flip'),  # the default with flips only (no affine)
+    'default-strong': dict(preset='default', augmentation='strong'),  # the default with wider geometry and colour changes
     'default-paste': dict(preset='default', batch_size=8, paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }
 
@@ -144,6 +147,27 @@ def table(rows: list[dict]) -> str:
     return '\n'.join(out)
 
 
+def part_table(runs: Path, recipes: list[str], init: str = 'imagenet') -> str:
+    "Per-part validation F1 of `best.pt`, mean over the runs every one of `recipes` finished, with each recipe's lead over the last."
+    from faceseg_lib.labels import PARTS
+    from faceseg_lib.models import load_checkpoint
+    done = [{r['run'] for r in finished_rows(runs) if (r['recipe'], r['init']) == (name, init)} for name in recipes]
+    common = sorted(set.intersection(*done)) if done else []
+    if not common: return f'no run finished by all of {", ".join(recipes)} ({init})'
+    f1 = {name: np.array([[load_checkpoint(runs / f'{name}-{init}-r{r}' / 'best.pt')['metrics']['f1'].get(p, np.nan) for p in PARTS]
+                          for r in common], float) for name in recipes}
+    base = recipes[-1]
+    head = [f'{name}' for name in recipes] + [f'{name} - {base} (per run)' for name in recipes[:-1]]
+    out = [f"Runs {', '.join(map(str, common))} ({init}); F1 of each part at the epoch best.pt keeps, mean over the runs",
+           '', '| part | ' + ' | '.join(head) + ' |', '|---|' + '---|' * len(head)]
+    for j, part in enumerate(list(PARTS) + ['mean']):
+        col = (lambda a: np.nanmean(a, 1)) if part == 'mean' else (lambda a, j=j: a[:, j])
+        means = [f'{np.nanmean(v):.3f}' if not np.isnan(v := col(f1[n])).all() else '–' for n in recipes]  # '–': in no run's val, never predicted
+        diffs = [', '.join(f'{d:+.3f}' for d in col(f1[n]) - col(f1[base])) for n in recipes[:-1]]
+        out.append(f'| {part} | ' + ' | '.join(means + diffs) + ' |')
+    return '\n'.join(out)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog='\n\n'.join(__doc__.split('\n\n')[1:]))
@@ -159,6 +183,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--weights', default='imagenet', help="the ImageNet encoder weights: 'imagenet' (hub) or a local file")
     p.add_argument('--arch', default='FPN'); p.add_argument('--encoder', default='mobilenet_v2')
     p.add_argument('--workers', type=int, default=1, help='DataLoader workers per run')
+    p.add_argument('--parts', metavar='A,B', help='train nothing: print the per-part F1 of these recipes (the first --inits) '
+                   'over the runs all of them finished, and each one\'s lead over the last')
     return p.parse_args(argv)
 
 
@@ -169,8 +195,11 @@ def main(argv=None) -> int:
     from faceseg_lib.prepare import prepare
     from faceseg_lib.train import fit
     work = Path(a.work).resolve(); work.mkdir(parents=True, exist_ok=True)
-    unknown = [r for r in a.recipes.split(',') if r not in RECIPES]
+    unknown = [r for r in (a.parts or a.recipes).split(',') if r not in RECIPES]
     if unknown: sys.exit(f'recipe_study: unknown recipe(s) {unknown}; known: {", ".join(RECIPES)}')
+    if a.parts:
+        print(part_table(work / f'runs-{a.size}px-{a.epochs}ep', a.parts.split(','), a.inits.split(',')[0]))
+        return 0
     prepared = work / f'prepared-{a.size}'
     if not (prepared / 'meta.json').is_file() or not (prepared / 'parts').is_dir():
         prepare(a.sample, prepared, size=a.size, split='fractions:0.8,0.1,0.1')

@@ -81,6 +81,14 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     assert '| careful | random | 1 |' in md and '| original | random | 1 |' in md
     stamp = (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns
     assert rs.main(args) == 0 and (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns == stamp
+    # the per-part table of two recipes over their common runs: its mean row is the difference of the study's scores
+    import pandas as pd
+    res = pd.read_csv(tmp_path / 'results-64px-1ep.csv').set_index('recipe')['val_mean_f1']
+    parts = rs.part_table(tmp_path / 'runs-64px-1ep', ['careful', 'original'], 'random')
+    mean = next(line for line in parts.splitlines() if line.startswith('| mean |')).strip('| ').split(' | ')
+    assert parts.startswith('Runs 0 (random)') and '| neck_l |' in parts and len(mean) == 4
+    assert abs(float(mean[1]) - res['careful']) < 1e-3 and abs(float(mean[3]) - (res['careful'] - res['original'])) < 1e-3
+    assert rs.part_table(tmp_path / 'runs-64px-1ep', ['careful', 'default'], 'random').startswith('no run finished by all')
     # the original recipe run the original way (plain smp + torch) on the same folds, beside the study's `original` row
     ref = load_script('benchmarks/original_reference.py')
     import torch
@@ -109,6 +117,8 @@ def test_dead_part_probe_counts_and_biases(train_set, tmp_path, capsys):
     assert t['counts'].tolist() == [[0, 0, 2], [2, 0, 0]] and t['instead'][0] == 2
     assert abs(dp.f1(*t['counts'][1]) - 1.0) < 1e-9 and math.isnan(dp.f1(0, 0, 0))
     assert '| +4 | 2 | 0 | 0 | 1.000 |' in dp.report('x', t)
+    none = dp.tally(dp.new_tally(), scores, torch.zeros_like(y), nl)  # a split without the part: only false alarms count
+    assert dp.report('x', none) == 'x: no pixel of the part in this split; 0 pixels predicted as it (each a false alarm)'
     ck = tmp_path / 'run' / 'best.pt'
     from faceseg_lib.train import TrainConfig, fit
     fit(TrainConfig(data_dir=str(train_set), out_dir=str(ck.parent.parent), name='run', size=64, epochs=1, max_steps=1,
@@ -117,3 +127,19 @@ def test_dead_part_probe_counts_and_biases(train_set, tmp_path, capsys):
     assert dp.main([str(ck), '--part', 'skin', '--biases', '0,2']) == 0
     out = capsys.readouterr().out
     assert out.startswith('run: ') and '| +2 |' in out
+
+
+def test_dead_part_ceiling_pools_the_truth(train_set, capsys):
+    """The resolution ceiling: at stride 1 the pooled truth is the truth; at stride 4 a one-pixel line between cell
+    centres is lost while a 4-pixel-wide band is kept; `--ceiling` scores a prepared split without a checkpoint."""
+    dp = load_script('benchmarks/dead_part.py')
+    import torch
+    y = torch.zeros(1, 16, 16, dtype=torch.int64); y[0, :, 5] = 3; y[0, :, 8:12] = 5
+    assert torch.equal(dp.pooled_prediction(y, 1), y)
+    p = dp.pooled_prediction(y, 4)
+    assert not (p == 3).any() and ((p == 5) == (y == 5)).float().mean() > 0.9
+    assert dp.main(['--ceiling', '4', '--data', str(train_set), '--split', 'train']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('truth pooled to 1/4: neck_l F1') and 'skin ' in out
+    assert dp.main(['--ceiling', '1', '--data', str(train_set), '--split', 'train']) == 0
+    assert 'mean F1 over the parts 1.000' in capsys.readouterr().out

@@ -67,6 +67,7 @@ RECIPES: dict[str, dict] = {
     'default-bs4-lr2e-3': dict(preset='default', batch_size=4, lr=2e-3),  # twice the lr at the default's batch from ImageNet weights
     'default-flip': dict(preset='default', augmentation='flip'),  # the default with flips only (no affine)
     'default-strong': dict(preset='default', augmentation='strong'),  # the default with wider geometry and colour changes
+    'careful-bs4-repeat': dict(preset='careful', batch_size=4, sampling='repeat'),  # careful's loss with milder rare-part sampling (sqrt factors)
     'default-paste': dict(preset='default', batch_size=8, paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }
 
@@ -163,7 +164,7 @@ def part_table(runs: Path, recipes: list[str], init: str = 'imagenet') -> str:
     for j, part in enumerate(list(PARTS) + ['mean']):
         col = (lambda a: np.nanmean(a, 1)) if part == 'mean' else (lambda a, j=j: a[:, j])
         means = [f'{np.nanmean(v):.3f}' if not np.isnan(v := col(f1[n])).all() else '–' for n in recipes]  # '–': in no run's val, never predicted
-        diffs = [', '.join(f'{d:+.3f}' for d in col(f1[n]) - col(f1[base])) for n in recipes[:-1]]
+        diffs = [', '.join('–' if np.isnan(d) else f'{d:+.3f}' for d in col(f1[n]) - col(f1[base])) for n in recipes[:-1]]
         out.append(f'| {part} | ' + ' | '.join(means + diffs) + ' |')
     return '\n'.join(out)
 

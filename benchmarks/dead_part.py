@@ -120,8 +120,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.ceiling:
         if not a.data: ap.error('--ceiling needs --data, a prepared dataset')
-        f1s = ceiling(a.data, a.ceiling, a.split).per_class_f1()
-        print(f'truth pooled to 1/{a.ceiling}: {a.part} F1 {f1s[CLASSES.index(a.part)]:.3f}, mean F1 over the parts {np.nanmean(f1s[1:]):.3f}')
+        cm = ceiling(a.data, a.ceiling, a.split); f1s = cm.per_class_f1()
+        print(f'truth pooled to 1/{a.ceiling}: {a.part} F1 {f1s[CLASSES.index(a.part)]:.3f}, mean F1 over the parts {cm.mean_f1():.3f}')
         print(' '.join(f'{c} {f:.3f}' for c, f in zip(CLASSES[1:], f1s[1:])))
         return 0
     if not a.checkpoints: ap.error('name checkpoints to probe, or --ceiling S --data DIR')

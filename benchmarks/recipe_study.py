@@ -102,15 +102,21 @@ def fold_dataset(prepared: Path, out: Path, val: list[int], ids: list[int]) -> P
     return out
 
 
-def run_result(run: Path, recipe: str, init: str, r: int) -> dict | None:
-    "The study row of a finished run folder (None while it has not finished)."
+def finished(run: Path) -> tuple[dict, object] | None:
+    "The `best.pt` metrics and the history (a DataFrame) of a run folder that trained all its epochs (None while it has not)."
     from faceseg_lib.history import load_history
     from faceseg_lib.models import load_checkpoint
     if not (run / 'best.pt').is_file() or not (run / 'config.json').is_file(): return None
     config = json.loads((run / 'config.json').read_text())
     h = load_history(run)
     if len(h) < config['epochs']: return None
-    m = load_checkpoint(run / 'best.pt')['metrics']
+    return load_checkpoint(run / 'best.pt')['metrics'], h
+
+
+def run_result(run: Path, recipe: str, init: str, r: int) -> dict | None:
+    "The study row of a finished run folder (None while it has not finished)."
+    if (done := finished(run)) is None: return None
+    m, h = done
     f1 = m.get('f1') or {}
     return {'recipe': recipe, 'init': init, 'run': r, 'best_epoch': m['epoch'], 'val_mean_f1': m['mean_f1'],
             'val_micro_fscore': m['micro_fscore'], 'dead_parts': ' '.join(m.get('dead_parts') or []),
@@ -151,14 +157,14 @@ def table(rows: list[dict]) -> str:
 def part_table(runs: Path, recipes: list[str], init: str = 'imagenet') -> str:
     "Per-part validation F1 of `best.pt`, mean over the runs every one of `recipes` finished, with each recipe's lead over the last."
     from faceseg_lib.labels import PARTS
-    from faceseg_lib.models import load_checkpoint
-    done = [{r['run'] for r in finished_rows(runs) if (r['recipe'], r['init']) == (name, init)} for name in recipes]
-    common = sorted(set.intersection(*done)) if done else []
+    metrics = {name: {int(m[1]): done[0] for d in runs.glob(f'{name}-{init}-r*')
+                      if (m := re.fullmatch(r'r(\d+)', d.name[len(f'{name}-{init}-'):])) and (done := finished(d))}
+               for name in recipes}  # recipe -> run -> best.pt metrics of its finished runs
+    common = sorted(set.intersection(*(set(v) for v in metrics.values()))) if recipes else []
     if not common: return f'no run finished by all of {", ".join(recipes)} ({init})'
-    f1 = {name: np.array([[load_checkpoint(runs / f'{name}-{init}-r{r}' / 'best.pt')['metrics']['f1'].get(p, np.nan) for p in PARTS]
-                          for r in common], float) for name in recipes}
+    f1 = {name: np.array([[metrics[name][r]['f1'].get(p, np.nan) for p in PARTS] for r in common], float) for name in recipes}
     base = recipes[-1]
-    head = [f'{name}' for name in recipes] + [f'{name} - {base} (per run)' for name in recipes[:-1]]
+    head = list(recipes) + [f'{name} - {base} (per run)' for name in recipes[:-1]]
     out = [f"Runs {', '.join(map(str, common))} ({init}); F1 of each part at the epoch best.pt keeps, mean over the runs",
            '', '| part | ' + ' | '.join(head) + ' |', '|---|' + '---|' * len(head)]
     for j, part in enumerate(list(PARTS) + ['mean']):

@@ -31,8 +31,8 @@ __all__ = ['PART_BITS_DTYPE', 'IMAGENET_MEAN', 'IMAGENET_STD', 'AUGMENTATIONS', 
            'REPEAT_THRESHOLD', 'check_prepared', 'load_meta', 'load_splits', 'split_ids', 'read_image', 'read_label',
            'read_parts', 'swap_lr', 'HorizontalFlipLR', 'augmentations', 'train_transform', 'eval_transform',
            'denormalize', 'FaceParsingDataset', 'normalize_images', 'model_batch', 'label_map', 'derive_seed',
-           'SeededSampler', 'SeededItems', 'SeededTransform', 'label_stats', 'repeat_factors', 'RepeatFactorSampler',
-           'split_sizes', 'class_summary', 'mask_areas', 'meta_summary']
+           'SeededSampler', 'SeededItems', 'SeededTransform', 'label_stats', 'part_rarity', 'repeat_factors',
+           'RepeatFactorSampler', 'split_sizes', 'class_summary', 'mask_areas', 'meta_summary']
 
 # %% ../notebooks/lib/05_dataset.ipynb #e5a2cdde
 _PREPARE_FIX = 'point at the output folder of `faceseg prepare RAW OUT` (or run it to create one)'
@@ -366,14 +366,18 @@ REPEAT_POWERS: dict[str, float] = {'repeat': 0.5, 'repeat_linear': 1.0}  # sampl
 SAMPLINGS: tuple[str, ...] = ('uniform', *REPEAT_POWERS)  # how training draws an epoch's images
 REPEAT_THRESHOLD = 0.5  # LVIS's t: parts in fewer than this share of the images are drawn more often
 
-def repeat_factors(stats: pd.DataFrame,                # `label_stats` of the training images
-                   threshold: float = REPEAT_THRESHOLD,
-                   power: float = 0.5                   # 0.5: LVIS's sqrt; 1: linear (`REPEAT_POWERS`)
-                  ) -> np.ndarray:
-    "Each image's repeat factor: the largest max(1, (threshold / f) ** power) over its parts, f the share of images showing the part."
+def part_rarity(stats: pd.DataFrame,                   # `label_stats` of the training images
+                threshold: float = REPEAT_THRESHOLD,
+                power: float = 0.5                      # 0.5: LVIS's sqrt; 1: linear (`REPEAT_POWERS`)
+               ) -> np.ndarray:
+    "Each part's max(1, (threshold / f) ** power), f the share of the images showing it: 1 for parts most faces show (or none), more for the rare."
+    f = (stats[list(CLASSES[1:])].to_numpy() > 0).mean(0)
+    return np.where(f > 0, np.maximum(1.0, (threshold / np.maximum(f, 1e-12)) ** power), 1.0)
+
+def repeat_factors(stats: pd.DataFrame, threshold: float = REPEAT_THRESHOLD, power: float = 0.5) -> np.ndarray:
+    "Each image's repeat factor (LVIS's): the largest `part_rarity` of the parts it shows, 1 if none."
     present = stats[list(CLASSES[1:])].to_numpy() > 0
-    part = np.maximum(1.0, (threshold / np.maximum(present.mean(0), 1e-12)) ** power)
-    return np.where(present, part, 1.0).max(1, initial=1.0)
+    return np.where(present, part_rarity(stats, threshold, power), 1.0).max(1, initial=1.0)
 
 class RepeatFactorSampler(torch.utils.data.Sampler):
     "Indices drawn with replacement in proportion to `weights`, len(weights) per epoch over all processes, this process's share; seeded by (seed, epoch)."

@@ -17,8 +17,8 @@ from .labels import PARTS
 
 # %% auto #0
 __all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem', 'ohem_ce_loss',
-           'balanced_ce_loss', 'part_masks', 'multilabel_dice', 'ohem_bce_loss', 'balanced_bce_loss', 'losses_for',
-           'make_loss']
+           'balanced_ce_loss', 'weighted_ce_loss', 'Weighted', 'part_masks', 'multilabel_dice', 'ohem_bce_loss',
+           'balanced_bce_loss', 'weighted_bce_loss', 'losses_for', 'make_loss']
 
 # %% ../notebooks/lib/08a_losses.ipynb #150daa8e
 def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -54,6 +54,16 @@ def balanced_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     w = w / (w * counts).sum() * counts.sum()
     return F.cross_entropy(logits.float(), target, weight=w, reduction='sum') / target.numel()
 
+def weighted_ce_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    "Cross-entropy with each pixel weighted by its class's entry of `weights` (C,), a weighted mean over the pixels (None: plain CE)."
+    return F.cross_entropy(logits.float(), target, weight=None if weights is None else weights.to(logits.device, torch.float32))
+
+class Weighted:
+    "A loss(logits, target, weights) with its class weights bound: None (unweighted) until `make_loss` binds the training split's."
+    def __init__(self, fn: Callable, weights: torch.Tensor | None = None): self.fn, self.weights = fn, weights
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor: return self.fn(logits, target, self.weights)
+    def bind(self, weights: torch.Tensor | None) -> 'Weighted': return Weighted(self.fn, weights)
+
 LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
     'dice': dice_loss,
     'ce': nn.CrossEntropyLoss(),
@@ -65,6 +75,7 @@ LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
     'lovasz': smp.losses.LovaszLoss(mode='multiclass'),  # Lovasz-softmax: a surrogate of the mean IoU of the present classes
     'ce_lovasz': lambda l, t: F.cross_entropy(l.float(), t) + LOSSES['lovasz'](l.float(), t),
     'dice_bce': lambda l, t: dice_loss(l, t) + balanced_ce_loss(l, t),  # Dice + class-balanced cross-entropy
+    'dice_rce': Weighted(lambda l, t, w: dice_loss(l, t) + weighted_ce_loss(l, t, w)),  # Dice + CE weighted by how few images show a part
 }
 
 # %% ../notebooks/lib/08a_losses.ipynb #77db04b2
@@ -94,6 +105,11 @@ def balanced_bce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
 
 _multilabel_lovasz = smp.losses.LovaszLoss(mode='multilabel')
 
+def weighted_bce_loss(logits: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    "Binary cross-entropy with each part's positives weighted by its entry of the class `weights` (C,: background first; None: plain BCE)."
+    pos_weight = None if weights is None else weights[1:].to(logits.device, torch.float32).view(-1, 1, 1)
+    return F.binary_cross_entropy_with_logits(logits, masks, pos_weight=pos_weight)
+
 MULTILABEL_LOSSES: dict[str, Callable] = {  # name -> loss(logits (N, 18, H, W), part bits (N, H, W))
     'dice': _on_parts(multilabel_dice),
     'ce': _on_parts(nn.BCEWithLogitsLoss()),
@@ -105,14 +121,17 @@ MULTILABEL_LOSSES: dict[str, Callable] = {  # name -> loss(logits (N, 18, H, W),
     'lovasz': _on_parts(_multilabel_lovasz),
     'ce_lovasz': _on_parts(lambda l, m: F.binary_cross_entropy_with_logits(l, m) + _multilabel_lovasz(l, m)),
     'dice_bce': _on_parts(lambda l, m: multilabel_dice(l, m) + balanced_bce_loss(l, m)),  # positives of rare parts weigh more
+    'dice_rce': Weighted(lambda l, b, w: _on_parts(lambda l, m: multilabel_dice(l, m) + weighted_bce_loss(l, m, w))(l, b)),
 }
 
 def losses_for(head: str = 'multiclass') -> dict[str, Callable]:
     "The losses a model with `head` trains with: 'multiclass': LOSSES, 'multilabel': MULTILABEL_LOSSES."
     return MULTILABEL_LOSSES if head == 'multilabel' else LOSSES
 
-def make_loss(name: str, head: str = 'multiclass') -> Callable:
-    "The loss `name` for a model with `head` (see `losses_for`); KeyError naming the valid ones."
+def make_loss(name: str, head: str = 'multiclass',
+              weights: torch.Tensor | None = None  # class weights (C,) for a `Weighted` loss (train: the training split's rarity)
+             ) -> Callable:
+    "The loss `name` for a model with `head` (see `losses_for`), its class `weights` bound; KeyError naming the valid ones."
     table = losses_for(head)
     if name not in table: raise KeyError(f'unknown loss {name!r} for the {head} head; valid: {", ".join(table)}')
-    return table[name]
+    return table[name].bind(weights) if isinstance(table[name], Weighted) else table[name]

@@ -21,11 +21,11 @@ from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, sho
 from .config import LATER_FIELDS, RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
-from .losses import losses_for, make_loss
+from .losses import Weighted, losses_for, make_loss
 from .optim import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler
 from .dataset import (AUGMENTATIONS, SAMPLINGS, FaceParsingDataset, RepeatFactorSampler, SeededItems, SeededSampler,
                                  SeededTransform, derive_seed, eval_transform, label_map, label_stats, load_meta, model_batch,
-                                 REPEAT_POWERS, repeat_factors, split_ids, train_transform)
+                                 REPEAT_POWERS, part_rarity, repeat_factors, split_ids, train_transform)
 from .models import (HEADS, class_scores, create_model, check_input_size, model_head, resolve_arch, resolve_encoder,
                                 save_checkpoint, load_checkpoint)
 from .metrics import ConfusionMatrix, confusion_counts, image_means, part_fscores, per_image_f1
@@ -301,8 +301,10 @@ def training_setup(c: TrainConfig,            # a validated config
     model = build_model(c, device) if model is None else model
     optimizer = make_optimizer(model, c, fused)
     dtype = amp_dtype(c.amp, device)
+    rare = isinstance(losses_for(c.head)[c.loss], Weighted)  # class weights: how few training images show each part, max(1, 0.5 / f)
+    weights = torch.tensor([1.0, *part_rarity(label_stats(resolve_path(c.data_dir), c.train_split, progress=False), power=1.0)]) if rare else None
     return TrainingSetup(model, optimizer, make_scheduler(optimizer, c, steps_per_epoch),
-                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), make_loss(c.loss, c.head), dtype,
+                         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), make_loss(c.loss, c.head, weights), dtype,
                          c.channels_last and device.type == 'cuda', make_ema(model, c.ema))
 
 # %% ../notebooks/lib/09_train.ipynb #9cc72997

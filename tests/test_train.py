@@ -204,7 +204,7 @@ def test_seeded_runs_repeat_and_seeds_differ(train_set, tmp_path):
 
 
 def test_dice_charges_absent_classes_and_losses_are_registered():
-    assert set(losses.LOSSES) == {'dice', 'ce', 'dice_ce', 'focal', 'dice_smp', 'ohem', 'dice_ohem', 'lovasz', 'ce_lovasz', 'dice_bce'}
+    assert set(losses.LOSSES) == {'dice', 'ce', 'dice_ce', 'focal', 'dice_smp', 'ohem', 'dice_ohem', 'lovasz', 'ce_lovasz', 'dice_bce', 'dice_rce'}
     target = torch.zeros(2, 8, 8, dtype=torch.long); target[:, 2:5, 2:5] = CLASSES.index('skin')
     right = torch.nn.functional.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2) * 10.0
     wrong = right.clone(); wrong[:, CLASSES.index('hat'), :2] = 20.0  # a hat where there is none
@@ -283,6 +283,25 @@ def test_the_default_loss_revives_a_collapsed_class_where_pure_dice_leaves_it_de
     The default's per-pixel cross-entropy term pulls every pixel of it with a gradient of about -1 (measured F1 1.0)."""
     assert _collapsed_class_f1('dice') == 0.0                       # the old default
     assert _collapsed_class_f1(settings.PRESETS['default']['loss']) > 0.9
+
+
+@pytest.mark.parametrize('head', ['multiclass', 'multilabel'])
+def test_rarity_weighted_loss_takes_its_weights_from_the_training_split(train_set, tmp_path, head):
+    """loss='dice_rce': training binds class weights max(1, 0.5 / f), f the share of training images showing the part:
+    1 for background and the parts most faces show, more for the rare ones, and a missed rare pixel costs that much more."""
+    from faceseg_lib.dataset import label_stats, part_rarity
+    c = train.resolved(tiny(train_set, tmp_path, loss='dice_rce', head=head))
+    w = train.training_setup(c, torch.device('cpu'), 2).loss_fn.weights
+    f = (label_stats(train_set, 'train', progress=False)[list(CLASSES[1:])] > 0).mean().to_numpy()
+    np.testing.assert_allclose(w.numpy(), [1.0, *np.where(f > 0, np.maximum(1, 0.5 / np.maximum(f, 1e-12)), 1)], rtol=1e-6)
+    np.testing.assert_allclose(w[1:].numpy(), part_rarity(label_stats(train_set, 'train', progress=False), power=1.0), rtol=1e-6)
+    rare, common = int(w[1:].argmax()) + 1, CLASSES.index('skin')
+    assert w[common] == 1 and w[rare] > 2 and f[rare - 1] < 0.25, (w, f)
+    if head == 'multiclass':  # a missed rare pixel among skin: the weighted CE is above plain CE by the weight's share
+        target = torch.full((1, 4, 4), common); target[0, 0, 0] = rare
+        logits = torch.nn.functional.one_hot(torch.full((1, 4, 4), common), NUM_CLASSES).permute(0, 3, 1, 2) * 5.0
+        assert losses.weighted_ce_loss(logits, target, w) > 1.5 * torch.nn.functional.cross_entropy(logits, target)
+    assert train.training_setup(train.resolved(tiny(train_set, tmp_path, head=head)), torch.device('cpu'), 2).loss_fn is losses.make_loss('dice_bce', head)  # the default's loss takes no weights
 
 
 @pytest.mark.parametrize('sampling', ['repeat', 'repeat_linear'])

@@ -68,6 +68,8 @@ RECIPES: dict[str, dict] = {
     'default-flip': dict(preset='default', augmentation='flip'),  # the default with flips only (no affine)
     'default-strong': dict(preset='default', augmentation='strong'),  # the default with wider geometry and colour changes
     'careful-bs4-repeat': dict(preset='careful', batch_size=4, sampling='repeat'),  # careful's loss with milder rare-part sampling (sqrt factors)
+    'careful-bs4-rce': dict(preset='careful', batch_size=4, loss='dice_rce'),  # careful with CE weights max(1, 0.5 / f) by the share f of images showing a part
+    'default-bs4-rce': dict(preset='default', batch_size=4, loss='dice_rce'),  # the default (from ImageNet weights its rare-part sampling) with dice_rce for dice_bce
     'default-paste': dict(preset='default', batch_size=8, paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }
 

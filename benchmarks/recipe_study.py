@@ -2,7 +2,8 @@
 cross-validation folds and several seeds, from ImageNet and from random encoder weights.
 
 Each run trains FPN + mobilenet_v2 (or --arch/--encoder) on K-1 folds of the real CelebAMask-HQ sample and validates on
-the held-out fold; run r uses fold r and seed r, so the spread over runs covers both the data split and the seed.
+the held-out fold; run r uses fold r and seed r, so the spread over runs covers both the data split and the seed
+(a recipe that sets its own `seed` trains every fold from that one: the same folds from another seed).
 The score of a run is the validation mean F1 over the 18 parts of the checkpoint its recipe picks (best.pt), as a
 user would get it; the table also gives the rare parts' F1 and the parts that end at F1 0 while present.
 
@@ -70,6 +71,8 @@ RECIPES: dict[str, dict] = {
     'careful-bs4-repeat': dict(preset='careful', batch_size=4, sampling='repeat'),  # careful's loss with milder rare-part sampling (sqrt factors)
     'careful-bs4-rce': dict(preset='careful', batch_size=4, loss='dice_rce'),  # careful with CE weights max(1, 0.5 / f) by the share f of images showing a part
     'default-bs4-rce': dict(preset='default', batch_size=4, loss='dice_rce'),  # the default (from ImageNet weights its rare-part sampling) with dice_rce for dice_bce
+    'default-bs4-seed100': dict(preset='default', batch_size=4, seed=100),  # the default from ImageNet weights, seed 100 on every fold
+    'careful-bs4-seed100': dict(preset='careful', batch_size=4, seed=100),
     'default-paste': dict(preset='default', batch_size=8, paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }
 
@@ -222,12 +225,13 @@ def main(argv=None) -> int:
         run = work / f'runs-{a.size}px-{a.epochs}ep' / name
         row = run_result(run, recipe, init, r)
         if row is None:
-            print(f'[{n}/{len(plan)}] {name}: training (fold {r} of {a.folds} as validation, seed {r})', flush=True)
+            config = {'seed': r, **RECIPES[recipe]}  # a recipe's own seed wins: the same folds trained from another seed
+            print(f'[{n}/{len(plan)}] {name}: training (fold {r} of {a.folds} as validation, seed {config["seed"]})', flush=True)
             data = fold_dataset(prepared, fold_dir(work, a.size, r), folds[r], ids)
             t0 = time.time()
             fit(TrainConfig(data_dir=str(data), out_dir=str(run.parent), name=name, size=a.size, epochs=a.epochs,
                             arch=a.arch, encoder=a.encoder, encoder_weights=None if init == 'random' else a.weights,
-                            seed=r, workers=a.workers, resume=run.is_dir(), **RECIPES[recipe]))
+                            workers=a.workers, resume=run.is_dir(), **config))
             row = run_result(run, recipe, init, r)
             print(f'[{n}/{len(plan)}] {name}: val mean F1 {row["val_mean_f1"]:.4f} ({(time.time() - t0) / 60:.1f} min)', flush=True)
         rows = finished_rows(run.parent)  # this plan's runs and any others finished in the same folder

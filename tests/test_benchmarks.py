@@ -81,6 +81,10 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     assert '| careful | random | 1 |' in md and '| original | random | 1 |' in md
     stamp = (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns
     assert rs.main(args) == 0 and (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns == stamp
+    rs.RECIPES['careful-seed7'] = dict(preset='careful', seed=7)  # a recipe's own seed wins over the run's
+    assert rs.main(args[:-5] + ['careful-seed7', '--inits', 'random', '--workers', '0']) == 0
+    assert [json.loads((tmp_path / 'runs-64px-1ep' / f'{n}-random-r0' / 'config.json').read_text())['seed'] for n in ('careful', 'careful-seed7')] == [0, 7]
+    del rs.RECIPES['careful-seed7']
     # the per-part table of two recipes over their common runs: its mean row is the difference of the study's scores
     import pandas as pd
     res = pd.read_csv(tmp_path / 'results-64px-1ep.csv').set_index('recipe')['val_mean_f1']

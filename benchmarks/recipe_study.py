@@ -119,13 +119,14 @@ def finished(run: Path) -> tuple[dict, object] | None:
 
 
 def run_result(run: Path, recipe: str, init: str, r: int) -> dict | None:
-    "The study row of a finished run folder (None while it has not finished)."
+    "The study row of a finished run folder (None while it has not finished): its scores and every part's F1 at best.pt."
+    from faceseg_lib.labels import PARTS
     if (done := finished(run)) is None: return None
     m, h = done
     f1 = m.get('f1') or {}
     return {'recipe': recipe, 'init': init, 'run': r, 'best_epoch': m['epoch'], 'val_mean_f1': m['mean_f1'],
             'val_micro_fscore': m['micro_fscore'], 'dead_parts': ' '.join(m.get('dead_parts') or []),
-            **{f'f1_{p}': f1.get(p) for p in RARE}, 'seconds': float(h['seconds'].sum())}
+            **{f'f1_{p}': f1.get(p) for p in PARTS}, 'seconds': float(h['seconds'].sum())}
 
 
 def finished_rows(runs: Path) -> list[dict]:

@@ -92,6 +92,10 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     mean = next(line for line in parts.splitlines() if line.startswith('| mean |')).strip('| ').split(' | ')
     assert parts.startswith('Runs 0 (random)') and '| neck_l |' in parts and len(mean) == 4
     assert abs(float(mean[1]) - res['careful']) < 1e-3 and abs(float(mean[3]) - (res['careful'] - res['original'])) < 1e-3
+    from faceseg_lib.labels import PARTS  # the results CSV carries every part's F1, as the per-part table reads it from best.pt
+    csv = pd.read_csv(tmp_path / 'results-64px-1ep.csv').set_index('recipe')
+    skin = next(line for line in parts.splitlines() if line.startswith('| skin |')).strip('| ').split(' | ')
+    assert all(f'f1_{p}' in csv.columns for p in PARTS) and abs(float(skin[1]) - csv.loc['careful', 'f1_skin']) < 1e-3
     assert rs.part_table(tmp_path / 'runs-64px-1ep', ['careful', 'default'], 'random').startswith('no run finished by all')
     # the original recipe run the original way (plain smp + torch) on the same folds, beside the study's `original` row
     ref = load_script('benchmarks/original_reference.py')

@@ -73,6 +73,9 @@ RECIPES: dict[str, dict] = {
     'default-bs4-rce': dict(preset='default', batch_size=4, loss='dice_rce'),  # the default (from ImageNet weights its rare-part sampling) with dice_rce for dice_bce
     'default-bs4-seed100': dict(preset='default', batch_size=4, seed=100),  # the default from ImageNet weights, seed 100 on every fold
     'careful-bs4-seed100': dict(preset='careful', batch_size=4, seed=100),
+    'default-bs4-rbce': dict(preset='default', batch_size=4, loss='dice_rbce'),  # the default with dice_bce's weights for the rare parts only
+    'default-bs4-rbce-seed100': dict(preset='default', batch_size=4, loss='dice_rbce', seed=100),
+    'careful-bs4-rbce-seed100': dict(preset='careful', batch_size=4, loss='dice_rbce', seed=100),  # careful's uniform sampling with dice_rbce
     'default-paste': dict(preset='default', batch_size=8, paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
 }
 

@@ -17,8 +17,8 @@ from .labels import PARTS
 
 # %% auto #0
 __all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem', 'ohem_ce_loss',
-           'balanced_ce_loss', 'weighted_ce_loss', 'Weighted', 'part_masks', 'multilabel_dice', 'ohem_bce_loss',
-           'balanced_bce_loss', 'weighted_bce_loss', 'losses_for', 'make_loss']
+           'balanced_ce_loss', 'rare_classes', 'weighted_ce_loss', 'Weighted', 'part_masks', 'multilabel_dice',
+           'ohem_bce_loss', 'balanced_bce_loss', 'weighted_bce_loss', 'losses_for', 'make_loss']
 
 # %% ../notebooks/lib/08a_losses.ipynb #150daa8e
 def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -47,12 +47,17 @@ def ohem_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     "Online hard example mining cross-entropy, as BiSeNet trains face parsing: CE over the pixels the model gets wrong."
     return ohem(F.cross_entropy(logits.float(), target, reduction='none'))
 
-def balanced_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    "Cross-entropy with each pixel weighted by 1/sqrt of its class's share of the batch's pixels (weights averaging 1 per pixel)."
+def balanced_ce_loss(logits: torch.Tensor, target: torch.Tensor, lifted: torch.Tensor | None = None) -> torch.Tensor:
+    "Cross-entropy with each pixel weighted by 1/sqrt of its class's share of the batch's pixels, averaging 1 per pixel; given `lifted` (C,), only those classes, the rest take background's weight."
     counts = torch.bincount(target.flatten(), minlength=logits.shape[1]).float()
     w = (counts.sum() / counts.clamp(min=1)).sqrt()
+    if lifted is not None: w = torch.where(lifted.to(w.device), w, w[0])
     w = w / (w * counts).sum() * counts.sum()
     return F.cross_entropy(logits.float(), target, weight=w, reduction='sum') / target.numel()
+
+def rare_classes(weights: torch.Tensor | None, classes: int) -> torch.Tensor:
+    "(classes,) bool: those whose class `weights` (the training split's `part_rarity`) exceed 1, the rare ones (None: none)."
+    return torch.zeros(classes, dtype=torch.bool) if weights is None else weights > 1
 
 def weighted_ce_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     "Cross-entropy with each pixel weighted by its class's entry of `weights` (C,), a weighted mean over the pixels (None: plain CE)."
@@ -76,6 +81,7 @@ LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
     'ce_lovasz': lambda l, t: F.cross_entropy(l.float(), t) + LOSSES['lovasz'](l.float(), t),
     'dice_bce': lambda l, t: dice_loss(l, t) + balanced_ce_loss(l, t),  # Dice + class-balanced cross-entropy
     'dice_rce': Weighted(lambda l, t, w: dice_loss(l, t) + weighted_ce_loss(l, t, w)),  # Dice + CE weighted by how few images show a part
+    'dice_rbce': Weighted(lambda l, t, w: dice_loss(l, t) + balanced_ce_loss(l, t, rare_classes(w, l.shape[1]))),  # dice_bce's weights for the rare parts only
 }
 
 # %% ../notebooks/lib/08a_losses.ipynb #77db04b2
@@ -98,9 +104,11 @@ def ohem_bce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     "OHEM over the binary cross-entropy of every part channel and pixel (the multilabel twin of `ohem_ce_loss`)."
     return ohem(F.binary_cross_entropy_with_logits(logits, masks, reduction='none'))
 
-def balanced_bce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    "Binary cross-entropy with each part's positives weighted by 1/sqrt of the part's share of the batch's pixels."
-    pos_weight = (masks[0].numel() * len(masks) / masks.sum((0, 2, 3)).clamp(min=1)).sqrt().view(-1, 1, 1)
+def balanced_bce_loss(logits: torch.Tensor, masks: torch.Tensor, lifted: torch.Tensor | None = None) -> torch.Tensor:
+    "Binary cross-entropy with each part's positives weighted by 1/sqrt of the part's share of the batch's pixels; given `lifted` (parts,), only those parts' (the rest weigh 1)."
+    pos_weight = (masks[0].numel() * len(masks) / masks.sum((0, 2, 3)).clamp(min=1)).sqrt()
+    if lifted is not None: pos_weight = torch.where(lifted.to(pos_weight.device), pos_weight, torch.ones_like(pos_weight))
+    pos_weight = pos_weight.view(-1, 1, 1)
     return F.binary_cross_entropy_with_logits(logits, masks, pos_weight=pos_weight)
 
 _multilabel_lovasz = smp.losses.LovaszLoss(mode='multilabel')
@@ -122,6 +130,7 @@ MULTILABEL_LOSSES: dict[str, Callable] = {  # name -> loss(logits (N, 18, H, W),
     'ce_lovasz': _on_parts(lambda l, m: F.binary_cross_entropy_with_logits(l, m) + _multilabel_lovasz(l, m)),
     'dice_bce': _on_parts(lambda l, m: multilabel_dice(l, m) + balanced_bce_loss(l, m)),  # positives of rare parts weigh more
     'dice_rce': Weighted(lambda l, b, w: _on_parts(lambda l, m: multilabel_dice(l, m) + weighted_bce_loss(l, m, w))(l, b)),
+    'dice_rbce': Weighted(lambda l, b, w: _on_parts(lambda l, m: multilabel_dice(l, m) + balanced_bce_loss(l, m, rare_classes(w, l.shape[1] + 1)[1:]))(l, b)),
 }
 
 def losses_for(head: str = 'multiclass') -> dict[str, Callable]:

@@ -204,7 +204,7 @@ def test_seeded_runs_repeat_and_seeds_differ(train_set, tmp_path):
 
 
 def test_dice_charges_absent_classes_and_losses_are_registered():
-    assert set(losses.LOSSES) == {'dice', 'ce', 'dice_ce', 'focal', 'dice_smp', 'ohem', 'dice_ohem', 'lovasz', 'ce_lovasz', 'dice_bce', 'dice_rce'}
+    assert set(losses.LOSSES) == {'dice', 'ce', 'dice_ce', 'focal', 'dice_smp', 'ohem', 'dice_ohem', 'lovasz', 'ce_lovasz', 'dice_bce', 'dice_rce', 'dice_rbce'}
     target = torch.zeros(2, 8, 8, dtype=torch.long); target[:, 2:5, 2:5] = CLASSES.index('skin')
     right = torch.nn.functional.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2) * 10.0
     wrong = right.clone(); wrong[:, CLASSES.index('hat'), :2] = 20.0  # a hat where there is none
@@ -302,6 +302,28 @@ def test_rarity_weighted_loss_takes_its_weights_from_the_training_split(train_se
         logits = torch.nn.functional.one_hot(torch.full((1, 4, 4), common), NUM_CLASSES).permute(0, 3, 1, 2) * 5.0
         assert losses.weighted_ce_loss(logits, target, w) > 1.5 * torch.nn.functional.cross_entropy(logits, target)
     assert train.training_setup(train.resolved(tiny(train_set, tmp_path, head=head)), torch.device('cpu'), 2).loss_fn is losses.make_loss('dice_bce', head)  # the default's loss takes no weights
+
+
+@pytest.mark.parametrize('head', ['multiclass', 'multilabel'])
+def test_rare_pixel_share_loss_lifts_only_the_parts_the_training_split_shows_rarely(train_set, tmp_path, head):
+    """loss='dice_rbce': training binds the same rarity weights as dice_rce, and the loss lifts by in-batch pixel share
+    (as dice_bce) only the parts they put above 1: a missed rare pixel costs more than under Dice + CE, a missed skin
+    pixel (a part most faces show) costs what Dice + CE charges."""
+    c = train.resolved(tiny(train_set, tmp_path, loss='dice_rbce', head=head))
+    fn = train.training_setup(c, torch.device('cpu'), 2).loss_fn
+    rce = train.training_setup(train.resolved(tiny(train_set, tmp_path, loss='dice_rce', head=head)), torch.device('cpu'), 2).loss_fn
+    torch.testing.assert_close(fn.weights, rce.weights)
+    rare, skin = int(fn.weights[1:].argmax()) + 1, CLASSES.index('skin')
+    assert fn.weights[rare] > 1 and fn.weights[skin] == 1
+    plain = losses.make_loss('dice_ce', head)
+    def cost(missed: int) -> tuple[float, float]:  # (dice_rbce, dice_ce) of a batch whose one `missed` pixel is called background
+        target = torch.zeros(1, 8, 8, dtype=torch.long); target[0, :4] = skin; target[0, 7, 7] = missed
+        logits = torch.nn.functional.one_hot(torch.where(target == missed, 0, target), NUM_CLASSES).permute(0, 3, 1, 2) * 5.0
+        if head == 'multilabel': target, logits = (1 << (target - 1)).where(target > 0, 0).int(), logits[:, 1:] * 2 - 5.0
+        return fn(logits.float(), target).item(), plain(logits.float(), target).item()
+    lifted, unlifted = cost(rare), cost(skin)
+    assert lifted[0] > lifted[1] + 0.1, lifted  # 0.33 more (multiclass), 0.14 (multilabel) for the one pixel
+    assert unlifted[0] == pytest.approx(unlifted[1], rel=1e-5), unlifted
 
 
 @pytest.mark.parametrize('sampling', ['repeat', 'repeat_linear'])

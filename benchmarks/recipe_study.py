@@ -184,6 +184,46 @@ def part_table(runs: Path, recipes: list[str], init: str = 'imagenet') -> str:
     return '\n'.join(out)
 
 
+def fold_counts(run: Path) -> np.ndarray:
+    "The (truth x prediction) pixel counts of a finished run's best.pt on its own validation fold, kept in <run>/eval-val."
+    from faceseg_lib.evaluate import evaluate, load_evaluation
+    out = run / 'eval-val'
+    if not (out / 'confusion.csv').is_file() or (out / 'confusion.csv').stat().st_mtime < (run / 'best.pt').stat().st_mtime:
+        evaluate(run / 'best.pt', split='val', out_dir=out, progress=False)  # on the fold view the run trained with
+    return load_evaluation(out)['confusion']
+
+
+def pooled_f1(counts: list[np.ndarray]) -> np.ndarray:
+    "Dataset-level F1 of every class from the counts of several folds summed: each image counted once, as a test set is scored."
+    import torch
+    from faceseg_lib.metrics import ConfusionMatrix
+    return ConfusionMatrix().add(torch.as_tensor(np.sum(counts, 0))).per_class_f1()
+
+
+def pooled_table(runs: Path, recipes: list[str], init: str = 'imagenet', folds: int = 5) -> str:
+    """Out-of-fold F1 of each part: every recipe's best.pt of runs 0..folds-1 scores its own validation fold and the
+    counts are summed, so the F1 is over the whole sample, each image once (a part a fold lacks cannot enter at F1 0)."""
+    from faceseg_lib.labels import PARTS
+    done = {name: {r for r in range(folds) if finished(runs / f'{name}-{init}-r{r}')} for name in recipes}
+    common = sorted(set.intersection(*done.values())) if recipes else []
+    if not common: return f'no run finished by all of {", ".join(recipes)} ({init})'
+    f1 = {name: pooled_f1([fold_counts(runs / f'{name}-{init}-r{r}') for r in common])[1:] for name in recipes}
+    folds_mean = {name: np.mean([finished(runs / f'{name}-{init}-r{r}')[0]['mean_f1'] for r in common]) for name in recipes}
+    base, cols = recipes[-1], list(recipes) + [f'{name} - {recipes[-1]}' for name in recipes[:-1]]
+    scope = 'the whole sample' if len(common) == folds else f'folds {", ".join(map(str, common))} only'
+    out = [f'Runs {", ".join(map(str, common))} ({init}): each best.pt on its own validation fold, the pixel counts summed '
+           f'over {scope}; dataset-level F1 of each part', '', '| part | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
+    fmt = lambda v: '–' if np.isnan(v) else f'{v:.3f}'  # '–': in no fold and never predicted
+    for j, part in enumerate(PARTS):
+        out.append(f'| {part} | ' + ' | '.join([fmt(f1[n][j]) for n in recipes] + [f'{f1[n][j] - f1[base][j]:+.3f}' for n in recipes[:-1]]) + ' |')
+    mean = {n: float(np.nanmean(f1[n])) for n in recipes}
+    out.append('| **mean (pooled)** | ' + ' | '.join([f'**{mean[n]:.3f}**' for n in recipes] + [f'**{mean[n] - mean[base]:+.3f}**' for n in recipes[:-1]]) + ' |')
+    out.append("| mean of the folds' means | " + ' | '.join([f'{folds_mean[n]:.3f}' for n in recipes] + [f'{folds_mean[n] - folds_mean[base]:+.3f}' for n in recipes[:-1]]) + ' |')
+    zero = {n: ' '.join(p for p, v in zip(PARTS, f1[n]) if v == 0) or '–' for n in recipes}
+    out.append('| parts at F1 0 | ' + ' | '.join([zero[n] for n in recipes] + [''] * (len(recipes) - 1)) + ' |')
+    return '\n'.join(out)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog='\n\n'.join(__doc__.split('\n\n')[1:]))
@@ -201,6 +241,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--workers', type=int, default=1, help='DataLoader workers per run')
     p.add_argument('--parts', metavar='A,B', help='train nothing: print the per-part F1 of these recipes (the first --inits) '
                    'over the runs all of them finished, and each one\'s lead over the last')
+    p.add_argument('--pooled', metavar='A,B', help='train nothing: score the best.pt of runs 0..FOLDS-1 of these recipes (the first '
+                   '--inits) on their own validation folds and print the F1 of each part over the whole sample (the counts summed)')
     return p.parse_args(argv)
 
 
@@ -211,10 +253,13 @@ def main(argv=None) -> int:
     from faceseg_lib.prepare import prepare
     from faceseg_lib.train import fit
     work = Path(a.work).resolve(); work.mkdir(parents=True, exist_ok=True)
-    unknown = [r for r in (a.parts or a.recipes).split(',') if r not in RECIPES]
+    unknown = [r for r in (a.parts or a.pooled or a.recipes).split(',') if r not in RECIPES]
     if unknown: sys.exit(f'recipe_study: unknown recipe(s) {unknown}; known: {", ".join(RECIPES)}')
     if a.parts:
         print(part_table(work / f'runs-{a.size}px-{a.epochs}ep', a.parts.split(','), a.inits.split(',')[0]))
+        return 0
+    if a.pooled:
+        print(pooled_table(work / f'runs-{a.size}px-{a.epochs}ep', a.pooled.split(','), a.inits.split(',')[0], a.folds))
         return 0
     prepared = work / f'prepared-{a.size}'
     if not (prepared / 'meta.json').is_file() or not (prepared / 'parts').is_dir():

@@ -4,6 +4,8 @@ import math
 import subprocess
 import sys
 
+import numpy as np
+
 from conftest import REPO
 from helpers import load_script
 
@@ -97,6 +99,21 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     skin = next(line for line in parts.splitlines() if line.startswith('| skin |')).strip('| ').split(' | ')
     assert all(f'f1_{p}' in csv.columns for p in PARTS) and abs(float(skin[1]) - csv.loc['careful', 'f1_skin']) < 1e-3
     assert rs.part_table(tmp_path / 'runs-64px-1ep', ['careful', 'default'], 'random').startswith('no run finished by all')
+    # out-of-fold pooling: best.pt re-scored on its own fold gives back the study's score, and the counts of folds add up
+    pooled = rs.pooled_table(tmp_path / 'runs-64px-1ep', ['careful', 'original'], 'random', folds=3)
+    row = lambda name: next(line for line in pooled.splitlines() if line.startswith(f'| {name} |')).strip('| ').split(' | ')
+    assert 'over folds 0 only' in pooled and abs(float(row('**mean (pooled)**')[1].strip('*')) - res['careful']) < 1e-3
+    assert abs(float(row("mean of the folds' means")[2]) - res['original']) < 1e-3
+    counts = rs.fold_counts(tmp_path / 'runs-64px-1ep' / 'careful-random-r0')  # kept from the table's call in eval-val
+    assert (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'eval-val' / 'confusion.csv').is_file()
+    assert abs(np.nanmean(rs.pooled_f1([counts])[1:]) - res['careful']) < 1e-6
+    from faceseg_lib.labels import CLASSES
+    n, neck_l = len(CLASSES), CLASSES.index('neck_l')
+    a, b = np.zeros((n, n), np.int64), np.zeros((n, n), np.int64)
+    a[0, 0], a[0, neck_l] = 1000, 10             # a fold without a necklace where 10 background pixels are called necklace
+    b[0, 0], b[neck_l, neck_l], b[neck_l, 0] = 1000, 50, 50  # a fold with one, half of it found
+    assert rs.pooled_f1([a])[neck_l] == 0 and abs(rs.pooled_f1([b])[neck_l] - 2 / 3) < 1e-9
+    assert abs(rs.pooled_f1([a, b])[neck_l] - 100 / 160) < 1e-9 and np.isnan(rs.pooled_f1([a, b])[CLASSES.index('hat')])
     # the original recipe run the original way (plain smp + torch) on the same folds, beside the study's `original` row
     ref = load_script('benchmarks/original_reference.py')
     import torch

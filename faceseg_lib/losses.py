@@ -16,7 +16,7 @@ import segmentation_models_pytorch as smp
 from .labels import PARTS
 
 # %% auto #0
-__all__ = ['LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem', 'ohem_ce_loss',
+__all__ = ['RARE_WEIGHT', 'LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem', 'ohem_ce_loss',
            'balanced_ce_loss', 'rare_classes', 'weighted_ce_loss', 'Weighted', 'part_masks', 'multilabel_dice',
            'ohem_bce_loss', 'balanced_bce_loss', 'weighted_bce_loss', 'losses_for', 'make_loss']
 
@@ -55,9 +55,11 @@ def balanced_ce_loss(logits: torch.Tensor, target: torch.Tensor, lifted: torch.T
     w = w / (w * counts).sum() * counts.sum()
     return F.cross_entropy(logits.float(), target, weight=w, reduction='sum') / target.numel()
 
+RARE_WEIGHT = 1.5  # `rare_classes` cut: a rarity weight 0.5 / f above 1.5 is a part shown in under a third of the training images
+
 def rare_classes(weights: torch.Tensor | None, classes: int) -> torch.Tensor:
-    "(classes,) bool: those whose class `weights` (the training split's `part_rarity`) exceed 1, the rare ones (None: none)."
-    return torch.zeros(classes, dtype=torch.bool) if weights is None else weights > 1
+    "(classes,) bool: those whose class `weights` (the training split's `part_rarity`, 0.5 / f) exceed `RARE_WEIGHT`, the rare ones (None: none)."
+    return torch.zeros(classes, dtype=torch.bool) if weights is None else weights > RARE_WEIGHT
 
 def weighted_ce_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     "Cross-entropy with each pixel weighted by its class's entry of `weights` (C,), a weighted mean over the pixels (None: plain CE)."

@@ -204,11 +204,11 @@ def pooled_table(runs: Path, recipes: list[str], init: str = 'imagenet', folds: 
     """Out-of-fold F1 of each part: every recipe's best.pt of runs 0..folds-1 scores its own validation fold and the
     counts are summed, so the F1 is over the whole sample, each image once (a part a fold lacks cannot enter at F1 0)."""
     from faceseg_lib.labels import PARTS
-    done = {name: {r for r in range(folds) if finished(runs / f'{name}-{init}-r{r}')} for name in recipes}
-    common = sorted(set.intersection(*done.values())) if recipes else []
+    done = {name: {r: d for r in range(folds) if (d := finished(runs / f'{name}-{init}-r{r}'))} for name in recipes}  # read once
+    common = sorted(set.intersection(*(set(v) for v in done.values()))) if recipes else []
     if not common: return f'no run finished by all of {", ".join(recipes)} ({init})'
     f1 = {name: pooled_f1([fold_counts(runs / f'{name}-{init}-r{r}') for r in common])[1:] for name in recipes}
-    folds_mean = {name: np.mean([finished(runs / f'{name}-{init}-r{r}')[0]['mean_f1'] for r in common]) for name in recipes}
+    folds_mean = {name: np.mean([done[name][r][0]['mean_f1'] for r in common]) for name in recipes}
     base, cols = recipes[-1], list(recipes) + [f'{name} - {recipes[-1]}' for name in recipes[:-1]]
     scope = 'the whole sample' if len(common) == folds else f'folds {", ".join(map(str, common))} only'
     out = [f'Runs {", ".join(map(str, common))} ({init}): each best.pt on its own validation fold, the pixel counts summed '

@@ -77,6 +77,8 @@ RECIPES: dict[str, dict] = {
     'default-bs4-rbce-seed100': dict(preset='default', batch_size=4, loss='dice_rbce', seed=100),
     'careful-bs4-rbce-seed100': dict(preset='careful', batch_size=4, loss='dice_rbce', seed=100),  # careful's uniform sampling with dice_rbce
     'default-paste': dict(preset='default', batch_size=8, paste=0.5),  # from ImageNet weights also repeat_linear; rare parts pasted into half the images
+    'default-bs4-enc0.1': dict(preset='default', batch_size=4, encoder_lr=0.1),  # the default from ImageNet weights, its encoder at a tenth of the lr
+    'careful-bs4-enc0.1': dict(preset='careful', batch_size=4, encoder_lr=0.1),
 }
 
 
@@ -163,15 +165,19 @@ def table(rows: list[dict]) -> str:
     return '\n'.join(out)
 
 
+def common_runs(runs: Path, recipes: list[str], init: str) -> tuple[list[int], dict[str, dict[int, tuple]]]:
+    "The run numbers that every one of `recipes` finished under `runs` from `init`, and each recipe's run -> `finished` (read once)."
+    done = {name: {int(m[1]): f for d in runs.glob(f'{name}-{init}-r*')
+                   if (m := re.fullmatch(r'r(\d+)', d.name[len(f'{name}-{init}-'):])) and (f := finished(d))} for name in recipes}
+    return (sorted(set.intersection(*(set(v) for v in done.values()))) if recipes else []), done
+
+
 def part_table(runs: Path, recipes: list[str], init: str = 'imagenet') -> str:
     "Per-part validation F1 of `best.pt`, mean over the runs every one of `recipes` finished, with each recipe's lead over the last."
     from faceseg_lib.labels import PARTS
-    metrics = {name: {int(m[1]): done[0] for d in runs.glob(f'{name}-{init}-r*')
-                      if (m := re.fullmatch(r'r(\d+)', d.name[len(f'{name}-{init}-'):])) and (done := finished(d))}
-               for name in recipes}  # recipe -> run -> best.pt metrics of its finished runs
-    common = sorted(set.intersection(*(set(v) for v in metrics.values()))) if recipes else []
+    common, done = common_runs(runs, recipes, init)
     if not common: return f'no run finished by all of {", ".join(recipes)} ({init})'
-    f1 = {name: np.array([[metrics[name][r]['f1'].get(p, np.nan) for p in PARTS] for r in common], float) for name in recipes}
+    f1 = {name: np.array([[done[name][r][0]['f1'].get(p, np.nan) for p in PARTS] for r in common], float) for name in recipes}
     base = recipes[-1]
     head = list(recipes) + [f'{name} - {base} (per run)' for name in recipes[:-1]]
     out = [f"Runs {', '.join(map(str, common))} ({init}); F1 of each part at the epoch best.pt keeps, mean over the runs",
@@ -204,8 +210,8 @@ def pooled_table(runs: Path, recipes: list[str], init: str = 'imagenet', folds: 
     """Out-of-fold F1 of each part: every recipe's best.pt of runs 0..folds-1 scores its own validation fold and the
     counts are summed, so the F1 is over the whole sample, each image once (a part a fold lacks cannot enter at F1 0)."""
     from faceseg_lib.labels import PARTS
-    done = {name: {r: d for r in range(folds) if (d := finished(runs / f'{name}-{init}-r{r}'))} for name in recipes}  # read once
-    common = sorted(set.intersection(*(set(v) for v in done.values()))) if recipes else []
+    common, done = common_runs(runs, recipes, init)
+    common = [r for r in common if r < folds]  # run r validates on fold r
     if not common: return f'no run finished by all of {", ".join(recipes)} ({init})'
     f1 = {name: pooled_f1([fold_counts(runs / f'{name}-{init}-r{r}') for r in common])[1:] for name in recipes}
     folds_mean = {name: np.mean([done[name][r][0]['mean_f1'] for r in common]) for name in recipes}

@@ -23,14 +23,14 @@ __all__ = ['PRESETS', 'PRETRAINED_PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', '
 PRESETS: dict[str, dict] = {  # recipe name -> values of the recipe fields
     # the best recipe of the study (README, Results): Dice + class-balanced CE, AdamW 1e-3 one-cycle, flip-swap + affine,
     # batch 2 (at the study's budget, from random weights four times the steps of batch 8 gain on every fold)
-    'default': dict(head='multiclass', loss='dice_bce', optimizer='adamw', lr=1e-3, weight_decay=1e-4, scheduler='onecycle',
+    'default': dict(head='multiclass', loss='dice_bce', optimizer='adamw', lr=1e-3, encoder_lr=1.0, weight_decay=1e-4, scheduler='onecycle',
                     warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, batch_size=2, best_by='mean_f1'),
     # the original project's recipe exactly: 18 sigmoid part channels, smp's multilabel Dice, Adam 1e-4, batch 15,
     # no augmentation, no schedule, the best epoch by its micro F-score of the 18 part channels (metrics.part_fscores)
-    'original': dict(head='multilabel', loss='dice_smp', optimizer='adam', lr=1e-4, weight_decay=0.0, scheduler='none',
+    'original': dict(head='multilabel', loss='dice_smp', optimizer='adam', lr=1e-4, encoder_lr=1.0, weight_decay=0.0, scheduler='none',
                      warmup_epochs=0.0, augmentation='none', sampling='uniform', paste=0.0, batch_size=15, best_by='part_fscore'),
     # a careful short script's recipe (the baseline of the recipe study): Dice + CE, AdamW 1e-3 one-cycle, flip + affine
-    'careful': dict(head='multiclass', loss='dice_ce', optimizer='adamw', lr=1e-3, weight_decay=1e-4, scheduler='onecycle',
+    'careful': dict(head='multiclass', loss='dice_ce', optimizer='adamw', lr=1e-3, encoder_lr=1.0, weight_decay=1e-4, scheduler='onecycle',
                     warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, batch_size=8, best_by='mean_f1'),
 }
 
@@ -57,6 +57,7 @@ class TrainConfig:
     loss: str | None = None              # 'dice' | 'ce' | 'dice_ce' | 'focal' | 'dice_smp' | 'ohem' | 'dice_ohem' | 'lovasz' | 'ce_lovasz' | 'dice_bce' | 'dice_rce' | 'dice_rbce' (None: from preset)
     optimizer: str | None = None         # 'adamw' | 'adam' | 'sgd' (None: from preset)
     lr: float | None = None              # peak learning rate (None: from preset)
+    encoder_lr: float | None = None      # the encoder's peak lr as a share of lr (e.g. 0.1: discriminative fine-tuning of a pretrained encoder); 1: one lr (None: from preset)
     weight_decay: float | None = None    # weight decay, not applied to biases and norm layers (None: from preset)
     scheduler: str | None = None         # lr schedule per step: 'cosine' | 'onecycle' | 'none' (None: from preset)
     warmup_epochs: float | None = None   # linear lr warm-up, in epochs (None: from preset)
@@ -83,7 +84,7 @@ class TrainConfig:
 RECIPE_FIELDS: tuple[str, ...] = tuple(PRESETS['default'])  # the fields a preset fills in
 RUNTIME_FIELDS: tuple[str, ...] = ('resume', 'workers', 'device', 'compile', 'out_dir', 'data_dir')  # may change on resume
 PATH_FIELDS: tuple[str, ...] = ('data_dir', 'out_dir')  # resolved against the working directory (notebooks: the repo root)
-LATER_FIELDS: dict[str, object] = {'paste': 0.0}  # fields added since runs were first saved -> the value a run saved without them trained with
+LATER_FIELDS: dict[str, object] = {'paste': 0.0, 'encoder_lr': 1.0}  # fields added since runs were first saved -> the value a run saved without them trained with
 
 def config_fields() -> list[str]:
     "The names of the TrainConfig fields, in order."
@@ -129,6 +130,8 @@ def value_problems(c: TrainConfig) -> list[Problem]:
     def bad(field, problem, fix): p.append(Problem(f'config.{field}', problem, fix))
     if not (isinstance(c.lr, (int, float)) and not isinstance(c.lr, bool) and math.isfinite(c.lr) and c.lr > 0):
         bad('lr', f'must be a positive number, got {c.lr!r}', 'use e.g. lr=5e-4')
+    if not (isinstance(c.encoder_lr, (int, float)) and not isinstance(c.encoder_lr, bool) and 0 < c.encoder_lr <= 10):
+        bad('encoder_lr', f'must be a share of lr in (0, 10], got {c.encoder_lr!r}', 'use e.g. encoder_lr=0.1, or 1 for one lr')
     for field, low in (('size', 1), ('epochs', 1), ('batch_size', 1), ('max_steps', 0), ('workers', -1), ('seed', 0)):
         v = getattr(c, field)
         if isinstance(v, bool) or not isinstance(v, int) or v < low: bad(field, f'must be a whole number >= {low}, got {v!r}', f'set {field} to a whole number >= {low}')

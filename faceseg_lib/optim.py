@@ -18,11 +18,14 @@ from .config import TrainConfig
 __all__ = ['OPTIMIZERS', 'SCHEDULERS', 'param_groups', 'make_optimizer', 'lr_factor', 'make_scheduler']
 
 # %% ../notebooks/lib/08c_optim.ipynb #d2519312
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    "Two groups: tensors with >= 2 dims (decayed) and the rest (biases, norms: not decayed)."
+def param_groups(model: nn.Module, weight_decay: float, encoder_lr: float = 1.0) -> list[dict]:
+    "Tensors with >= 2 dims (decayed) and the rest (biases, norms: not decayed), each group with its share of the peak lr (`lr_scale`); where `encoder_lr` is not 1, `model.encoder`'s tensors in two more groups, last, at that share."
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{'params': [p for p in params if p.ndim >= 2], 'weight_decay': weight_decay},
-            {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}]
+    encoder = getattr(model, 'encoder', None) if encoder_lr != 1 else None
+    mine = {id(p) for p in encoder.parameters()} if isinstance(encoder, nn.Module) else set()
+    parts = [(1.0, [p for p in params if id(p) not in mine])] + ([(encoder_lr, [p for p in params if id(p) in mine])] if mine else [])
+    return [g for scale, ps in parts for g in ({'params': [p for p in ps if p.ndim >= 2], 'weight_decay': weight_decay, 'lr_scale': scale},
+                                               {'params': [p for p in ps if p.ndim < 2], 'weight_decay': 0.0, 'lr_scale': scale})]
 
 OPTIMIZERS: dict[str, Callable] = {  # name -> (param groups, lr, fused) -> optimizer
     'adamw': lambda groups, lr, fused: torch.optim.AdamW(groups, lr=lr, fused=fused or None),
@@ -31,8 +34,8 @@ OPTIMIZERS: dict[str, Callable] = {  # name -> (param groups, lr, fused) -> opti
 }
 
 def make_optimizer(model: nn.Module, c: TrainConfig, fused: bool | None = None) -> torch.optim.Optimizer:
-    "The optimizer `c.optimizer` over `model`'s parameters; Adam(W) fused into a few kernels (None: when all live on CUDA)."
-    groups = param_groups(model, c.weight_decay)
+    "The optimizer `c.optimizer` over `model`'s parameters, each group at its share of `c.lr`; Adam(W) fused into a few kernels (None: when all live on CUDA)."
+    groups = [dict(g, lr=c.lr * g['lr_scale']) for g in param_groups(model, c.weight_decay, c.encoder_lr)]
     if fused is None: fused = all(p.is_cuda for g in groups for p in g['params'])
     return OPTIMIZERS[c.optimizer](groups, c.lr, fused)
 
@@ -47,9 +50,9 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 def make_scheduler(optimizer: torch.optim.Optimizer, c: TrainConfig, steps_per_epoch: int):
-    "The per-step lr scheduler of config `c`."
+    "The per-step lr scheduler of config `c` (each group keeps its share of the lr)."
     total, warmup = c.epochs * steps_per_epoch, min(round(c.warmup_epochs * steps_per_epoch), c.epochs * steps_per_epoch)
     if c.scheduler == 'onecycle' and total >= 3:  # OneCycleLR needs a step in each phase (a shorter run: warm-up + cosine)
         pct = min(max(warmup / total if warmup else 0.3, 1.5 / total), 1 - 1.5 / total)
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=c.lr, total_steps=total, pct_start=pct)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[c.lr * g['lr_scale'] for g in optimizer.param_groups], total_steps=total, pct_start=pct)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, c.scheduler))

@@ -43,6 +43,7 @@ def tiny(train_set, tmp_path, **kw):
     (dict(loss='dise'), 'config.loss'),
     (dict(epochs=0), 'config.epochs'),
     (dict(paste=1.5), 'config.paste: must be a chance in [0, 1]'),
+    (dict(encoder_lr=0), 'config.encoder_lr: must be a share of lr'),
     (dict(val_split='nope'), 'nope'),
 ])
 def test_bad_config_fails_before_any_work(train_set, tmp_path, monkeypatch, kw, message):
@@ -221,6 +222,20 @@ def _epoch_setup(train_set, **kw):
     opt = optim.make_optimizer(model, c)
     dl, _ = train.make_loaders(c)
     return c, model, opt, optim.make_scheduler(opt, c, len(dl)), torch.amp.GradScaler('cpu', enabled=False), dl
+
+
+def test_encoder_lr_trains_the_encoder_at_its_share_of_the_lr_all_run_long(train_set):
+    """encoder_lr=0.1: smp's encoder gets a tenth of the decoder's lr at every step of the one-cycle schedule, the
+    decoder and head the full lr, and every trainable tensor is in exactly one group."""
+    c, model, opt, sched, scaler, dl = _epoch_setup(train_set, encoder_lr=0.1, scheduler='onecycle', epochs=2)
+    encoder = {id(p) for p in model.encoder.parameters()}
+    in_groups = [id(p) for g in opt.param_groups for p in g['params']]
+    assert sorted(in_groups) == sorted(id(p) for p in model.parameters()) and len(set(in_groups)) == len(in_groups)
+    assert [all(id(p) in encoder for p in g['params']) for g in opt.param_groups] == [False, False, True, True]
+    x, y = next(iter(dl))
+    for _ in range(3):
+        loss = losses.LOSSES['dice_ce'](model(x.float() / 255), y.long()); opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+        assert [round(g['lr'] / opt.param_groups[0]['lr'], 6) for g in opt.param_groups] == [1, 1, 0.1, 0.1]
 
 
 def test_losses_read_back_in_groups_add_up_as_read_one_by_one(train_set, monkeypatch):
@@ -434,6 +449,7 @@ def test_a_run_saved_before_a_field_existed_resumes_with_its_neutral_value(train
     c = train.resolved(tiny(train_set, tmp_path))
     old = {k: v for k, v in asdict(c).items() if k not in settings.LATER_FIELDS}
     assert c.paste == settings.LATER_FIELDS['paste'] == 0.0 and train._config_diff(old, c) == []
+    assert c.encoder_lr == settings.LATER_FIELDS['encoder_lr'] == 1.0  # one lr for all, as runs before the field trained
     assert train._config_diff(old, replace(c, paste=0.5)) == ['paste: run has 0.0, now 0.5']
 
 

@@ -199,6 +199,36 @@ def fold_counts(run: Path) -> np.ndarray:
     return load_evaluation(out)['confusion']
 
 
+def image_counts(run: Path) -> np.ndarray:
+    "(images, 19, 19) pixel counts of each validation image of a finished run's best.pt on its own fold, kept in <run>/eval-val."
+    from torch.utils.data import Subset
+    from faceseg_lib.dataset import FaceParsingDataset, eval_transform
+    from faceseg_lib.evaluate import evaluate_model, load_for_eval
+    out = run / 'eval-val' / 'image_counts.npy'
+    if out.is_file() and out.stat().st_mtime >= (run / 'best.pt').stat().st_mtime: return np.load(out)
+    model, ckpt = load_for_eval(run / 'best.pt')
+    ds = FaceParsingDataset(ckpt['config']['data_dir'], 'val', transform=eval_transform(ckpt['config']['size'], normalize=False))
+    counts = np.stack([evaluate_model(model, Subset(ds, [i]))[0].matrix for i in range(len(ds))])  # one image at a time
+    if not np.array_equal(counts.sum(0), fold_counts(run)): sys.exit(f'recipe_study: the images of {run} do not add up to its eval-val')
+    out.parent.mkdir(exist_ok=True); np.save(out, counts)
+    return counts
+
+
+def bootstrap_gap(a: np.ndarray, b: np.ndarray, n: int = 2000, level: float = 0.9, seed: int = 0) -> tuple[float, float, float]:
+    """Pooled mean F1 over the parts of `a` minus `b` (per-image counts (images, C, C) of two models on the same images,
+    in the same order) and its paired bootstrap interval: the images drawn with replacement `n` times, the same draw for
+    both, so it says how much the gap could move on another set of faces like these (not over training seeds)."""
+    def means(x: np.ndarray, w: np.ndarray) -> np.ndarray:  # w (draws, images): how often each image is drawn
+        tp, true, pred = (w @ np.einsum('icc->ic', x), w @ x.sum(2), w @ x.sum(1))
+        with np.errstate(invalid='ignore', divide='ignore'): f1 = np.where(true + pred > 0, 2 * tp / (true + pred), np.nan)
+        return np.nanmean(f1[:, 1:], 1)  # the 18 parts; a part in no drawn image and never predicted is left out
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    w = np.random.default_rng(seed).multinomial(len(a), np.full(len(a), 1 / len(a)), size=n).astype(np.float64)
+    gap = float(means(a, np.ones((1, len(a))))[0] - means(b, np.ones((1, len(b))))[0])
+    lo, hi = np.quantile(means(a, w) - means(b, w), [(1 - level) / 2, (1 + level) / 2])
+    return gap, float(lo), float(hi)
+
+
 def pooled_f1(counts: list[np.ndarray]) -> np.ndarray:
     "Dataset-level F1 of every class from the counts of several folds summed: each image counted once, as a test set is scored."
     import torch
@@ -227,6 +257,9 @@ def pooled_table(runs: Path, recipes: list[str], init: str = 'imagenet', folds: 
     out.append("| mean of the folds' means | " + ' | '.join([f'{folds_mean[n]:.3f}' for n in recipes] + [f'{folds_mean[n] - folds_mean[base]:+.3f}' for n in recipes[:-1]]) + ' |')
     zero = {n: ' '.join(p for p, v in zip(PARTS, f1[n]) if v == 0) or '–' for n in recipes}
     out.append('| parts at F1 0 | ' + ' | '.join([zero[n] for n in recipes] + [''] * (len(recipes) - 1)) + ' |')
+    images = {n: np.concatenate([image_counts(runs / f'{n}-{init}-r{r}') for r in common]) for n in recipes}  # same folds, same order
+    gaps = [bootstrap_gap(images[n], images[base]) for n in recipes[:-1]]
+    out.append('| pooled gap, 90 % interval over images | ' + ' | '.join([''] * len(recipes) + [f'{g:+.3f} [{lo:+.3f}, {hi:+.3f}]' for g, lo, hi in gaps]) + ' |')
     return '\n'.join(out)
 
 
@@ -248,7 +281,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--parts', metavar='A,B', help='train nothing: print the per-part F1 of these recipes (the first --inits) '
                    'over the runs all of them finished, and each one\'s lead over the last')
     p.add_argument('--pooled', metavar='A,B', help='train nothing: score the best.pt of runs 0..FOLDS-1 of these recipes (the first '
-                   '--inits) on their own validation folds and print the F1 of each part over the whole sample (the counts summed)')
+                   '--inits) on their own validation folds and print the F1 of each part over the whole sample (the counts summed), '
+                   'and each pooled gap to the last recipe with a 90 %% interval (a paired bootstrap over the images)')
     return p.parse_args(argv)
 
 

@@ -114,6 +114,18 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     b[0, 0], b[neck_l, neck_l], b[neck_l, 0] = 1000, 50, 50  # a fold with one, half of it found
     assert rs.pooled_f1([a])[neck_l] == 0 and abs(rs.pooled_f1([b])[neck_l] - 2 / 3) < 1e-9
     assert abs(rs.pooled_f1([a, b])[neck_l] - 100 / 160) < 1e-9 and np.isnan(rs.pooled_f1([a, b])[CLASSES.index('hat')])
+    # the paired bootstrap over images: its point is the pooled gap of the table, it is 0 for a model against itself, and
+    # one model better on every image has its whole interval above 0
+    per_image = rs.image_counts(tmp_path / 'runs-64px-1ep' / 'careful-random-r0')  # adds up to eval-val's counts, or exits
+    assert per_image.shape[1:] == (n, n) and np.array_equal(per_image.sum(0), counts)
+    assert rs.bootstrap_gap(per_image, per_image) == (0.0, 0.0, 0.0)
+    gap = row('pooled gap, 90 % interval over images')[-1]
+    assert abs(float(gap.split(' ')[0]) - (float(row('**mean (pooled)**')[1].strip('*')) - float(row('**mean (pooled)**')[2].strip('*')))) < 2e-3
+    good, bad = np.zeros((40, n, n), np.int64), np.zeros((40, n, n), np.int64)
+    good[:, 0, 0] = bad[:, 0, 0] = 1000; good[:, 1, 1] = 100; bad[:, 1, 1], bad[:, 1, 0] = 60, 40  # skin: all found / 60 % found
+    good[::2, 2, 2] = bad[::2, 2, 2] = 30  # nose, alike in both
+    g, lo, hi = rs.bootstrap_gap(good, bad)
+    assert abs(g - (1 - 0.75) / 2) < 1e-9 and 0 < lo <= g <= hi  # skin F1 1 against 0.75, averaged with the nose
     # the original recipe run the original way (plain smp + torch) on the same folds, beside the study's `original` row
     ref = load_script('benchmarks/original_reference.py')
     import torch

@@ -24,21 +24,22 @@ PRESETS: dict[str, dict] = {  # recipe name -> values of the recipe fields
     # the best recipe of the study (README, Results): Dice + class-balanced CE, AdamW 1e-3 one-cycle, flip-swap + affine,
     # batch 2 (at the study's budget, from random weights four times the steps of batch 8 gain on every fold)
     'default': dict(head='multiclass', loss='dice_bce', optimizer='adamw', lr=1e-3, encoder_lr=1.0, weight_decay=1e-4, scheduler='onecycle',
-                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, batch_size=2, best_by='mean_f1'),
+                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, logit_adjust=0.0, batch_size=2, best_by='mean_f1'),
     # the original project's recipe exactly: 18 sigmoid part channels, smp's multilabel Dice, Adam 1e-4, batch 15,
     # no augmentation, no schedule, the best epoch by its micro F-score of the 18 part channels (metrics.part_fscores)
     'original': dict(head='multilabel', loss='dice_smp', optimizer='adam', lr=1e-4, encoder_lr=1.0, weight_decay=0.0, scheduler='none',
-                     warmup_epochs=0.0, augmentation='none', sampling='uniform', paste=0.0, batch_size=15, best_by='part_fscore'),
+                     warmup_epochs=0.0, augmentation='none', sampling='uniform', paste=0.0, logit_adjust=0.0, batch_size=15, best_by='part_fscore'),
     # a careful short script's recipe (the baseline of the recipe study): Dice + CE, AdamW 1e-3 one-cycle, flip + affine
     'careful': dict(head='multiclass', loss='dice_ce', optimizer='adamw', lr=1e-3, encoder_lr=1.0, weight_decay=1e-4, scheduler='onecycle',
-                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, batch_size=8, best_by='mean_f1'),
+                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, logit_adjust=0.0, batch_size=8, best_by='mean_f1'),
 }
 
 PRETRAINED_PRESETS: dict[str, dict] = {  # preset -> the recipe fields it sets otherwise when the encoder starts from pretrained weights
     # the study at 256 px (README, Results): from ImageNet weights images with rare parts drawn t/f times as often
     # gain on every fold; from random weights they lose on every fold, so random init keeps uniform sampling.
-    # From ImageNet weights batch 4 is level with batch 2 and faster, and keeps the necklace on one fold more
-    'default': dict(sampling='repeat_linear', batch_size=4),
+    # From ImageNet weights batch 4 is level with batch 2 and faster, and keeps the necklace on one fold more.
+    # Taking back half of dice_bce's class weights for the parts it should not lift, at decode, gains on every fold
+    'default': dict(sampling='repeat_linear', batch_size=4, logit_adjust=0.5),
 }
 
 # %% ../notebooks/lib/01b_config.ipynb #1f08063e
@@ -52,7 +53,7 @@ class TrainConfig:
     arch: str = 'FPN'                    # smp architecture: Unet, UnetPlusPlus, MAnet, Linknet, FPN, PSPNet, DeepLabV3, DeepLabV3Plus, PAN, UPerNet, Segformer, DPT
     encoder: str = 'mobilenet_v2'        # smp encoder (e.g. resnet34, efficientnet-b4, mit_b2) or 'tu-<timm model>'
     encoder_weights: str | None = 'imagenet'  # pretrained encoder weights: 'imagenet' (from the hub), a local .pth/.safetensors file or folder; None: random init
-    preset: str = 'default'              # recipe the None fields below come from: 'default' (from pretrained weights with --sampling repeat_linear --batch-size 4), 'original' or 'careful'
+    preset: str = 'default'              # recipe the None fields below come from: 'default' (from pretrained weights with --sampling repeat_linear --batch-size 4 --logit-adjust 0.5), 'original' or 'careful'
     head: str | None = None              # 'multiclass' (19-way softmax) | 'multilabel' (18 sigmoid part channels, the original's) (None: from preset)
     loss: str | None = None              # 'dice' | 'ce' | 'dice_ce' | 'focal' | 'dice_smp' | 'ohem' | 'dice_ohem' | 'lovasz' | 'ce_lovasz' | 'dice_bce' | 'dice_rce' | 'dice_rbce' (None: from preset)
     optimizer: str | None = None         # 'adamw' | 'adam' | 'sgd' (None: from preset)
@@ -64,6 +65,7 @@ class TrainConfig:
     augmentation: str | None = None      # training augmentation: 'default' | 'geometric' | 'strong' | 'flip' | 'none' (None: from preset)
     sampling: str | None = None          # 'uniform' | 'repeat' (images with rare parts drawn more often, LVIS repeat factors) | 'repeat_linear' (the same without the square root) (None: from preset)
     paste: float | None = None           # chance that a training image gets a rare part (one shown in few training images) pasted at its own place from another training image that shows it; 0: never (None: from preset)
+    logit_adjust: float | None = None    # share of dice_bce's class weights taken back at decode for the parts it does not lift (logit adjustment, folded into best.pt); 0: none (None: from preset)
     best_by: str | None = None           # which validation score picks best.pt: 'mean_f1' | 'micro_fscore' (of the label map) | 'part_fscore' (of the 18 part channels per image, the original's) (None: from preset)
     epochs: int = 30                     # passes over the training split
     batch_size: int | None = None        # images per step and process (DDP: the global batch is this x processes) (None: from preset)
@@ -84,7 +86,7 @@ class TrainConfig:
 RECIPE_FIELDS: tuple[str, ...] = tuple(PRESETS['default'])  # the fields a preset fills in
 RUNTIME_FIELDS: tuple[str, ...] = ('resume', 'workers', 'device', 'compile', 'out_dir', 'data_dir')  # may change on resume
 PATH_FIELDS: tuple[str, ...] = ('data_dir', 'out_dir')  # resolved against the working directory (notebooks: the repo root)
-LATER_FIELDS: dict[str, object] = {'paste': 0.0, 'encoder_lr': 1.0}  # fields added since runs were first saved -> the value a run saved without them trained with
+LATER_FIELDS: dict[str, object] = {'paste': 0.0, 'encoder_lr': 1.0, 'logit_adjust': 0.0}  # fields added since runs were first saved -> the value a run saved without them trained with
 
 def config_fields() -> list[str]:
     "The names of the TrainConfig fields, in order."
@@ -140,6 +142,8 @@ def value_problems(c: TrainConfig) -> list[Problem]:
         if not (isinstance(v, (int, float)) and v >= 0): bad(field, f'must be a number >= 0, got {v!r}', f'set {field} to 0 or more')
     if not (isinstance(c.paste, (int, float)) and not isinstance(c.paste, bool) and 0 <= c.paste <= 1):
         bad('paste', f'must be a chance in [0, 1], got {c.paste!r}', 'use e.g. paste=0.5, or 0 for none')
+    if not (isinstance(c.logit_adjust, (int, float)) and not isinstance(c.logit_adjust, bool) and 0 <= c.logit_adjust <= 1):
+        bad('logit_adjust', f'must be a share in [0, 1], got {c.logit_adjust!r}', 'use e.g. logit_adjust=0.5, or 0 for none')
     if not (isinstance(c.ema, (int, float)) and not isinstance(c.ema, bool) and 0 <= c.ema < 1):
         bad('ema', f'must be a decay in [0, 1), got {c.ema!r}', 'use e.g. ema=0.99, or 0 for none')
     if c.warmup_epochs and isinstance(c.epochs, int) and c.warmup_epochs > c.epochs:

@@ -13,12 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 import segmentation_models_pytorch as smp
 
-from .labels import PARTS
+from .labels import CLASSES, PARTS
+from .dataset import part_rarity
 
 # %% auto #0
-__all__ = ['RARE_WEIGHT', 'LOSSES', 'MULTILABEL_LOSSES', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem', 'ohem_ce_loss',
-           'balanced_ce_loss', 'rare_classes', 'weighted_ce_loss', 'Weighted', 'part_masks', 'multilabel_dice',
-           'ohem_bce_loss', 'balanced_bce_loss', 'weighted_bce_loss', 'losses_for', 'make_loss']
+__all__ = ['RARE_WEIGHT', 'LOSSES', 'MULTILABEL_LOSSES', 'LOGIT_ADJUSTED', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem',
+           'ohem_ce_loss', 'balanced_ce_loss', 'rare_classes', 'weighted_ce_loss', 'Weighted', 'part_masks',
+           'multilabel_dice', 'ohem_bce_loss', 'balanced_bce_loss', 'weighted_bce_loss', 'losses_for', 'make_loss',
+           'logit_offset', 'split_offset']
 
 # %% ../notebooks/lib/08a_losses.ipynb #150daa8e
 def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -146,3 +148,22 @@ def make_loss(name: str, head: str = 'multiclass',
     table = losses_for(head)
     if name not in table: raise KeyError(f'unknown loss {name!r} for the {head} head; valid: {", ".join(table)}')
     return table[name].bind(weights) if isinstance(table[name], Weighted) else table[name]
+
+# %% ../notebooks/lib/08a_losses.ipynb #af982cb2
+LOGIT_ADJUSTED: tuple[str, ...] = ('dice_bce',)  # the multiclass losses whose class weights `logit_offset` takes back
+
+def logit_offset(pixels,                  # (C,) pixels of each class over the training images (background first)
+                 lifted: torch.Tensor,    # (C,) bool: the rare classes (`rare_classes`), which keep their lift
+                 share: float             # how much of the weighting to take back: 0 none, 1 all of its CE part
+                ) -> torch.Tensor:
+    "(C,) float offsets for the logits: `-share * (log w_c - log w_0)`, w_c = 1/sqrt(class c's pixel share) as `dice_bce` weighs, 0 for background and the `lifted`."
+    p = torch.as_tensor(pixels, dtype=torch.float64)
+    logw = 0.5 * (p.sum().log() - p.clamp(min=1).log())
+    return (-share * torch.where(lifted.to(torch.bool), torch.zeros_like(logw), logw - logw[0])).float()
+
+def split_offset(stats,                 # `dataset.label_stats` of the training images
+                 share: float) -> torch.Tensor:
+    "`logit_offset` of a training split, as `fit` decodes with it: the pixels of each class summed over `stats`, the rare classes those of its `part_rarity`."
+    lifted = rare_classes(torch.tensor([1.0, *part_rarity(stats, power=1.0)]), len(CLASSES))
+    return logit_offset(stats[list(CLASSES)].to_numpy().sum(0), lifted, share)
+

@@ -28,7 +28,7 @@ __all__ = ['ARCHITECTURES', 'WEIGHT_FILE_EXTS', 'HEAD_PREFIXES', 'HEADS', 'CHECK
            'HUB_WEIGHTS', 'HUB_FORMAT', 'resolve_arch', 'list_encoders', 'resolve_encoder', 'is_weights_path',
            'read_state_dict', 'load_encoder_weights', 'softmax_channels', 'class_scores', 'create_model',
            'count_parameters', 'model_head', 'model_scores', 'Scorer', 'check_input_size', 'to_jsonable',
-           'save_checkpoint', 'read_hub_folder', 'load_checkpoint', 'model_from_checkpoint']
+           'head_bias_name', 'save_checkpoint', 'read_hub_folder', 'load_checkpoint', 'model_from_checkpoint']
 
 # %% ../notebooks/lib/08_models.ipynb #89762c9c
 ARCHITECTURES: tuple[str, ...] = tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
@@ -286,6 +286,14 @@ def _loadable(x, where: str):
     raise TypeError(f"{where}: {type(x).__name__} cannot be loaded with weights_only=True; store it as numbers, strings, lists, dicts or tensors")
 
 # %% ../notebooks/lib/08_models.ipynb #a590fcc3
+def head_bias_name(model: nn.Module) -> str:
+    "The state_dict key of the bias of the last convolution in `model.segmentation_head`: adding c to it adds c to that class's logits everywhere."
+    model = _unwrap(model)
+    head = getattr(model, 'segmentation_head', None)
+    convs = [n for n, m in head.named_modules() if isinstance(m, nn.Conv2d) and m.bias is not None] if isinstance(head, nn.Module) else []
+    if not convs: raise ValueError(f'{type(model).__name__} has no segmentation_head ending in a convolution with a bias to fold a logit offset into')
+    return f'segmentation_head.{convs[-1]}.bias'
+
 def save_checkpoint(path: str | Path,              # the .pt file to write (its folder is created)
                     model: nn.Module,              # built by create_model (or config names 'arch' and 'encoder')
                     config: Mapping | Any,         # the run's full config (dict or dataclass), stored as JSON values
@@ -294,6 +302,7 @@ def save_checkpoint(path: str | Path,              # the .pt file to write (its 
                     optimizer_state: Mapping | None = None,  # optimizer.state_dict(), for resuming
                     scheduler_state: Mapping | None = None,  # lr_scheduler.state_dict()
                     scaler_state: Mapping | None = None,     # torch.amp.GradScaler.state_dict()
+                    logit_offset: torch.Tensor | None = None,  # (classes,) added to the saved bias of the head's last convolution (`head_bias_name`; the live model is untouched)
                     ) -> Path:
     "Write a checkpoint atomically (temp file + rename) that loads with torch.load(weights_only=True)."
     path, model = Path(path), _unwrap(model)
@@ -308,6 +317,9 @@ def save_checkpoint(path: str | Path,              # the .pt file to write (its 
             'model': to_jsonable(spec, 'model spec'), 'classes': list(CLASSES), 'config': config,
             'metrics': to_jsonable(dict(metrics or {}), 'metrics'),
             'state_dict': {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if logit_offset is not None:  # a new tensor: the live bias keeps training
+        key = head_bias_name(model)
+        ckpt['state_dict'][key] = ckpt['state_dict'][key] + logit_offset.detach().cpu().to(ckpt['state_dict'][key].dtype)
     for key, value in (('extra', extra), ('optimizer', optimizer_state), ('scheduler', scheduler_state), ('scaler', scaler_state)):
         if value is not None: ckpt[key] = _loadable(value, key)
     path.parent.mkdir(parents=True, exist_ok=True)

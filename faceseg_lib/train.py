@@ -21,7 +21,7 @@ from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, sho
 from .config import LATER_FIELDS, RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
-from .losses import Weighted, losses_for, make_loss
+from .losses import LOGIT_ADJUSTED, Weighted, losses_for, make_loss, split_offset
 from .optim import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler
 from .dataset import (AUGMENTATIONS, SAMPLINGS, FaceParsingDataset, RepeatFactorSampler, SeededItems, SeededSampler,
                                  SeededTransform, derive_seed, eval_transform, label_map, label_stats, load_meta, model_batch,
@@ -201,7 +201,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scal
 # %% ../notebooks/lib/09_train.ipynb #ac5adabc
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: torch.device,
-                    dtype: torch.dtype | None = None, channels_last: bool = False
+                    dtype: torch.dtype | None = None, channels_last: bool = False,
+                    offset: torch.Tensor | None = None  # (C,) added to the logits before scoring (not to the loss's)
                    ) -> tuple[float, int, ConfusionMatrix, np.ndarray, np.ndarray]:
     "One pass over `loader` on this process: (sum of batch loss x batch size, images, confusion matrix, each image's mean F1, each image's `part_fscores`)."
     model.eval()
@@ -211,7 +212,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, loss_fn: Callable, dev
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x).float()
         losses.append(loss_fn(logits, y)); sizes.append(len(x))
-        scores = class_scores(logits, model_head(model))
+        scores = class_scores(logits if offset is None else logits + offset.view(1, -1, 1, 1), model_head(model))
         counts = confusion_counts(scores, label_map(y), per_image=True)
         cm.add(counts.sum(0)); per_image.append(counts); part_f.append(part_fscores(scores, y))
     values = torch.stack(losses).tolist() if losses else []  # read back once, at the end
@@ -268,6 +269,7 @@ class TrainingSetup:
     dtype: torch.dtype | None   # autocast dtype; None: float32
     channels_last: bool
     ema: nn.Module | None = None  # the moving average of the weights (`make_ema`); None: off
+    offset: torch.Tensor | None = None  # (19,) added to the logits at validation and folded into best.pt (`losses.logit_offset`); None: none
 
     @property
     def scored(self) -> nn.Module:
@@ -302,10 +304,13 @@ def training_setup(c: TrainConfig,            # a validated config
     optimizer = make_optimizer(model, c, fused)
     dtype = amp_dtype(c.amp, device)
     rare = isinstance(losses_for(c.head)[c.loss], Weighted)  # class weights: how few training images show each part, max(1, 0.5 / f)
-    weights = torch.tensor([1.0, *part_rarity(label_stats(resolve_path(c.data_dir), c.train_split, progress=False), power=1.0)]) if rare else None
+    adjust = bool(c.logit_adjust) and c.head == 'multiclass' and c.loss in LOGIT_ADJUSTED
+    stats = label_stats(resolve_path(c.data_dir), c.train_split, progress=False) if rare or adjust else None
+    weights = torch.tensor([1.0, *part_rarity(stats, power=1.0)]) if rare else None
+    offset = split_offset(stats, c.logit_adjust).to(device) if adjust else None  # logit adjustment: validation and best.pt decode with it
     return TrainingSetup(model, optimizer, make_scheduler(optimizer, c, steps_per_epoch),
                          torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), make_loss(c.loss, c.head, weights), dtype,
-                         c.channels_last and device.type == 'cuda', make_ema(model, c.ema))
+                         c.channels_last and device.type == 'cuda', make_ema(model, c.ema), offset)
 
 # %% ../notebooks/lib/09_train.ipynb #9cc72997
 RUN_FILES: tuple[str, ...] = ('config.json', 'history.csv', 'best.pt', 'last.pt')  # what a run folder holds
@@ -353,7 +358,9 @@ def _save_epoch(run: Path, c: TrainConfig, s: TrainingSetup, state: dict, row: d
     "Write history.csv, best.pt (if `improved`) and last.pt (with everything a resume needs)."
     write_history(run, state['history'])
     metrics = {'epoch': row['epoch'], 'split': c.val_split, 'val_loss': row['val_loss'], **cm.summary()}
-    if improved: save_checkpoint(run / 'best.pt', s.scored, asdict(c), metrics)
+    if improved:  # the inference model: the logit offset folded into its head, as validation scored it
+        save_checkpoint(run / 'best.pt', s.scored, asdict(c), metrics if s.offset is None else {**metrics, 'logit_offset': s.offset.tolist()},
+                        logit_offset=s.offset)
     save_checkpoint(run / 'last.pt', s.model, asdict(c), metrics, optimizer_state=s.optimizer.state_dict(),
                     scheduler_state=s.scheduler.state_dict(), scaler_state=s.scaler.state_dict(),
                     extra={'epoch': row['epoch'], 'history': state['history'], 'best_score': state['best_score'],
@@ -379,7 +386,7 @@ def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, tra
                              s.channels_last, c.grad_clip, main and show_progress(), f'epoch {epoch + 1}/{c.epochs}',
                              seed=(c.seed, epoch, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0), ema=s.ema)
     _sync_buffers(s.scored)
-    vl, vn, cm, image_f1, part_f = evaluate_loader(s.scored, val_dl, s.loss_fn, device, s.dtype, s.channels_last)
+    vl, vn, cm, image_f1, part_f = evaluate_loader(s.scored, val_dl, s.loss_fn, device, s.dtype, s.channels_last, s.offset)
     tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()
     return history_row(epoch + 1, tl / tn, vl / vn, cm, lr, time.time() - t0, image_spread(image_f1, device), image_spread(part_f, device)[0]), cm
 

@@ -70,7 +70,7 @@ def test_unknown_section_is_refused(tmp_path):
     assert r.returncode == 2 and 'unknown section' in r.stderr
 
 
-def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
+def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path, capsys):
     """The recipe study on the synthetic raw set: folds are disjoint and cover every id, one run per recipe trains,
     the table is written, and a second call reads the finished runs back instead of training them again."""
     rs = load_script('benchmarks/recipe_study.py')
@@ -126,6 +126,14 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path):
     good[::2, 2, 2] = bad[::2, 2, 2] = 30  # nose, alike in both
     g, lo, hi = rs.bootstrap_gap(good, bad)
     assert abs(g - (1 - 0.75) / 2) < 1e-9 and 0 < lo <= g <= hi  # skin F1 1 against 0.75, averaged with the nose
+    # the logit-adjustment screen: share 0 decodes as the run itself does, and the whole screen runs on the study's folds
+    la = load_script('benchmarks/logit_adjust.py')
+    adjusted = la.adjusted_counts(tmp_path / 'runs-64px-1ep' / 'careful-random-r0', shares=(0.0, 1.0))
+    assert np.array_equal(adjusted[0.0], per_image) and adjusted[1.0].sum() == per_image.sum()
+    assert la.main(['--work', str(tmp_path), '--size', '64', '--epochs', '1', '--folds', '3', '--runs', 'careful',
+                    '--against', 'original', '--init', 'random']) == 0
+    share0 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('| 0 |')).strip('| ').split(' | ')
+    assert abs(float(share0[1]) - res['careful']) < 1e-3  # share 0: the study's own score
     # the original recipe run the original way (plain smp + torch) on the same folds, beside the study's `original` row
     ref = load_script('benchmarks/original_reference.py')
     import torch

@@ -8,7 +8,7 @@ from torch import nn
 
 from faceseg_lib.errors import DataError
 from faceseg_lib.labels import CLASSES, NUM_CLASSES
-from faceseg_lib.models import (ARCHITECTURES, check_input_size, count_parameters, create_model, list_encoders,
+from faceseg_lib.models import (ARCHITECTURES, check_input_size, count_parameters, create_model, head_bias_name, list_encoders,
                                 load_checkpoint, model_from_checkpoint, save_checkpoint)
 
 warnings.filterwarnings('ignore', category=UserWarning)  # smp/timm notes about readout tokens and deprecated names
@@ -112,6 +112,22 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     assert not rebuilt.training and ckpt['path'] == str(path)
     opt2 = torch.optim.AdamW(rebuilt.parameters(), lr=1e-3); opt2.load_state_dict(ckpt['optimizer'])
     assert model_from_checkpoint(ckpt)[0].state_dict().keys() == model.state_dict().keys()  # a loaded dict works too
+
+
+@pytest.mark.parametrize('arch', ARCHITECTURES)
+def test_a_logit_offset_saved_into_any_architecture_shifts_every_pixel_of_its_class(arch, tmp_path):
+    """save_checkpoint(logit_offset=o) folds o into the head's last bias: the saved model's logits are the live model's
+    plus o[c] at every pixel of class c (upsampling after that convolution keeps constants), the live model is untouched."""
+    model, size = _tiny(arch), SIZE[arch]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    offset = torch.linspace(-2, 1, NUM_CLASSES)
+    path = save_checkpoint(tmp_path / 'best.pt', model, _config(arch), {}, logit_offset=offset)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    rebuilt, _ = model_from_checkpoint(path)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad(): shift = rebuilt(x) - model(x)
+    assert torch.allclose(shift, offset.view(1, -1, 1, 1).expand_as(shift), atol=1e-5), head_bias_name(model)
+    with pytest.raises(ValueError, match='no segmentation_head'): head_bias_name(nn.Conv2d(3, 19, 1))
 
 
 def test_checkpoint_keeps_model_options_and_unwraps(tmp_path):

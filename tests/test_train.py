@@ -44,6 +44,7 @@ def tiny(train_set, tmp_path, **kw):
     (dict(epochs=0), 'config.epochs'),
     (dict(paste=1.5), 'config.paste: must be a chance in [0, 1]'),
     (dict(encoder_lr=0), 'config.encoder_lr: must be a share of lr'),
+    (dict(logit_adjust=1.5), 'config.logit_adjust: must be a share in [0, 1]'),
     (dict(val_split='nope'), 'nope'),
 ])
 def test_bad_config_fails_before_any_work(train_set, tmp_path, monkeypatch, kw, message):
@@ -195,6 +196,25 @@ def test_ema_is_what_validation_scores_and_best_pt_keeps(train_set, tmp_path):
     if ckpt['metrics']['epoch'] == 2: assert all(torch.equal(best['state_dict'][k], avg[k]) for k in avg)
     with pytest.raises(DataError, match=r'config.ema: must be a decay in \[0, 1\)'):
         fit(tiny(train_set, tmp_path, name='bad', ema=1.0))
+
+
+def test_logit_adjust_is_what_validation_scores_and_best_pt_decodes(train_set, tmp_path):
+    """--logit-adjust 1 with dice_bce: validation adds the offset of `losses.logit_offset` (from the training split's
+    pixels) to the logits, best.pt holds it in its head's bias, so best.pt alone gives back the recorded score, which
+    the raw weights (last.pt, the training state) do not; another loss gets no offset. A barely trained model, whose
+    logits are small, so the offset moves its argmax."""
+    from faceseg_lib.dataset import label_stats
+    run = fit(tiny(train_set, tmp_path, name='adj', epochs=1, max_steps=1, loss='dice_bce', logit_adjust=1.0, lr=1e-6))
+    best, last = (torch.load(run / n, weights_only=True) for n in ('best.pt', 'last.pt'))
+    want = losses.split_offset(label_stats(train_set, 'train', progress=False), 1.0)
+    assert torch.allclose(torch.tensor(best['metrics']['logit_offset']), want) and want.abs().max() > 1
+    key = 'segmentation_head.0.bias'
+    assert torch.allclose(best['state_dict'][key] - last['state_dict'][key], want, atol=1e-6) and 'logit_offset' not in last['metrics']
+    recorded = load_history(run).iloc[0]['val_mean_f1']
+    adjusted, raw = (np.nanmean(f1_from_counts(evaluate_checkpoint(run / n, train_set)[0])[1:]) for n in ('best.pt', 'last.pt'))
+    assert math.isclose(adjusted, recorded, abs_tol=1e-12) and not math.isclose(raw, recorded, abs_tol=1e-3)
+    other = fit(tiny(train_set, tmp_path, name='ce', epochs=1, max_steps=1, loss='dice_ce', logit_adjust=1.0))
+    assert 'logit_offset' not in torch.load(other / 'best.pt', weights_only=True)['metrics']
 
 
 def test_seeded_runs_repeat_and_seeds_differ(train_set, tmp_path):

@@ -1,0 +1,86 @@
+"""Logit adjustment screened on trained runs: how much of dice_bce's class weights to take back at decode.
+
+Each `best.pt` of recipe A's runs 0..FOLDS-1 (trained without adjustment, e.g. `default-bs4`) is decoded on its own
+validation fold with the offsets `losses.split_offset` gives for each share (from its fold's training images, as
+`fit` computes them), and the pixel counts are summed over the folds, as `recipe_study.py --pooled` scores: one
+dataset-level F1 per part over the whole sample. No training: the screen that chose `--logit-adjust`.
+
+For each fold it also picks the share that scores best on the other folds (a nested choice, so no fold is scored with
+a share chosen on its own images), and gives the nested choice's pooled gap to recipe B with the paired bootstrap
+interval over images of `recipe_study.bootstrap_gap`:
+
+    python benchmarks/logit_adjust.py --work /tmp/study --runs default-bs4 --against careful-bs4
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'benchmarks'))
+
+SHARES = (0.0, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0)
+
+
+def adjusted_counts(run: Path, shares=SHARES) -> dict[float, np.ndarray]:
+    "Per-image pixel counts (images, 19, 19) of a run's best.pt on its own validation fold, decoded with each share's offset."
+    import torch
+    from torch.utils.data import DataLoader
+    from faceseg_lib.dataset import FaceParsingDataset, eval_transform, label_stats, model_batch
+    from faceseg_lib.evaluate import load_for_eval
+    from faceseg_lib.losses import split_offset
+    from faceseg_lib.metrics import confusion_counts
+    from faceseg_lib.models import model_scores
+    model, ckpt = load_for_eval(run / 'best.pt')
+    data, c = Path(ckpt['config']['data_dir']), ckpt['config']
+    if c.get('logit_adjust'): sys.exit(f'logit_adjust: {run} was trained with logit_adjust={c["logit_adjust"]}: screen runs trained without it')
+    stats = label_stats(data, c.get('train_split', 'train'), progress=False)
+    offsets = {s: split_offset(stats, s).view(1, -1, 1, 1) for s in shares}
+    ds = FaceParsingDataset(data, c.get('val_split', 'val'), transform=eval_transform(c['size'], normalize=False))
+    out = {s: [] for s in shares}
+    with torch.inference_mode():
+        for x, y in DataLoader(ds, batch_size=6):
+            x, y = model_batch(x, y, torch.device('cpu'))
+            logp = model_scores(model, x).clamp_min(1e-12).log()  # softmax: log-probabilities are the logits up to a constant
+            for s in shares: out[s].append(confusion_counts((logp + offsets[s]).argmax(1), y, per_image=True).numpy())
+    return {s: np.concatenate(v) for s, v in out.items()}
+
+
+def main(argv=None) -> int:
+    import recipe_study as rs
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog='\n\n'.join(__doc__.split('\n\n')[1:]))
+    p.add_argument('--work', required=True, help="recipe_study.py's --work folder")
+    p.add_argument('--size', type=int, default=256)
+    p.add_argument('--epochs', type=int, default=10)
+    p.add_argument('--folds', type=int, default=5)
+    p.add_argument('--runs', default='default-bs4', help='the recipe whose best.pt files are decoded (trained without adjustment)')
+    p.add_argument('--against', default='careful-bs4', help='the recipe the nested choice is compared with')
+    p.add_argument('--init', default='imagenet')
+    a = p.parse_args(argv)
+    runs = Path(a.work) / f'runs-{a.size}px-{a.epochs}ep'
+    common, _ = rs.common_runs(runs, [a.runs, a.against], a.init)
+    common = [r for r in common if r < a.folds]
+    if not common: sys.exit(f'logit_adjust: no run of {a.runs} and {a.against} ({a.init}) finished under {runs}')
+    counts = {r: adjusted_counts(runs / f'{a.runs}-{a.init}-r{r}') for r in common}
+    score = lambda folds, s: float(np.nanmean(rs.pooled_f1([counts[r][s].sum(0) for r in folds])[1:]))
+    print(f'{a.runs} ({a.init}), runs {", ".join(map(str, common))}: mean F1 over the 18 parts with a share of the weights taken back\n')
+    print('| share | pooled | ' + ' | '.join(f'fold {r}' for r in common) + ' |\n|---|---|' + '---|' * len(common))
+    for s in SHARES: print(f'| {s:g} | {score(common, s):.4f} | ' + ' | '.join(f'{score([r], s):.4f}' for r in common) + ' |')
+    if len(common) < 2: print('\none run: no other folds to choose a share on'); return 0
+    chosen = {r: max(SHARES, key=lambda s: score([k for k in common if k != r], s)) for r in common}
+    nested = np.concatenate([counts[r][chosen[r]] for r in common])
+    theirs = np.concatenate([rs.image_counts(runs / f'{a.against}-{a.init}-r{r}') for r in common])
+    gap, lo, hi = rs.bootstrap_gap(nested, theirs)
+    print(f'\nnested choice (the share best on the other folds): {", ".join(f"fold {r}: {s:g}" for r, s in chosen.items())}; '
+          f'pooled {np.nanmean(rs.pooled_f1([nested.sum(0)])[1:]):.4f}, {a.against} {np.nanmean(rs.pooled_f1([theirs.sum(0)])[1:]):.4f}, '
+          f'gap {gap:+.4f}, 90 % interval over images [{lo:+.4f}, {hi:+.4f}]')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

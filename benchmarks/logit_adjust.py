@@ -61,18 +61,24 @@ def main(argv=None) -> int:
     p.add_argument('--runs', default='default-bs4', help='the recipe whose best.pt files are decoded (trained without adjustment)')
     p.add_argument('--against', default='careful-bs4', help='the recipe the nested choice is compared with')
     p.add_argument('--init', default='imagenet')
+    p.add_argument('--share', type=float, default=0.5, help='print every part\'s pooled F1 at this share beside share 0')
     a = p.parse_args(argv)
     runs = Path(a.work) / f'runs-{a.size}px-{a.epochs}ep'
     common, _ = rs.common_runs(runs, [a.runs, a.against], a.init)
     common = [r for r in common if r < a.folds]
     if not common: sys.exit(f'logit_adjust: no run of {a.runs} and {a.against} ({a.init}) finished under {runs}')
-    counts = {r: adjusted_counts(runs / f'{a.runs}-{a.init}-r{r}') for r in common}
+    shares = tuple(sorted(set(SHARES) | {a.share}))
+    counts = {r: adjusted_counts(runs / f'{a.runs}-{a.init}-r{r}', shares) for r in common}
     score = lambda folds, s: float(np.nanmean(rs.pooled_f1([counts[r][s].sum(0) for r in folds])[1:]))
     print(f'{a.runs} ({a.init}), runs {", ".join(map(str, common))}: mean F1 over the 18 parts with a share of the weights taken back\n')
     print('| share | pooled | ' + ' | '.join(f'fold {r}' for r in common) + ' |\n|---|---|' + '---|' * len(common))
-    for s in SHARES: print(f'| {s:g} | {score(common, s):.4f} | ' + ' | '.join(f'{score([r], s):.4f}' for r in common) + ' |')
+    for s in shares: print(f'| {s:g} | {score(common, s):.4f} | ' + ' | '.join(f'{score([r], s):.4f}' for r in common) + ' |')
+    from faceseg_lib.labels import PARTS
+    f1 = {s: rs.pooled_f1([counts[r][s].sum(0) for r in common])[1:] for s in (0.0, a.share)}
+    print(f'\n| part | share 0 | share {a.share:g} | change |\n|---|---|---|---|')
+    for j, part in enumerate(PARTS): print(f'| {part} | {f1[0.0][j]:.3f} | {f1[a.share][j]:.3f} | {f1[a.share][j] - f1[0.0][j]:+.3f} |')
     if len(common) < 2: print('\none run: no other folds to choose a share on'); return 0
-    chosen = {r: max(SHARES, key=lambda s: score([k for k in common if k != r], s)) for r in common}
+    chosen = {r: max(shares, key=lambda s: score([k for k in common if k != r], s)) for r in common}
     nested = np.concatenate([counts[r][chosen[r]] for r in common])
     theirs = np.concatenate([rs.image_counts(runs / f'{a.against}-{a.init}-r{r}') for r in common])
     gap, lo, hi = rs.bootstrap_gap(nested, theirs)

@@ -214,7 +214,8 @@ def image_counts(run: Path) -> np.ndarray:
     model, ckpt = load_for_eval(run / 'best.pt')
     ds = FaceParsingDataset(ckpt['config']['data_dir'], 'val', transform=eval_transform(ckpt['config']['size'], normalize=False))
     counts = np.stack([evaluate_model(model, Subset(ds, [i]))[0].matrix for i in range(len(ds))])  # one image at a time
-    if not np.array_equal(counts.sum(0), fold_counts(run)): sys.exit(f'recipe_study: the images of {run} do not add up to its eval-val')
+    moved = int(np.abs(counts.sum(0) - fold_counts(run)).sum()) // 2  # batch 1 against 8: a near-tie pixel may flip (1 in 4 M seen)
+    if moved > 1e-5 * counts.sum(): sys.exit(f'recipe_study: the images of {run} do not add up to its eval-val ({moved} pixels differ)')
     out.parent.mkdir(exist_ok=True); np.save(out, counts)
     return counts
 

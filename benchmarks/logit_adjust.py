@@ -28,26 +28,14 @@ SHARES = (0.0, 0.25, 0.375, 0.5, 0.625, 0.75, 1.0)
 
 def adjusted_counts(run: Path, shares=SHARES) -> dict[float, np.ndarray]:
     "Per-image pixel counts (images, 19, 19) of a run's best.pt on its own validation fold, decoded with each share's offset."
-    import torch
-    from torch.utils.data import DataLoader
-    from faceseg_lib.dataset import FaceParsingDataset, eval_transform, label_stats, model_batch
-    from faceseg_lib.evaluate import load_for_eval
+    import recipe_study as rs
+    from faceseg_lib.dataset import label_stats
     from faceseg_lib.losses import split_offset
-    from faceseg_lib.metrics import confusion_counts
-    from faceseg_lib.models import model_scores
-    model, ckpt = load_for_eval(run / 'best.pt')
-    data, c = Path(ckpt['config']['data_dir']), ckpt['config']
+    from faceseg_lib.models import load_checkpoint
+    c = load_checkpoint(run / 'best.pt')['config']
     if c.get('logit_adjust'): sys.exit(f'logit_adjust: {run} was trained with logit_adjust={c["logit_adjust"]}: screen runs trained without it')
-    stats = label_stats(data, c.get('train_split', 'train'), progress=False)
-    offsets = {s: split_offset(stats, s).view(1, -1, 1, 1) for s in shares}
-    ds = FaceParsingDataset(data, c.get('val_split', 'val'), transform=eval_transform(c['size'], normalize=False))
-    out = {s: [] for s in shares}
-    with torch.inference_mode():
-        for x, y in DataLoader(ds, batch_size=6):
-            x, y = model_batch(x, y, torch.device('cpu'))
-            logp = model_scores(model, x).clamp_min(1e-12).log()  # softmax: log-probabilities are the logits up to a constant
-            for s in shares: out[s].append(confusion_counts((logp + offsets[s]).argmax(1), y, per_image=True).numpy())
-    return {s: np.concatenate(v) for s, v in out.items()}
+    stats = label_stats(c['data_dir'], c.get('train_split', 'train'), progress=False)
+    return rs.decoded_counts(run, {s: split_offset(stats, s) for s in shares})
 
 
 def main(argv=None) -> int:

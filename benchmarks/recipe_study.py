@@ -204,17 +204,34 @@ def fold_counts(run: Path) -> np.ndarray:
     return load_evaluation(out)['confusion']
 
 
+def decoded_counts(run: Path, offsets: dict) -> dict:
+    """Per-image pixel counts (images, 19, 19) of a finished run's best.pt on its own validation fold, one array per entry
+    of `offsets` (key -> (19,) logit offset added to the log class scores, or None: the checkpoint's own decode)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from faceseg_lib.dataset import FaceParsingDataset, eval_transform, model_batch
+    from faceseg_lib.evaluate import load_for_eval, predict_probs
+    from faceseg_lib.metrics import confusion_counts
+    model, ckpt = load_for_eval(run / 'best.pt')
+    c = ckpt['config']
+    ds = FaceParsingDataset(c['data_dir'], c.get('val_split', 'val'), transform=eval_transform(c['size'], normalize=False))
+    out = {k: [] for k in offsets}
+    with torch.inference_mode():
+        for x, y in DataLoader(ds, batch_size=8):  # evaluate's batches
+            x, y = model_batch(x, y, torch.device('cpu'))
+            scores = predict_probs(model, x)
+            for k, o in offsets.items():
+                pred = scores if o is None else scores.clamp_min(1e-12).log() + o.view(1, -1, 1, 1)  # softmax: log scores = logits + a constant
+                out[k].append(confusion_counts(pred.argmax(1), y, per_image=True).numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def image_counts(run: Path) -> np.ndarray:
     "(images, 19, 19) pixel counts of each validation image of a finished run's best.pt on its own fold, kept in <run>/eval-val."
-    from torch.utils.data import Subset
-    from faceseg_lib.dataset import FaceParsingDataset, eval_transform
-    from faceseg_lib.evaluate import evaluate_model, load_for_eval
     out = run / 'eval-val' / 'image_counts.npy'
     if out.is_file() and out.stat().st_mtime >= (run / 'best.pt').stat().st_mtime: return np.load(out)
-    model, ckpt = load_for_eval(run / 'best.pt')
-    ds = FaceParsingDataset(ckpt['config']['data_dir'], 'val', transform=eval_transform(ckpt['config']['size'], normalize=False))
-    counts = np.stack([evaluate_model(model, Subset(ds, [i]))[0].matrix for i in range(len(ds))])  # one image at a time
-    moved = int(np.abs(counts.sum(0) - fold_counts(run)).sum()) // 2  # batch 1 against 8: a near-tie pixel may flip (1 in 4 M seen)
+    counts = decoded_counts(run, {'own': None})['own']
+    moved = int(np.abs(counts.sum(0) - fold_counts(run)).sum()) // 2  # another process's numerics: a near-tie pixel may flip
     if moved > 1e-5 * counts.sum(): sys.exit(f'recipe_study: the images of {run} do not add up to its eval-val ({moved} pixels differ)')
     out.parent.mkdir(exist_ok=True); np.save(out, counts)
     return counts

@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/train.html.md"""
 
 # %% ../notebooks/lib/09_train.ipynb #dc27384f
 from __future__ import annotations
-import argparse, json, math, os, random, re, sys, time
+import argparse, math, os, random, re, sys, time
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .core import amp_dtype, loader_workers, out_dir_problems, progress_bar, show_progress, resolve_device, resolve_path, spell, write_atomic
-from .config import LATER_FIELDS, RUNTIME_FIELDS, TrainConfig, add_arguments, from_namespace, value_problems, with_preset
+from .core import amp_dtype, loader_workers, progress_bar, show_progress, resolve_device, resolve_path, spell
+from .config import TrainConfig, add_arguments, from_namespace, value_problems, with_preset
 from .errors import DataError, Problem
 from .labels import NUM_CLASSES
 from .losses import LOGIT_ADJUSTED, Weighted, losses_for, make_loss, split_offset
@@ -27,13 +27,14 @@ from .dataset import (AUGMENTATIONS, SAMPLINGS, FaceParsingDataset, RepeatFactor
                                  SeededTransform, derive_seed, eval_transform, label_map, label_stats, load_meta, model_batch,
                                  REPEAT_POWERS, part_rarity, repeat_factors, split_ids, train_transform)
 from .models import (HEADS, class_scores, create_model, check_input_size, model_head, resolve_arch, resolve_encoder,
-                                save_checkpoint, load_checkpoint)
+                                save_checkpoint)
 from .metrics import ConfusionMatrix, confusion_counts, image_means, part_fscores, per_image_f1
 from .paste import RarePartPaste, paste_sources
+from .run_folder import claim, release, resume_state, run_problems
 from .history import BEST_BY, dead_warning, epoch_line, history_row, noise_note, small_val_warning, write_history
 
 # %% auto #0
-__all__ = ['SYNC_EVERY', 'RUN_FILES', 'resolved', 'config_problems', 'data_problems', 'run_dir', 'validate', 'make_loaders',
+__all__ = ['SYNC_EVERY', 'resolved', 'config_problems', 'data_problems', 'run_dir', 'validate', 'make_loaders',
            'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'image_spread', 'TrainingSetup',
            'make_ema', 'build_model', 'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
 
@@ -81,21 +82,12 @@ def run_dir(config: TrainConfig) -> Path:
     c = resolved(config)
     return resolve_path(c.out_dir) / c.name
 
-def _run_dir_problems(c: TrainConfig) -> list[Problem]:
-    "A run folder that cannot be one (a file in its place), or that holds an earlier run while resume is off."
-    run = run_dir(c)
-    if out_dir_problems(run): return out_dir_problems(run, 'runs')
-    if not c.resume and run.is_dir() and any(run.iterdir()):
-        return [Problem(str(run), 'holds an earlier run (training never overwrites one)',
-                        f"pass {spell('resume=True', '--resume')} to continue it, or choose another {spell('name / out_dir', '--name / --out-dir')}")]
-    return []
-
 def validate(config: TrainConfig) -> TrainConfig:
     "The resolved config (paths made absolute), once every value, the model/size pair, the dataset and the run folder check out."
     c = resolved(config)
     c = replace(c, data_dir=str(resolve_path(c.data_dir)), out_dir=str(resolve_path(c.out_dir)))  # relative: from the working directory
     problems = config_problems(c)
-    problems += _model_problems(c) + data_problems(c) + _run_dir_problems(c)
+    problems += _model_problems(c) + data_problems(c) + run_problems(run_dir(c), c.resume)
     if problems: raise DataError.from_problems(problems, 'Bad training config')
     return c
 
@@ -228,35 +220,6 @@ def image_spread(image_f1: np.ndarray, device: torch.device) -> tuple[float, flo
     mean = s1 / n
     return mean, math.sqrt(max(0.0, s2 / n - mean ** 2) * n / max(n - 1, 1))
 
-# %% ../notebooks/lib/09_train.ipynb #ff0a5e5e
-def _config_diff(saved: Mapping, c: TrainConfig) -> list[str]:
-    "The result-changing fields whose values differ between a saved config and `c`."
-    now = asdict(c)
-    saved = {**LATER_FIELDS, **saved}  # a run saved before a field existed trained with its neutral value
-    return [f'{k}: run has {saved.get(k)!r}, now {now[k]!r}' for k in now if k not in RUNTIME_FIELDS and saved.get(k) != now[k]]
-
-def _read_json(path: Path) -> dict | None:
-    "The JSON object in `path`; None when the file is missing or not whole."
-    try: return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError): return None
-
-def _resume_state(run: Path, c: TrainConfig, steps: int, world: int) -> dict | None:
-    "The last.pt of `run` checked against `c` (None when the run has not finished an epoch yet)."
-    last, saved_cfg = run / 'last.pt', run / 'config.json'
-    ckpt = load_checkpoint(last) if last.is_file() else None
-    saved = ckpt['config'] if ckpt else _read_json(saved_cfg)
-    if saved is None: return None  # not started, or killed before its config.json was whole: nothing to keep
-    diff = _config_diff(saved, c)
-    if diff:
-        raise DataError.from_problem(last if ckpt else saved_cfg, 'was trained with another config: ' + '; '.join(diff),
-                                     'resume with the settings in its config.json, or start a new run under another name')
-    if ckpt is None: return None
-    extra = ckpt['extra']
-    if (extra['steps_per_epoch'], extra['world_size']) != (steps, world):
-        raise DataError.from_problem(last, f"was trained with {extra['world_size']} process(es) x {extra['steps_per_epoch']} steps "
-                                     f'per epoch, now {world} x {steps}', 'resume with the same data and number of processes')
-    return ckpt
-
 # %% ../notebooks/lib/09_train.ipynb #0fdebd41
 @dataclass
 class TrainingSetup:
@@ -313,30 +276,11 @@ def training_setup(c: TrainConfig,            # a validated config
                          c.channels_last and device.type == 'cuda', make_ema(model, c.ema), offset)
 
 # %% ../notebooks/lib/09_train.ipynb #9cc72997
-RUN_FILES: tuple[str, ...] = ('config.json', 'history.csv', 'best.pt', 'last.pt')  # what a run folder holds
-
-def _claim(run: Path, c: TrainConfig) -> None:
-    "Write config.json; a fresh run creates it exclusively, so of two trainings started under one name the second stops."
-    run.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(asdict(c), indent=2) + '\n'
-    if c.resume and (run / 'config.json').is_file(): write_atomic(run / 'config.json', text); return  # checked by _resume_state
-    try: write_atomic(run / 'config.json', text, exclusive=True)  # whole or absent, even if killed here
-    except FileExistsError:
-        raise DataError.from_problem(run, 'was just taken by another training started under the same name',
-                                     f"choose another {spell('name', '--name')}, or let that one finish and pass {spell('resume=True', '--resume')}") from None
-
-def _unclaim(run: Path) -> None:
-    "Remove what a run that failed before finishing its first epoch wrote, so the same command can simply run again."
-    if (run / 'last.pt').exists(): return  # a finished epoch: keep everything, --resume continues from it
-    for name in RUN_FILES: (run / name).unlink(missing_ok=True)
-    try: run.rmdir()
-    except OSError: pass  # the folder holds other files: leave them
-
 def _start_or_resume(run: Path, c: TrainConfig, s: TrainingSetup, steps: int, world: int, main: bool) -> dict:
     "The run's state: from last.pt (model, optimizer, schedule and scaler loaded) when resuming, else fresh (config.json written)."
-    ckpt = _resume_state(run, c, steps, world) if c.resume and run.is_dir() else None
+    ckpt = resume_state(run, c, steps, world) if c.resume and run.is_dir() else None
     if ckpt is None:
-        if main: _claim(run, c)
+        if main: claim(run, c)
         return {'epoch': 0, 'history': [], 'best_score': -math.inf, 'best_epoch': 0}
     s.model.load_state_dict(ckpt['state_dict']); s.optimizer.load_state_dict(ckpt['optimizer'])
     s.scheduler.load_state_dict(ckpt['scheduler']); s.scaler.load_state_dict(ckpt['scaler'])
@@ -419,7 +363,7 @@ def _fit(c: TrainConfig, rank: int, world: int, device: torch.device) -> Path:
             if main: _save_epoch(run, c, s, state, row, cm, improved, steps, world)
             log(epoch_line(row, c.epochs, improved) + dead_warning(row, c.val_split))
     except BaseException:  # failed before finishing an epoch: remove what it wrote, so the same command runs again
-        if main: _unclaim(run)
+        if main: release(run)
         raise
     if dist.is_available() and dist.is_initialized(): dist.barrier()  # nobody leaves before rank 0 has written
     last = state['history'][-1]

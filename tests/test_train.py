@@ -12,6 +12,7 @@ import torch
 import faceseg_lib.config as settings
 import faceseg_lib.losses as losses
 import faceseg_lib.optim as optim
+import faceseg_lib.run_folder as run_folder
 import faceseg_lib.train as train
 from faceseg_lib.dataset import FaceParsingDataset, eval_transform
 from faceseg_lib.errors import DataError
@@ -457,9 +458,9 @@ def test_a_run_that_diverges_leaves_nothing_that_blocks_the_same_command(train_s
 
 def test_two_trainings_under_one_name_the_second_stops(tmp_path):
     c = train.resolved(TrainConfig(name='twin'))
-    train._claim(tmp_path / 'twin', c)  # the first one's config.json is there
+    run_folder.claim(tmp_path / 'twin', c)  # the first one's config.json is there
     with pytest.raises(DataError, match='was just taken by another training started under the same name.*resume=True'):
-        train._claim(tmp_path / 'twin', c)
+        run_folder.claim(tmp_path / 'twin', c)
     assert [p.name for p in (tmp_path / 'twin').iterdir()] == ['config.json']
 
 
@@ -468,17 +469,17 @@ def test_a_run_saved_before_a_field_existed_resumes_with_its_neutral_value(train
     from dataclasses import asdict
     c = train.resolved(tiny(train_set, tmp_path))
     old = {k: v for k, v in asdict(c).items() if k not in settings.LATER_FIELDS}
-    assert c.paste == settings.LATER_FIELDS['paste'] == 0.0 and train._config_diff(old, c) == []
+    assert c.paste == settings.LATER_FIELDS['paste'] == 0.0 and run_folder.config_diff(old, c) == []
     assert c.encoder_lr == settings.LATER_FIELDS['encoder_lr'] == 1.0  # one lr for all, as runs before the field trained
-    assert train._config_diff(old, replace(c, paste=0.5)) == ['paste: run has 0.0, now 0.5']
+    assert run_folder.config_diff(old, replace(c, paste=0.5)) == ['paste: run has 0.0, now 0.5']
 
 
 def test_a_run_killed_while_claiming_its_name_resumes_as_a_fresh_start(tmp_path):
     c = train.resolved(TrainConfig(name='cut', resume=True))
     (tmp_path / 'cut').mkdir(); (tmp_path / 'cut' / 'config.json').write_text('')  # an older kit: killed between open('x') and write
-    assert train._resume_state(tmp_path / 'cut', c, 4, 1) is None  # nothing to continue: train from the start
-    train._claim(tmp_path / 'cut', c)
+    assert run_folder.resume_state(tmp_path / 'cut', c, 4, 1) is None  # nothing to continue: train from the start
+    run_folder.claim(tmp_path / 'cut', c)
     assert json.loads((tmp_path / 'cut' / 'config.json').read_text())['name'] == 'cut'
-    train._claim(tmp_path / 'fresh', replace(c, resume=False))  # claimed whole through a hard link, no temp file left
+    run_folder.claim(tmp_path / 'fresh', replace(c, resume=False))  # claimed whole through a hard link, no temp file left
     assert [p.name for p in (tmp_path / 'fresh').iterdir()] == ['config.json']
     assert json.loads((tmp_path / 'fresh' / 'config.json').read_text())['resume'] is False

@@ -6,8 +6,8 @@ validation fold with the offsets `losses.split_offset` gives for each share (fro
 dataset-level F1 per part over the whole sample. No training: the screen that chose `--logit-adjust`.
 
 For each fold it also picks the share that scores best on the other folds (a nested choice, so no fold is scored with
-a share chosen on its own images), and gives the nested choice's pooled gap to recipe B with the paired bootstrap
-interval over images of `recipe_study.bootstrap_gap`:
+a share chosen on its own images), and gives the nested choice's pooled gap to recipe B, on the folds B also ran, with
+the paired bootstrap interval over images of `recipe_study.bootstrap_gap`:
 
     python benchmarks/logit_adjust.py --work /tmp/study --runs default-bs4 --against careful-bs4
 """
@@ -52,26 +52,30 @@ def main(argv=None) -> int:
     p.add_argument('--share', type=float, default=0.5, help='print every part\'s pooled F1 at this share beside share 0')
     a = p.parse_args(argv)
     runs = Path(a.work) / f'runs-{a.size}px-{a.epochs}ep'
-    common, _ = rs.common_runs(runs, [a.runs, a.against], a.init)
-    common = [r for r in common if r < a.folds]
-    if not common: sys.exit(f'logit_adjust: no run of {a.runs} and {a.against} ({a.init}) finished under {runs}')
+    mine, _ = rs.common_runs(runs, [a.runs], a.init)
+    mine = [r for r in mine if r < a.folds]
+    if not mine: sys.exit(f'logit_adjust: no run of {a.runs} ({a.init}) finished under {runs}')
+    common = [r for r in rs.common_runs(runs, [a.runs, a.against], a.init)[0] if r < a.folds]
     shares = tuple(sorted(set(SHARES) | {a.share}))
-    counts = {r: adjusted_counts(runs / f'{a.runs}-{a.init}-r{r}', shares) for r in common}
+    counts = {r: adjusted_counts(runs / f'{a.runs}-{a.init}-r{r}', shares) for r in mine}
     score = lambda folds, s: float(np.nanmean(rs.pooled_f1([counts[r][s].sum(0) for r in folds])[1:]))
-    print(f'{a.runs} ({a.init}), runs {", ".join(map(str, common))}: mean F1 over the 18 parts with a share of the weights taken back\n')
-    print('| share | pooled | ' + ' | '.join(f'fold {r}' for r in common) + ' |\n|---|---|' + '---|' * len(common))
-    for s in shares: print(f'| {s:g} | {score(common, s):.4f} | ' + ' | '.join(f'{score([r], s):.4f}' for r in common) + ' |')
+    print(f'{a.runs} ({a.init}), runs {", ".join(map(str, mine))}: mean F1 over the 18 parts with a share of the weights taken back\n')
+    print('| share | pooled | ' + ' | '.join(f'fold {r}' for r in mine) + ' |\n|---|---|' + '---|' * len(mine))
+    for s in shares: print(f'| {s:g} | {score(mine, s):.4f} | ' + ' | '.join(f'{score([r], s):.4f}' for r in mine) + ' |')
     from faceseg_lib.labels import PARTS
-    f1 = {s: rs.pooled_f1([counts[r][s].sum(0) for r in common])[1:] for s in (0.0, a.share)}
+    f1 = {s: rs.pooled_f1([counts[r][s].sum(0) for r in mine])[1:] for s in (0.0, a.share)}
     print(f'\n| part | share 0 | share {a.share:g} | change |\n|---|---|---|---|')
     for j, part in enumerate(PARTS): print(f'| {part} | {f1[0.0][j]:.3f} | {f1[a.share][j]:.3f} | {f1[a.share][j] - f1[0.0][j]:+.3f} |')
-    if len(common) < 2: print('\none run: no other folds to choose a share on'); return 0
-    chosen = {r: max(shares, key=lambda s: score([k for k in common if k != r], s)) for r in common}
+    if len(mine) < 2: print('\none run: no other folds to choose a share on'); return 0
+    chosen = {r: max(shares, key=lambda s: score([k for k in mine if k != r], s)) for r in mine}
+    nested = np.concatenate([counts[r][chosen[r]] for r in mine])
+    print(f'\nnested choice (the share best on the other folds): {", ".join(f"fold {r}: {s:g}" for r, s in chosen.items())}; '
+          f'pooled {np.nanmean(rs.pooled_f1([nested.sum(0)])[1:]):.4f}')
+    if not common: print(f'no run of {a.against} ({a.init}) on these folds: no gap'); return 0
     nested = np.concatenate([counts[r][chosen[r]] for r in common])
     theirs = np.concatenate([rs.image_counts(runs / f'{a.against}-{a.init}-r{r}') for r in common])
     gap, lo, hi = rs.bootstrap_gap(nested, theirs)
-    print(f'\nnested choice (the share best on the other folds): {", ".join(f"fold {r}: {s:g}" for r, s in chosen.items())}; '
-          f'pooled {np.nanmean(rs.pooled_f1([nested.sum(0)])[1:]):.4f}, {a.against} {np.nanmean(rs.pooled_f1([theirs.sum(0)])[1:]):.4f}, '
+    print(f'on the folds {a.against} ran ({", ".join(map(str, common))}): nested pooled {np.nanmean(rs.pooled_f1([nested.sum(0)])[1:]):.4f}, {a.against} {np.nanmean(rs.pooled_f1([theirs.sum(0)])[1:]):.4f}, '
           f'gap {gap:+.4f}, 90 % interval over images [{lo:+.4f}, {hi:+.4f}]')
     return 0
 

@@ -134,6 +134,9 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path, capsys):
                     '--against', 'original', '--init', 'random']) == 0
     share0 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('| 0 |')).strip('| ').split(' | ')
     assert abs(float(share0[1]) - res['careful']) < 1e-3  # share 0: the study's own score
+    assert la.main(['--work', str(tmp_path), '--size', '64', '--epochs', '1', '--folds', '3', '--runs', 'careful',
+                    '--against', 'default-bs2', '--init', 'random']) == 0  # a recipe not run beside it: the screen all the same
+    assert next(line for line in capsys.readouterr().out.splitlines() if line.startswith('| 0 |')).strip('| ').split(' | ') == share0
     # the original recipe run the original way (plain smp + torch) on the same folds, beside the study's `original` row
     ref = load_script('benchmarks/original_reference.py')
     import torch

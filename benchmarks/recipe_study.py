@@ -34,8 +34,8 @@ RARE = ('eye_g', 'hat', 'ear_r', 'neck_l')  # the parts present in few images
 
 # recipe name -> TrainConfig fields (a preset and what changes on top of it); the recipes measured before the default took
 # rare-part sampling from pretrained weights name sampling='uniform', and those measured before it took batch 4 name
-# batch_size=8, and every recipe on the default preset measured before it took logit adjustment from pretrained weights
-# keeps logit_adjust=0 (set below the table), so they still train what their results show
+# batch_size=8, and every recipe on the default preset measured before it took logit adjustment (from pretrained weights
+# first, then from random ones too) keeps logit_adjust=0 (set below the table), so they still train what their results show
 RECIPES: dict[str, dict] = {
     'default': dict(preset='default'),
     'default-uniform': dict(preset='default', batch_size=8, sampling='uniform'),  # the default before rare-part sampling from pretrained weights
@@ -81,8 +81,9 @@ RECIPES: dict[str, dict] = {
     'default-bs4-enc0.1': dict(preset='default', batch_size=4, encoder_lr=0.1),  # the default from ImageNet weights, its encoder at a tenth of the lr
     'careful-bs4-enc0.1': dict(preset='careful', batch_size=4, encoder_lr=0.1),
     'default-bs4-adj': dict(preset='default', batch_size=4, logit_adjust=0.5),  # the default from ImageNet weights, with logit adjustment
+    'default-bs2-adj': dict(preset='default', batch_size=2, logit_adjust=0.5),  # the default from random weights, with logit adjustment
 }
-ADJUSTED = ('default-bs4-adj',)  # the recipes on the default preset measured with its logit adjustment
+ADJUSTED = ('default-bs4-adj', 'default-bs2-adj')  # the recipes on the default preset measured with its logit adjustment
 for _name, _recipe in RECIPES.items():
     if _recipe['preset'] == 'default' and _name not in ADJUSTED: _recipe.setdefault('logit_adjust', 0.0)
 

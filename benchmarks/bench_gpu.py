@@ -27,7 +27,7 @@ def _train_rate(variant: str, size: int, batch: int, warmup: int, steps: int, de
     from faceseg_lib.train import resolved, train_epoch, training_setup
     dev = torch.device(device)
     cuda = dev.type == 'cuda'
-    c = resolved(TrainConfig(size=size, batch_size=batch, encoder_weights=None, device=device))
+    c = resolved(TrainConfig(size=size, batch_size=batch, encoder_weights=None, device=device, logit_adjust=0.0))  # no data: no offset (it only changes decoding)
     fp32 = variant == 'fp32'
     if fp32: c = replace(c, amp='off', channels_last=False)  # plain PyTorch: float32, NCHW
     model = _model().to(dev)

@@ -68,11 +68,11 @@ def main(argv=None) -> int:
     for j, part in enumerate(PARTS): print(f'| {part} | {f1[0.0][j]:.3f} | {f1[a.share][j]:.3f} | {f1[a.share][j] - f1[0.0][j]:+.3f} |')
     if len(mine) < 2: print('\none run: no other folds to choose a share on'); return 0
     chosen = {r: max(shares, key=lambda s: score([k for k in mine if k != r], s)) for r in mine}
-    nested = np.concatenate([counts[r][chosen[r]] for r in mine])
+    picked = {r: counts[r][chosen[r]] for r in mine}  # each fold decoded with its nested share
     print(f'\nnested choice (the share best on the other folds): {", ".join(f"fold {r}: {s:g}" for r, s in chosen.items())}; '
-          f'pooled {np.nanmean(rs.pooled_f1([nested.sum(0)])[1:]):.4f}')
+          f'pooled {np.nanmean(rs.pooled_f1([v.sum(0) for v in picked.values()])[1:]):.4f}')
     if not common: print(f'no run of {a.against} ({a.init}) on these folds: no gap'); return 0
-    nested = np.concatenate([counts[r][chosen[r]] for r in common])
+    nested = np.concatenate([picked[r] for r in common])
     theirs = np.concatenate([rs.image_counts(runs / f'{a.against}-{a.init}-r{r}') for r in common])
     gap, lo, hi = rs.bootstrap_gap(nested, theirs)
     print(f'on the folds {a.against} ran ({", ".join(map(str, common))}): nested pooled {np.nanmean(rs.pooled_f1([nested.sum(0)])[1:]):.4f}, {a.against} {np.nanmean(rs.pooled_f1([theirs.sum(0)])[1:]):.4f}, '

@@ -27,7 +27,7 @@ from .dataset import (AUGMENTATIONS, SAMPLINGS, FaceParsingDataset, RepeatFactor
                                  SeededTransform, derive_seed, eval_transform, label_map, label_stats, load_meta, model_batch,
                                  REPEAT_POWERS, part_rarity, repeat_factors, split_ids, train_transform)
 from .models import (HEADS, class_scores, create_model, check_input_size, model_head, resolve_arch, resolve_encoder,
-                                save_checkpoint)
+                                save_checkpoint, head_bias_name)
 from .metrics import ConfusionMatrix, confusion_counts, image_means, part_fscores, per_image_f1
 from .paste import RarePartPaste, paste_sources
 from .run_folder import claim, release, resume_state, run_problems
@@ -239,6 +239,12 @@ class TrainingSetup:
         "The model validation scores and best.pt keeps: the moving average where there is one."
         return self.model if self.ema is None else self.ema.module
 
+    def raw_state(self) -> dict[str, torch.Tensor]:
+        "The training weights that differ from the saved scored model (on the CPU): all under a weight average, else the head's bias when an offset is folded into it."
+        state = self.model.state_dict()
+        keep = state if self.ema is not None else {head_bias_name(self.model)} if self.offset is not None else ()
+        return {k: state[k].detach().cpu().clone() for k in keep}
+
 def make_ema(model: nn.Module, decay: float) -> nn.Module | None:
     "torch's AveragedModel keeping an exponential moving average of `model`'s weights and buffers (decay per step); None for 0."
     if not decay: return None
@@ -282,10 +288,10 @@ def _start_or_resume(run: Path, c: TrainConfig, s: TrainingSetup, steps: int, wo
     if ckpt is None:
         if main: claim(run, c)
         return {'epoch': 0, 'history': [], 'best_score': -math.inf, 'best_epoch': 0}
-    s.model.load_state_dict(ckpt['state_dict']); s.optimizer.load_state_dict(ckpt['optimizer'])
+    extra = ckpt['extra']  # last.pt holds the model validation scored; `raw` the training weights that differ from it (none in older runs)
+    s.model.load_state_dict({**ckpt['state_dict'], **extra.get('raw', {})}); s.optimizer.load_state_dict(ckpt['optimizer'])
     s.scheduler.load_state_dict(ckpt['scheduler']); s.scaler.load_state_dict(ckpt['scaler'])
-    if s.ema is not None: s.ema.load_state_dict(ckpt['extra']['ema'])
-    extra = ckpt['extra']
+    if s.ema is not None: s.ema.load_state_dict(extra['ema'])
     return {'epoch': extra['epoch'], 'history': list(extra['history']), 'best_score': extra['best_score'], 'best_epoch': extra['best_epoch']}
 
 def _record_epoch(state: dict, row: dict, best_by: str = 'mean_f1') -> bool:
@@ -299,17 +305,16 @@ def _record_epoch(state: dict, row: dict, best_by: str = 'mean_f1') -> bool:
 # %% ../notebooks/lib/09_train.ipynb #5a3b2c07
 def _save_epoch(run: Path, c: TrainConfig, s: TrainingSetup, state: dict, row: dict, cm: ConfusionMatrix, improved: bool,
                 steps: int, world: int) -> None:
-    "Write history.csv, best.pt (if `improved`) and last.pt (with everything a resume needs)."
+    "Write history.csv, best.pt (if `improved`) and last.pt: both the model as validation scored it, last.pt also all a resume needs."
     write_history(run, state['history'])
     metrics = {'epoch': row['epoch'], 'split': c.val_split, 'val_loss': row['val_loss'], **cm.summary()}
-    if improved:  # the inference model: the logit offset folded into its head, as validation scored it
-        save_checkpoint(run / 'best.pt', s.scored, asdict(c), metrics if s.offset is None else {**metrics, 'logit_offset': s.offset.tolist()},
-                        logit_offset=s.offset)
-    save_checkpoint(run / 'last.pt', s.model, asdict(c), metrics, optimizer_state=s.optimizer.state_dict(),
+    if s.offset is not None: metrics['logit_offset'] = s.offset.tolist()
+    if improved: save_checkpoint(run / 'best.pt', s.scored, asdict(c), metrics, logit_offset=s.offset)
+    save_checkpoint(run / 'last.pt', s.scored, asdict(c), metrics, logit_offset=s.offset, optimizer_state=s.optimizer.state_dict(),
                     scheduler_state=s.scheduler.state_dict(), scaler_state=s.scaler.state_dict(),
                     extra={'epoch': row['epoch'], 'history': state['history'], 'best_score': state['best_score'],
                            'best_epoch': state['best_epoch'], 'steps_per_epoch': steps, 'world_size': world,
-                           'ema': None if s.ema is None else s.ema.state_dict()})
+                           'ema': None if s.ema is None else s.ema.state_dict(), 'raw': s.raw_state()})
 
 # %% ../notebooks/lib/09_train.ipynb #503fa90f
 def fit(config: TrainConfig | Mapping | None = None, **overrides) -> Path:

@@ -186,34 +186,43 @@ def test_resume_after_interruption_equals_uninterrupted_run(train_set, tmp_path,
 def test_ema_is_what_validation_scores_and_best_pt_keeps(train_set, tmp_path):
     """With --ema the run validates the moving average of the weights and best.pt holds it, not the raw weights."""
     run = fit(tiny(train_set, tmp_path, name='ema', epochs=2, max_steps=3, ema=0.5, lr=1e-2))
-    last, best = (torch.load(run / n, weights_only=True) for n in ('last.pt', 'best.pt'))
+    last = torch.load(run / 'last.pt', weights_only=True)
     ema = last['extra']['ema']
     assert int(ema['n_averaged']) == 6  # every optimizer step of both epochs
-    raw, avg = last['state_dict'], {k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')}
+    raw, avg = last['extra']['raw'], {k[len('module.'):]: v for k, v in ema.items() if k.startswith('module.')}
     assert set(avg) == set(raw) and any(not torch.allclose(raw[k].float(), avg[k].float()) for k in raw)  # an average, not a copy
+    assert set(last['state_dict']) == set(raw)  # last.pt holds the average as validation scored it, the raw weights for resume
     h = load_history(run)
-    m, ckpt = evaluate_checkpoint(run / 'best.pt', train_set)  # best.pt reproduces the score the run recorded for its epoch
-    assert math.isclose(np.nanmean(f1_from_counts(m)[1:]), h.iloc[ckpt['metrics']['epoch'] - 1]['val_mean_f1'], abs_tol=1e-12)
-    if ckpt['metrics']['epoch'] == 2: assert all(torch.equal(best['state_dict'][k], avg[k]) for k in avg)
+    for name in ('best.pt', 'last.pt'):  # each reproduces the score the run recorded for its epoch
+        m, ckpt = evaluate_checkpoint(run / name, train_set)
+        assert math.isclose(np.nanmean(f1_from_counts(m)[1:]), h.iloc[ckpt['metrics']['epoch'] - 1]['val_mean_f1'], abs_tol=1e-12), name
+    key, offset = 'segmentation_head.0.bias', torch.tensor(last['metrics']['logit_offset'])  # the default's logit adjustment
+    assert all(torch.equal(last['state_dict'][k], avg[k]) for k in avg if k != key)
+    assert torch.allclose(last['state_dict'][key], avg[key] + offset, atol=1e-6)
     with pytest.raises(DataError, match=r'config.ema: must be a decay in \[0, 1\)'):
         fit(tiny(train_set, tmp_path, name='bad', ema=1.0))
 
 
 def test_logit_adjust_is_what_validation_scores_and_best_pt_decodes(train_set, tmp_path):
     """--logit-adjust 1 with dice_bce: validation adds the offset of `losses.logit_offset` (from the training split's
-    pixels) to the logits, best.pt holds it in its head's bias, so best.pt alone gives back the recorded score, which
-    the raw weights (last.pt, the training state) do not; another loss gets no offset. A barely trained model, whose
-    logits are small, so the offset moves its argmax."""
+    pixels) to the logits, best.pt and last.pt hold it in their head's bias, so either alone gives back the recorded
+    score, which the raw training weights (last.pt's extra['raw'], what a resume trains on) do not; another loss gets
+    no offset. A barely trained model, whose logits are small, so the offset moves its argmax."""
     from faceseg_lib.dataset import label_stats
     run = fit(tiny(train_set, tmp_path, name='adj', epochs=1, max_steps=1, loss='dice_bce', logit_adjust=1.0, lr=1e-6))
     best, last = (torch.load(run / n, weights_only=True) for n in ('best.pt', 'last.pt'))
     want = losses.split_offset(label_stats(train_set, 'train', progress=False), 1.0)
-    assert torch.allclose(torch.tensor(best['metrics']['logit_offset']), want) and want.abs().max() > 1
     key = 'segmentation_head.0.bias'
-    assert torch.allclose(best['state_dict'][key] - last['state_dict'][key], want, atol=1e-6) and 'logit_offset' not in last['metrics']
+    for ckpt in (best, last):
+        assert torch.allclose(torch.tensor(ckpt['metrics']['logit_offset']), want) and want.abs().max() > 1
+    assert list(last['extra']['raw']) == [key] and torch.equal(best['state_dict'][key], last['state_dict'][key])
+    assert torch.allclose(last['state_dict'][key] - last['extra']['raw'][key], want, atol=1e-6)
+    torch.save({**last, 'state_dict': {**last['state_dict'], **last['extra']['raw']}}, tmp_path / 'raw.pt')
     recorded = load_history(run).iloc[0]['val_mean_f1']
-    adjusted, raw = (np.nanmean(f1_from_counts(evaluate_checkpoint(run / n, train_set)[0])[1:]) for n in ('best.pt', 'last.pt'))
-    assert math.isclose(adjusted, recorded, abs_tol=1e-12) and not math.isclose(raw, recorded, abs_tol=1e-3)
+    best_f1, last_f1, raw_f1 = (np.nanmean(f1_from_counts(evaluate_checkpoint(p, train_set)[0])[1:])
+                                for p in (run / 'best.pt', run / 'last.pt', tmp_path / 'raw.pt'))
+    assert math.isclose(best_f1, recorded, abs_tol=1e-12) and math.isclose(last_f1, recorded, abs_tol=1e-12)
+    assert not math.isclose(raw_f1, recorded, abs_tol=1e-3)
     other = fit(tiny(train_set, tmp_path, name='ce', epochs=1, max_steps=1, loss='dice_ce', logit_adjust=1.0))
     assert 'logit_offset' not in torch.load(other / 'best.pt', weights_only=True)['metrics']
 

@@ -151,7 +151,7 @@ def demo_model(recipe: dict, run: Path) -> str:
     "The model line of SUMMARY.md: the recipe as its preset fills it in (`config.with_preset`, which knows the init's part)."
     c = with_preset(TrainConfig(**recipe))
     return (f"{c.arch}/{c.encoder}, encoder weights {c.encoder_weights}, preset {c.preset} (loss {c.loss}, lr {c.lr:g}, "
-            f"sampling {c.sampling}, batch {c.batch_size}), {c.epochs} epochs" + (f" x {c.max_steps} steps" if c.max_steps else '') + f", run {run}")
+            f"sampling {c.sampling}, batch {c.batch_size}, logit adjust {c.logit_adjust:g}), {c.epochs} epochs" + (f" x {c.max_steps} steps" if c.max_steps else '') + f", run {run}")
 
 # %% ../notebooks/lib/11_pipeline.ipynb #e2e23a74
 def write_summary(out: Path, lines: list[str]) -> Path:

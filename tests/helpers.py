@@ -153,3 +153,20 @@ def headless_chromium():
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=['--no-sandbox'])  # root in CI: no sandbox
         try: yield browser
         finally: browser.close()
+
+
+# ---------------------------------------------------------------- training killed mid-run
+
+def killed_after_first_epoch(fit, config, monkeypatch):
+    """Run `fit(config)` as a process killed right after epoch 1's last.pt is on disk (KeyboardInterrupt there)."""
+    import faceseg_lib.train as train
+    save = train.save_checkpoint
+    def save_then_die(path, *args, **kwargs):
+        save(path, *args, **kwargs)
+        if Path(path).name == 'last.pt': raise KeyboardInterrupt
+    monkeypatch.setattr(train, 'save_checkpoint', save_then_die)
+    try:
+        fit(config)
+        raise AssertionError('the run was not killed: it never wrote last.pt')
+    except KeyboardInterrupt: pass
+    finally: monkeypatch.setattr(train, 'save_checkpoint', save)

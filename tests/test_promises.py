@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import faceseg_lib.train as train
 from faceseg_lib.config import TrainConfig
 from faceseg_lib.history import load_history
 from faceseg_lib.train import fit
-from helpers import SIZE
+from helpers import SIZE, killed_after_first_epoch
 
 # FPN's segmentation head has dropout: it draws from torch's global generator at every step
 DROPOUT = dict(arch='FPN', encoder='resnet18', encoder_weights=None, size=SIZE, batch_size=4, epochs=2, max_steps=2,
@@ -38,14 +37,7 @@ def test_workers_do_not_change_the_run_and_resume_is_exact_with_workers(train_se
     parallel = fit(config(train_set, tmp_path, name='parallel', workers=2))
     same_run(serial, parallel)
 
-    save = train.save_checkpoint
-    def save_then_die(path, *args, **kwargs):  # killed right after epoch 1's last.pt is on disk
-        save(path, *args, **kwargs)
-        if path.name == 'last.pt': raise KeyboardInterrupt
-    monkeypatch.setattr(train, 'save_checkpoint', save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config(train_set, tmp_path, name='killed', workers=2))
-    monkeypatch.setattr(train, 'save_checkpoint', save)
+    killed_after_first_epoch(fit, config(train_set, tmp_path, name='killed', workers=2), monkeypatch)
     same_run(serial, fit(config(train_set, tmp_path, name='killed', workers=2, resume=True)))
 
 

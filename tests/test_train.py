@@ -21,7 +21,7 @@ from faceseg_lib.models import create_model
 from faceseg_lib.config import TrainConfig
 from faceseg_lib.history import HISTORY_COLUMNS, load_history
 from faceseg_lib.train import fit
-from helpers import SIZE, evaluate_checkpoint, f1_from_counts
+from helpers import SIZE, evaluate_checkpoint, f1_from_counts, killed_after_first_epoch
 
 TINY = dict(arch='Unet', encoder='resnet18', encoder_weights=None, size=SIZE, batch_size=4, workers=0)
 
@@ -158,14 +158,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(train_set, tmp_path,
     kw = dict(epochs=2, max_steps=2, warmup_epochs=0.5, ema=ema)  # with a weight average, it must come back from last.pt too
     straight = fit(tiny(train_set, tmp_path, name='straight', **kw))
 
-    save = train.save_checkpoint
-    def save_then_die(path, *args, **kwargs):  # the process dies right after epoch 1's last.pt is on disk
-        save(path, *args, **kwargs)
-        if path.name == 'last.pt': raise KeyboardInterrupt
-    monkeypatch.setattr(train, 'save_checkpoint', save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        fit(tiny(train_set, tmp_path, name='killed', **kw))
-    monkeypatch.setattr(train, 'save_checkpoint', save)
+    killed_after_first_epoch(fit, tiny(train_set, tmp_path, name='killed', **kw), monkeypatch)
     assert len(load_history(tmp_path / 'runs' / 'killed')) == 1
 
     with pytest.raises(DataError, match='lr: run has'):  # a changed config is refused
@@ -181,6 +174,23 @@ def test_resume_after_interruption_equals_uninterrupted_run(train_set, tmp_path,
         wa, wb = (torch.load(r / name, weights_only=True)['state_dict'] for r in (straight, resumed))
         assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa), name
     assert fit(tiny(train_set, tmp_path, name='killed', resume=True, **kw)) == resumed  # finished: nothing more to do
+
+
+def test_a_last_pt_saved_before_it_kept_raw_weights_resumes_from_them(train_set, tmp_path, monkeypatch):
+    """last.pt files written before extra['raw'] existed hold the training weights themselves (no offset folded in):
+    a resume of one trains on from them and ends where the uninterrupted run does."""
+    kw = dict(epochs=2, max_steps=2, warmup_epochs=0.5, ema=0.9)  # a weight average and the default's logit offset
+    straight = fit(tiny(train_set, tmp_path, name='straight', **kw))
+    killed_after_first_epoch(fit, tiny(train_set, tmp_path, name='old', **kw), monkeypatch)
+    last_pt = tmp_path / 'runs' / 'old' / 'last.pt'
+    ckpt = torch.load(last_pt, weights_only=True)
+    raw = ckpt['extra'].pop('raw'); ckpt['metrics'].pop('logit_offset')
+    assert set(raw) == set(ckpt['state_dict'])  # under a weight average every tensor differs from the scored model
+    torch.save({**ckpt, 'state_dict': raw}, last_pt)  # as the kit wrote it before
+    resumed = fit(tiny(train_set, tmp_path, name='old', resume=True, **kw))
+    a, b = load_history(straight), load_history(resumed)
+    np.testing.assert_allclose(a.drop(columns=['seconds', 'dead_parts']).to_numpy(float),
+                               b.drop(columns=['seconds', 'dead_parts']).to_numpy(float), rtol=1e-6, atol=1e-7)
 
 
 def test_ema_is_what_validation_scores_and_best_pt_keeps(train_set, tmp_path):

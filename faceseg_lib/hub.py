@@ -50,10 +50,11 @@ def _dataset_facts(config: dict) -> dict:
     return {'source': meta.get('source'), 'splits': {k: int(v) for k, v in splits['split'].value_counts().items()}}
 
 def hub_metadata(ckpt: dict, facts: dict | None = None) -> dict:
-    "faceseg.json: the checkpoint without its weights, the classes with names and palette, input size and normalisation."
+    "faceseg.json: the checkpoint without its weights and training state, the classes with names and palette, input size and normalisation."
     from faceseg_lib.dataset import IMAGENET_MEAN, IMAGENET_STD
     config = ckpt.get('config') or {}
-    checkpoint = {k: v for k, v in ckpt.items() if k not in ('state_dict', 'optimizer', 'scheduler', 'scaler', 'path')}
+    resume = ('optimizer', 'scheduler', 'scaler', 'extra')  # a last.pt's state for --resume (its history, raw weights, weight average)
+    checkpoint = {k: v for k, v in ckpt.items() if k not in ('state_dict', 'path', *resume)}
     return to_jsonable({'format': HUB_FORMAT, 'faceseg_version': __version__, 'checkpoint': checkpoint, 'source_checkpoint': ckpt.get('path'),
                         'head': ckpt['model'].get('head', 'multiclass'), 'size': config.get('size'), 'mean': IMAGENET_MEAN, 'std': IMAGENET_STD,
                         'classes': [{'index': i, 'name': c, 'display': DISPLAY_NAMES.get(c, c), 'color': PALETTE[i].tolist()} for i, c in enumerate(CLASSES)],
@@ -79,7 +80,7 @@ def _card_sections(meta: dict) -> list[str]:
     split = ', '.join(f"{k} {v}" for k, v in sorted((data.get('splits') or {}).items())) or 'not recorded (the dataset is not here)'
     train = [('data', f"`{c.get('data_dir')}` (source: {data.get('source') or 'not recorded'})"), ('split sizes (images)', split),
              ('trained on / validated on', f"{c.get('train_split')} / {c.get('val_split')}"),
-             ('recipe', ', '.join(f"{k} {c.get(k)}" for k in ('preset', 'loss', 'optimizer', 'lr', 'scheduler', 'augmentation', 'batch_size') if k in c)),
+             ('recipe', ', '.join(f"{k} {c.get(k)}" for k in ('preset', 'loss', 'optimizer', 'lr', 'scheduler', 'augmentation', 'sampling', 'batch_size', 'logit_adjust') if k in c)),
              ('epochs', f"{t.get('epochs_run', c.get('epochs'))} run, best at epoch {ck.get('metrics', {}).get('epoch')}"),
              ('training time', f"{t['seconds_to_best'] / 60:.1f} min to the best epoch, {t['seconds_total'] / 60:.1f} min in all (history.csv)" if t else 'not recorded (no history.csv beside the checkpoint)'),
              ('hardware', f"device setting {c.get('device')!r}, amp {c.get('amp')!r} (the run does not record the machine)")]

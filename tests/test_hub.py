@@ -53,6 +53,16 @@ def test_folder_is_what_smp_reads_and_gives_the_checkpoints_labels(run, train_se
     assert meta['checkpoint']['config'] == ckpt['config'] and meta['checkpoint']['metrics'] == ckpt['metrics']
 
 
+def test_last_pt_exports_without_its_training_state(run, train_set, tmp_path):
+    """last.pt holds the model as validation scored it (the default's logit offset folded in), plus what --resume needs
+    (history, the raw head bias as tensors): the folder gets the model and leaves the training state out."""
+    assert 'raw' in torch.load(run / 'last.pt', weights_only=True)['extra']
+    report = export_hub(run / 'last.pt', tmp_path / 'hub', images=train_set)
+    meta = json.loads((tmp_path / 'hub' / 'faceseg.json').read_text())
+    assert not {'extra', 'optimizer', 'scheduler', 'scaler'} & set(meta['checkpoint']) and meta['checkpoint']['metrics']['epoch'] == 2
+    assert report['identical']  # the folder's label maps are last.pt's, as export checks
+
+
 def test_predict_on_the_folder_writes_the_checkpoints_label_maps(run, train_set, tmp_path):
     photos = [str(train_set / 'images' / f'{i}.jpg') for i in split_ids(train_set, 'test')[:3]]
     for model, out in ((run / 'best.pt', 'ckpt'), (run / 'hub', 'hub')):

@@ -56,6 +56,7 @@ RECIPES: dict[str, dict] = {
     'careful-strong': dict(preset='careful', augmentation='strong'),
     'careful-lr2e-3': dict(preset='careful', lr=2e-3),
     'careful-bs4': dict(preset='careful', batch_size=4),
+    'careful-bs2': dict(preset='careful', batch_size=2),  # careful at the default's batch from random weights: the same optimizer steps
     'careful-bce': dict(preset='careful', loss='dice_bce'),
     'careful-repeat-bce': dict(preset='careful', sampling='repeat', loss='dice_bce'),
     'default-ema': dict(preset='default', batch_size=8, sampling='uniform', ema=0.98),  # validate and keep a moving average of the weights (~50-step window)

@@ -55,7 +55,7 @@ class TrainConfig:
     encoder_weights: str | None = 'imagenet'  # pretrained encoder weights: 'imagenet' (from the hub), a local .pth/.safetensors file or folder; None: random init
     preset: str = 'default'              # recipe the None fields below come from: 'default' (from pretrained weights with --sampling repeat_linear --batch-size 4), 'original' or 'careful'
     head: str | None = None              # 'multiclass' (19-way softmax) | 'multilabel' (18 sigmoid part channels, the original's) (None: from preset)
-    loss: str | None = None              # 'dice' | 'ce' | 'dice_ce' | 'focal' | 'dice_smp' | 'ohem' | 'dice_ohem' | 'lovasz' | 'ce_lovasz' | 'dice_bce' | 'dice_rce' | 'dice_rbce' (None: from preset)
+    loss: str | None = None              # 'dice' | 'ce' | 'dice_ce' | 'focal' | 'dice_smp' | 'ohem' | 'dice_ohem' | 'lovasz' | 'ce_lovasz' | 'dice_bce' | 'dice_ebce' | 'dice_rce' | 'dice_rbce' (None: from preset)
     optimizer: str | None = None         # 'adamw' | 'adam' | 'sgd' (None: from preset)
     lr: float | None = None              # peak learning rate (None: from preset)
     encoder_lr: float | None = None      # the encoder's peak lr as a share of lr (e.g. 0.1: discriminative fine-tuning of a pretrained encoder); 1: one lr (None: from preset)

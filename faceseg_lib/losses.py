@@ -17,10 +17,11 @@ from .labels import CLASSES, PARTS
 from .dataset import part_rarity
 
 # %% auto #0
-__all__ = ['RARE_WEIGHT', 'LOSSES', 'MULTILABEL_LOSSES', 'LOGIT_ADJUSTED', 'soft_dice_loss', 'dice_loss', 'dice_ce_loss', 'ohem',
-           'ohem_ce_loss', 'balanced_ce_loss', 'rare_classes', 'weighted_ce_loss', 'Weighted', 'part_masks',
-           'multilabel_dice', 'ohem_bce_loss', 'balanced_bce_loss', 'weighted_bce_loss', 'losses_for', 'make_loss',
-           'logit_offset', 'split_offset']
+__all__ = ['EDGE_WEIGHT', 'RARE_WEIGHT', 'LOSSES', 'MULTILABEL_LOSSES', 'LOGIT_ADJUSTED', 'soft_dice_loss', 'dice_loss',
+           'dice_ce_loss', 'ohem', 'ohem_ce_loss', 'share_weights', 'balanced_ce_loss', 'edge_map',
+           'edge_balanced_ce_loss', 'rare_classes', 'weighted_ce_loss', 'Weighted', 'part_masks', 'multilabel_dice',
+           'ohem_bce_loss', 'share_pos_weight', 'balanced_bce_loss', 'edge_balanced_bce_loss', 'weighted_bce_loss',
+           'losses_for', 'make_loss', 'logit_offset', 'split_offset']
 
 # %% ../notebooks/lib/08a_losses.ipynb #150daa8e
 def soft_dice_loss(probs: torch.Tensor, truth: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -49,13 +50,32 @@ def ohem_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     "Online hard example mining cross-entropy, as BiSeNet trains face parsing: CE over the pixels the model gets wrong."
     return ohem(F.cross_entropy(logits.float(), target, reduction='none'))
 
-def balanced_ce_loss(logits: torch.Tensor, target: torch.Tensor, lifted: torch.Tensor | None = None) -> torch.Tensor:
-    "Cross-entropy with each pixel weighted by 1/sqrt of its class's share of the batch's pixels, averaging 1 per pixel; given `lifted` (C,), only those classes, the rest take background's weight."
-    counts = torch.bincount(target.flatten(), minlength=logits.shape[1]).float()
+def share_weights(target: torch.Tensor, classes: int, lifted: torch.Tensor | None = None) -> torch.Tensor:
+    "(C,) class weights 1/sqrt of each class's share of `target`'s pixels, scaled to average 1 per pixel; given `lifted` (C,), only those classes, the rest take background's."
+    counts = torch.bincount(target.flatten(), minlength=classes).float()
     w = (counts.sum() / counts.clamp(min=1)).sqrt()
     if lifted is not None: w = torch.where(lifted.to(w.device), w, w[0])
-    w = w / (w * counts).sum() * counts.sum()
+    return w / (w * counts).sum() * counts.sum()
+
+def balanced_ce_loss(logits: torch.Tensor, target: torch.Tensor, lifted: torch.Tensor | None = None) -> torch.Tensor:
+    "Cross-entropy with each pixel weighted by 1/sqrt of its class's share of the batch's pixels (`share_weights`), averaging 1 per pixel."
+    w = share_weights(target, logits.shape[1], lifted)
     return F.cross_entropy(logits.float(), target, weight=w, reduction='sum') / target.numel()
+
+EDGE_WEIGHT = 3.0  # `dice_ebce`: a pixel on a part boundary weighs this many times an inner one
+
+def edge_map(target: torch.Tensor, width: int = 1) -> torch.Tensor:
+    "Bool map of the pixels of `target` (N, H, W) labels, or (N, C, H, W) 0/1 masks per channel, with another value within `width` pixels (both sides of a boundary)."
+    t = target.float() if target.dim() == 4 else target.unsqueeze(1).float()
+    k = 2 * width + 1
+    edge = F.max_pool2d(t, k, 1, width) != -F.max_pool2d(-t, k, 1, width)  # padding is -inf: the image border is no boundary
+    return edge if target.dim() == 4 else edge[:, 0]
+
+def edge_balanced_ce_loss(logits: torch.Tensor, target: torch.Tensor, edge_weight: float = EDGE_WEIGHT) -> torch.Tensor:
+    "`balanced_ce_loss` with the pixels on a part boundary (`edge_map`) weighing `edge_weight` times the rest; a weighted mean, so no edge gives `balanced_ce_loss`."
+    ce = F.cross_entropy(logits.float(), target, weight=share_weights(target, logits.shape[1]), reduction='none')
+    e = 1 + (edge_weight - 1) * edge_map(target).float()
+    return (ce * e).sum() / e.sum()
 
 RARE_WEIGHT = 1.5  # `rare_classes` cut: a rarity weight 0.5 / f above 1.5 is a part shown in under a third of the training images
 
@@ -84,6 +104,7 @@ LOSSES: dict[str, Callable] = {  # name -> loss(logits, target)
     'lovasz': smp.losses.LovaszLoss(mode='multiclass'),  # Lovasz-softmax: a surrogate of the mean IoU of the present classes
     'ce_lovasz': lambda l, t: F.cross_entropy(l.float(), t) + LOSSES['lovasz'](l.float(), t),
     'dice_bce': lambda l, t: dice_loss(l, t) + balanced_ce_loss(l, t),  # Dice + class-balanced cross-entropy
+    'dice_ebce': lambda l, t: dice_loss(l, t) + edge_balanced_ce_loss(l, t),  # dice_bce with part boundaries weighing EDGE_WEIGHT times
     'dice_rce': Weighted(lambda l, t, w: dice_loss(l, t) + weighted_ce_loss(l, t, w)),  # Dice + CE weighted by how few images show a part
     'dice_rbce': Weighted(lambda l, t, w: dice_loss(l, t) + balanced_ce_loss(l, t, rare_classes(w, l.shape[1]))),  # dice_bce's weights for the rare parts only
 }
@@ -108,12 +129,20 @@ def ohem_bce_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     "OHEM over the binary cross-entropy of every part channel and pixel (the multilabel twin of `ohem_ce_loss`)."
     return ohem(F.binary_cross_entropy_with_logits(logits, masks, reduction='none'))
 
-def balanced_bce_loss(logits: torch.Tensor, masks: torch.Tensor, lifted: torch.Tensor | None = None) -> torch.Tensor:
-    "Binary cross-entropy with each part's positives weighted by 1/sqrt of the part's share of the batch's pixels; given `lifted` (parts,), only those parts' (the rest weigh 1)."
+def share_pos_weight(masks: torch.Tensor, lifted: torch.Tensor | None = None) -> torch.Tensor:
+    "(parts, 1, 1) weights of each part's positives: 1/sqrt of the part's share of the batch's pixels; given `lifted` (parts,), only those parts' (the rest weigh 1)."
     pos_weight = (masks[0].numel() * len(masks) / masks.sum((0, 2, 3)).clamp(min=1)).sqrt()
     if lifted is not None: pos_weight = torch.where(lifted.to(pos_weight.device), pos_weight, torch.ones_like(pos_weight))
-    pos_weight = pos_weight.view(-1, 1, 1)
-    return F.binary_cross_entropy_with_logits(logits, masks, pos_weight=pos_weight)
+    return pos_weight.view(-1, 1, 1)
+
+def balanced_bce_loss(logits: torch.Tensor, masks: torch.Tensor, lifted: torch.Tensor | None = None) -> torch.Tensor:
+    "Binary cross-entropy with each part's positives weighted by `share_pos_weight`."
+    return F.binary_cross_entropy_with_logits(logits, masks, pos_weight=share_pos_weight(masks, lifted))
+
+def edge_balanced_bce_loss(logits: torch.Tensor, masks: torch.Tensor, edge_weight: float = EDGE_WEIGHT) -> torch.Tensor:
+    "`balanced_bce_loss` with each channel's pixels on its part's boundary (`edge_map`) weighing `edge_weight` times the rest; a weighted mean."
+    e = 1 + (edge_weight - 1) * edge_map(masks).float()
+    return (F.binary_cross_entropy_with_logits(logits, masks, pos_weight=share_pos_weight(masks), reduction='none') * e).sum() / e.sum()
 
 _multilabel_lovasz = smp.losses.LovaszLoss(mode='multilabel')
 
@@ -133,6 +162,7 @@ MULTILABEL_LOSSES: dict[str, Callable] = {  # name -> loss(logits (N, 18, H, W),
     'lovasz': _on_parts(_multilabel_lovasz),
     'ce_lovasz': _on_parts(lambda l, m: F.binary_cross_entropy_with_logits(l, m) + _multilabel_lovasz(l, m)),
     'dice_bce': _on_parts(lambda l, m: multilabel_dice(l, m) + balanced_bce_loss(l, m)),  # positives of rare parts weigh more
+    'dice_ebce': _on_parts(lambda l, m: multilabel_dice(l, m) + edge_balanced_bce_loss(l, m)),  # and each part's boundary too
     'dice_rce': Weighted(lambda l, b, w: _on_parts(lambda l, m: multilabel_dice(l, m) + weighted_bce_loss(l, m, w))(l, b)),
     'dice_rbce': Weighted(lambda l, b, w: _on_parts(lambda l, m: multilabel_dice(l, m) + balanced_bce_loss(l, m, rare_classes(w, l.shape[1] + 1)[1:]))(l, b)),
 }
@@ -150,7 +180,7 @@ def make_loss(name: str, head: str = 'multiclass',
     return table[name].bind(weights) if isinstance(table[name], Weighted) else table[name]
 
 # %% ../notebooks/lib/08a_losses.ipynb #af982cb2
-LOGIT_ADJUSTED: tuple[str, ...] = ('dice_bce',)  # the multiclass losses whose class weights `logit_offset` takes back
+LOGIT_ADJUSTED: tuple[str, ...] = ('dice_bce', 'dice_ebce')  # the multiclass losses whose class weights `logit_offset` takes back
 
 def logit_offset(pixels,                  # (C,) pixels of each class over the training images (background first)
                  lifted: torch.Tensor,    # (C,) bool: the rare classes (`rare_classes`), which keep their lift

@@ -106,7 +106,7 @@ def test_module_entry_point_and_exit_codes(tmp_path, capsys):
 
 # --- learning, checkpoints, resume ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('loss, ratio', [('dice', 0.93), ('dice_ce', 0.7), ('dice_ohem', 0.8), ('ce_lovasz', 0.8), ('dice_bce', 0.8)])
+@pytest.mark.parametrize('loss, ratio', [('dice', 0.93), ('dice_ce', 0.7), ('dice_ohem', 0.8), ('ce_lovasz', 0.8), ('dice_bce', 0.8), ('dice_ebce', 0.8)])
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(train_set, loss, ratio):
     torch.manual_seed(0)
     ds = FaceParsingDataset(train_set, 'train', transform=eval_transform(SIZE))
@@ -245,7 +245,7 @@ def test_seeded_runs_repeat_and_seeds_differ(train_set, tmp_path):
 
 
 def test_dice_charges_absent_classes_and_losses_are_registered():
-    assert set(losses.LOSSES) == {'dice', 'ce', 'dice_ce', 'focal', 'dice_smp', 'ohem', 'dice_ohem', 'lovasz', 'ce_lovasz', 'dice_bce', 'dice_rce', 'dice_rbce'}
+    assert set(losses.LOSSES) == {'dice', 'ce', 'dice_ce', 'focal', 'dice_smp', 'ohem', 'dice_ohem', 'lovasz', 'ce_lovasz', 'dice_bce', 'dice_ebce', 'dice_rce', 'dice_rbce'}
     target = torch.zeros(2, 8, 8, dtype=torch.long); target[:, 2:5, 2:5] = CLASSES.index('skin')
     right = torch.nn.functional.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2) * 10.0
     wrong = right.clone(); wrong[:, CLASSES.index('hat'), :2] = 20.0  # a hat where there is none

@@ -55,6 +55,19 @@ def test_links_go_to_pages_or_to_the_repository():
     assert b.fix_links('<a href="../../README.md">r</a>', 'notebooks/lib/13_predict.ipynb', Path('lib/predict.html'), pages, '') == '<a href="../index.html">r</a>'
 
 
+def test_images_of_the_repository_are_copied_into_the_site(tmp_path):
+    b = build_docs()
+    repo, out = tmp_path / 'repo', tmp_path / 'out'
+    (repo / 'benchmarks' / 'figures').mkdir(parents=True); (repo / 'benchmarks' / 'figures' / 'a.png').write_bytes(b'png')
+    body = '<p><img alt="a" src="benchmarks/figures/a.png" /> <img src="https://x.org/b.png"></p>'
+    assert b.copy_images(body, 'README.md', Path('index.html'), out, repo) == body  # the home page sits where the README does
+    assert (out / 'benchmarks' / 'figures' / 'a.png').read_bytes() == b'png'
+    got = b.copy_images('<img src="../benchmarks/figures/a.png">', 'notebooks/02_train.ipynb', Path('lib/train.html'), out, repo)
+    assert got == '<img src="../benchmarks/figures/a.png">'  # a page one folder down
+    with pytest.raises(FileNotFoundError, match=r'README.md: image missing.png'):
+        b.copy_images('<img src="missing.png">', 'README.md', Path('index.html'), out, repo)
+
+
 @pytest.fixture
 def site_url():
     """The built site served over http on a free localhost port."""

@@ -119,6 +119,19 @@ def fix_links(body: str, source: str, page: Path, pages: dict[str, str], git_url
     return re.sub(r'href="([^"]+)"', sub, body)
 
 
+def copy_images(body: str, source: str, page: Path, out: Path, repo: Path = REPO) -> str:
+    """Images of a page's body that are files of the repository (`source`-relative): copied into `out` at their
+    repository path, their src made relative to `page`, so the site shows them offline as the repository does."""
+    def sub(m):
+        src = m.group(1)
+        if re.match(r'^(?:[a-z]+:|/)', src): return m.group(0)
+        target = os.path.normpath(os.path.join(os.path.dirname(source), src)).replace(os.sep, '/')
+        if not (repo / target).is_file(): raise FileNotFoundError(f'{source}: image {src} is not a file of the repository ({repo / target})')
+        (out / target).parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(repo / target, out / target)
+        return f'src="{os.path.relpath(target, page.parent.as_posix() or ".")}"'
+    return re.sub(r'<img\b[^>]*>', lambda tag: re.sub(r'\bsrc="([^"]+)"', sub, tag.group(0)), body)
+
+
 def render_site(cache: Path, out: Path) -> list[Path]:
     """Every processed notebook in `cache` as a page in `out`, plus index.html from README.md; the pages written."""
     from fastcore.nbio import read_nb
@@ -147,7 +160,8 @@ def render_site(cache: Path, out: Path) -> list[Path]:
         if nb is None:  # the home page: README.md without its first heading (the page title says it)
             body = markdown2html(re.sub(r'\A# .*\n', '', (REPO / 'README.md').read_text()))
         else: body = render_cells(nb, markdown2html)
-        body = fix_links(body, 'README.md' if nb is None else f'notebooks/{src}', page, pages, git_url)
+        source = 'README.md' if nb is None else f'notebooks/{src}'
+        body = copy_images(fix_links(body, source, page, pages, git_url), source, page, out)
         text = page_html(title, description, body, nav(page), root, site, markdown2html)
         (out / page).parent.mkdir(parents=True, exist_ok=True); (out / page).write_text(text); written.append(out / page)
     (out / '.nojekyll').write_text('')  # GitHub Pages: serve the files as they are

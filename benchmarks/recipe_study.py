@@ -263,15 +263,45 @@ def pooled_f1(counts: list[np.ndarray]) -> np.ndarray:
     return ConfusionMatrix().add(torch.as_tensor(np.sum(counts, 0))).per_class_f1()
 
 
+def pooled_scores(runs: Path, recipes: list[str], init: str = 'imagenet', folds: int = 5) -> tuple[list[int], dict, dict] | None:
+    """(the runs 0..folds-1 every recipe finished, each recipe's pooled F1 of the 18 parts over those folds, each recipe's
+    folds' mean F1, by fold): what `pooled_table` prints and `figure` draws; None if no run is common to them all."""
+    common, done = common_runs(runs, recipes, init)
+    common = [r for r in common if r < folds]  # run r validates on fold r
+    if not common: return None
+    f1 = {name: pooled_f1([fold_counts(runs / f'{name}-{init}-r{r}') for r in common])[1:] for name in recipes}
+    return common, f1, {name: [done[name][r][0]['mean_f1'] for r in common] for name in recipes}
+
+
+def figure(runs: Path, rows: list[tuple[str, list[str]]], out: Path, folds: int = 5) -> Path:
+    """A PNG of the pooled per-part F1 (bars) of each row's recipes, one panel per (init, recipes) row, each recipe's
+    pooled mean and its folds' mean ± sd in the legend: the per-part tables of the README as one picture."""
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from faceseg_lib.labels import PARTS
+    fig, axes = plt.subplots(len(rows), 1, figsize=(13, 3.6 * len(rows)), squeeze=False)
+    for ax, (init, recipes) in zip(axes[:, 0], rows):
+        if (scores := pooled_scores(runs, recipes, init, folds)) is None: sys.exit(f'recipe_study: no run finished by all of {", ".join(recipes)} ({init})')
+        common, f1, by_fold = scores
+        width, x = 0.8 / len(recipes), np.arange(len(PARTS))
+        for i, name in enumerate(recipes):
+            v = np.nan_to_num(f1[name]); at = x + (i - (len(recipes) - 1) / 2) * width
+            spread = f' ± {np.std(by_fold[name], ddof=1):.3f}' if len(common) > 1 else ''
+            ax.bar(at, v, width, label=f'{name}: pooled {np.nanmean(f1[name]):.3f}, folds {np.mean(by_fold[name]):.3f}{spread}')
+            for xz in at[v == 0]: ax.text(xz, 0.01, '0', ha='center', va='bottom', fontsize=8, color='crimson', fontweight='bold')
+        ax.set_xticks(x, PARTS, fontsize=9); ax.set_ylim(0, 1.13); ax.set_yticks(np.linspace(0, 1, 6)); ax.set_ylabel('F1, pooled'); ax.grid(axis='y', alpha=0.3)
+        ax.set_title(f'{"ImageNet" if init == "imagenet" else init} init: runs {", ".join(map(str, common))}, each on its own validation fold, pixel counts summed', fontsize=10)
+        ax.legend(loc='upper center', ncol=len(recipes), fontsize=8.5, framealpha=0.9)
+    fig.tight_layout(); out.parent.mkdir(parents=True, exist_ok=True); fig.savefig(out, dpi=110); plt.close(fig)
+    return out
+
+
 def pooled_table(runs: Path, recipes: list[str], init: str = 'imagenet', folds: int = 5) -> str:
     """Out-of-fold F1 of each part: every recipe's best.pt of runs 0..folds-1 scores its own validation fold and the
     counts are summed, so the F1 is over the whole sample, each image once (a part a fold lacks cannot enter at F1 0)."""
     from faceseg_lib.labels import PARTS
-    common, done = common_runs(runs, recipes, init)
-    common = [r for r in common if r < folds]  # run r validates on fold r
-    if not common: return f'no run finished by all of {", ".join(recipes)} ({init})'
-    f1 = {name: pooled_f1([fold_counts(runs / f'{name}-{init}-r{r}') for r in common])[1:] for name in recipes}
-    folds_mean = {name: np.mean([done[name][r][0]['mean_f1'] for r in common]) for name in recipes}
+    if (scores := pooled_scores(runs, recipes, init, folds)) is None: return f'no run finished by all of {", ".join(recipes)} ({init})'
+    common, f1, folds_mean = scores
     base, cols = recipes[-1], list(recipes) + [f'{name} - {recipes[-1]}' for name in recipes[:-1]]
     scope = 'the whole sample' if len(common) == folds else f'folds {", ".join(map(str, common))} only'
     out = [f'Runs {", ".join(map(str, common))} ({init}): each best.pt on its own validation fold, the pixel counts summed '
@@ -281,6 +311,7 @@ def pooled_table(runs: Path, recipes: list[str], init: str = 'imagenet', folds: 
         out.append(f'| {part} | ' + ' | '.join([fmt(f1[n][j]) for n in recipes] + [f'{f1[n][j] - f1[base][j]:+.3f}' for n in recipes[:-1]]) + ' |')
     mean = {n: float(np.nanmean(f1[n])) for n in recipes}
     out.append('| **mean (pooled)** | ' + ' | '.join([f'**{mean[n]:.3f}**' for n in recipes] + [f'**{mean[n] - mean[base]:+.3f}**' for n in recipes[:-1]]) + ' |')
+    folds_mean = {n: float(np.mean(folds_mean[n])) for n in recipes}
     out.append("| mean of the folds' means | " + ' | '.join([f'{folds_mean[n]:.3f}' for n in recipes] + [f'{folds_mean[n] - folds_mean[base]:+.3f}' for n in recipes[:-1]]) + ' |')
     zero = {n: ' '.join(p for p, v in zip(PARTS, f1[n]) if v == 0) or '–' for n in recipes}
     out.append('| parts at F1 0 | ' + ' | '.join([zero[n] for n in recipes] + [''] * (len(recipes) - 1)) + ' |')
@@ -310,7 +341,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--pooled', metavar='A,B', help='train nothing: score the best.pt of runs 0..FOLDS-1 of these recipes (the first '
                    '--inits) on their own validation folds and print the F1 of each part over the whole sample (the counts summed), '
                    'and each pooled gap to the last recipe with a 90 %% interval (a paired bootstrap over the images)')
-    return p.parse_args(argv)
+    p.add_argument('--figure', metavar='PNG', help='train nothing: draw the pooled per-part F1 of the recipes of each --row '
+                   '(bars, one panel per row) into PNG')
+    p.add_argument('--row', action='append', metavar='INIT=A,B', help="a panel of --figure: an init and its recipes, e.g. "
+                   "'imagenet=default-bs4-adj,careful-bs4' (repeat for more panels)")
+    a = p.parse_args(argv)
+    if a.figure and not a.row: p.error('--figure needs at least one --row INIT=A,B')
+    if a.row and any('=' not in r for r in a.row): p.error("--row takes INIT=A,B, e.g. 'random=default-bs2-adj,careful'")
+    return a
 
 
 def main(argv=None) -> int:
@@ -320,8 +358,12 @@ def main(argv=None) -> int:
     from faceseg_lib.prepare import prepare
     from faceseg_lib.train import fit
     work = Path(a.work).resolve(); work.mkdir(parents=True, exist_ok=True)
-    unknown = [r for r in (a.parts or a.pooled or a.recipes).split(',') if r not in RECIPES]
+    panels = [(row.split('=')[0], row.split('=')[1].split(',')) for row in a.row or []]
+    unknown = [r for r in (a.parts or a.pooled or a.recipes).split(',') + [r for _, names in panels for r in names] if r not in RECIPES]
     if unknown: sys.exit(f'recipe_study: unknown recipe(s) {unknown}; known: {", ".join(RECIPES)}')
+    if a.figure:
+        print(figure(work / f'runs-{a.size}px-{a.epochs}ep', panels, Path(a.figure), a.folds))
+        return 0
     if a.parts:
         print(part_table(work / f'runs-{a.size}px-{a.epochs}ep', a.parts.split(','), a.inits.split(',')[0]))
         return 0

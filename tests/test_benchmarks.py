@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 from helpers import load_script
@@ -107,6 +108,13 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path, capsys):
     counts = rs.fold_counts(tmp_path / 'runs-64px-1ep' / 'careful-random-r0')  # kept from the table's call in eval-val
     assert (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'eval-val' / 'confusion.csv').is_file()
     assert abs(np.nanmean(rs.pooled_f1([counts])[1:]) - res['careful']) < 1e-6
+    # the same pooled scores as a picture: one panel per row, a PNG; a row without '=' is refused by name
+    fig = tmp_path / 'fig' / 'study.png'
+    assert rs.main(args[:4] + ['--size', '64', '--epochs', '1', '--folds', '3', '--figure', str(fig), '--row', 'random=careful,original']) == 0
+    from PIL import Image
+    assert Image.open(fig).size[0] > 1000 and capsys.readouterr().out.strip().endswith('study.png')
+    with pytest.raises(SystemExit): rs.main(['--work', str(tmp_path), '--figure', str(fig), '--row', 'careful'])
+    assert "--row takes INIT=A,B" in capsys.readouterr().err
     from faceseg_lib.labels import CLASSES
     n, neck_l = len(CLASSES), CLASSES.index('neck_l')
     a, b = np.zeros((n, n), np.int64), np.zeros((n, n), np.int64)

@@ -301,7 +301,7 @@ def pooled_table(runs: Path, recipes: list[str], init: str = 'imagenet', folds: 
     counts are summed, so the F1 is over the whole sample, each image once (a part a fold lacks cannot enter at F1 0)."""
     from faceseg_lib.labels import PARTS
     if (scores := pooled_scores(runs, recipes, init, folds)) is None: return f'no run finished by all of {", ".join(recipes)} ({init})'
-    common, f1, folds_mean = scores
+    common, f1, by_fold = scores
     base, cols = recipes[-1], list(recipes) + [f'{name} - {recipes[-1]}' for name in recipes[:-1]]
     scope = 'the whole sample' if len(common) == folds else f'folds {", ".join(map(str, common))} only'
     out = [f'Runs {", ".join(map(str, common))} ({init}): each best.pt on its own validation fold, the pixel counts summed '
@@ -311,7 +311,7 @@ def pooled_table(runs: Path, recipes: list[str], init: str = 'imagenet', folds: 
         out.append(f'| {part} | ' + ' | '.join([fmt(f1[n][j]) for n in recipes] + [f'{f1[n][j] - f1[base][j]:+.3f}' for n in recipes[:-1]]) + ' |')
     mean = {n: float(np.nanmean(f1[n])) for n in recipes}
     out.append('| **mean (pooled)** | ' + ' | '.join([f'**{mean[n]:.3f}**' for n in recipes] + [f'**{mean[n] - mean[base]:+.3f}**' for n in recipes[:-1]]) + ' |')
-    folds_mean = {n: float(np.mean(folds_mean[n])) for n in recipes}
+    folds_mean = {n: float(np.mean(by_fold[n])) for n in recipes}
     out.append("| mean of the folds' means | " + ' | '.join([f'{folds_mean[n]:.3f}' for n in recipes] + [f'{folds_mean[n] - folds_mean[base]:+.3f}' for n in recipes[:-1]]) + ' |')
     zero = {n: ' '.join(p for p, v in zip(PARTS, f1[n]) if v == 0) or '–' for n in recipes}
     out.append('| parts at F1 0 | ' + ' | '.join([zero[n] for n in recipes] + [''] * (len(recipes) - 1)) + ' |')

@@ -106,6 +106,16 @@ def page_html(title: str, description: str, body: str, nav: str, root: str, site
                        css=CSS + HtmlFormatter().get_style_defs('.highlight'), nav=nav, body=body)
 
 
+def repo_path(source: str, path: str) -> str:
+    "The repository-relative path of `path` as written in `source` (repository-relative), '/'-separated."
+    return os.path.normpath(os.path.join(os.path.dirname(source), path)).replace(os.sep, '/')
+
+
+def from_page(target: str, page: Path) -> str:
+    "The repository-relative (or site-relative) `target` as a link from `page` of the site."
+    return os.path.relpath(target, page.parent.as_posix() or '.')
+
+
 def fix_links(body: str, source: str, page: Path, pages: dict[str, str], git_url: str) -> str:
     """Relative links of a page's body (written in `source`, repository-relative): to a notebook or the README, its
     page (relative to `page`); to any other file of the repository, the file on the repository's site."""
@@ -113,8 +123,8 @@ def fix_links(body: str, source: str, page: Path, pages: dict[str, str], git_url
         href = m.group(1)
         if re.match(r'^(?:[a-z]+:|#|/)', href): return m.group(0)
         path, _, anchor = href.partition('#')
-        target = os.path.normpath(os.path.join(os.path.dirname(source), path)).replace(os.sep, '/')
-        new = os.path.relpath(pages[target], page.parent.as_posix() or '.') if target in pages else f'{git_url}/blob/main/{target}'
+        target = repo_path(source, path)
+        new = from_page(pages[target], page) if target in pages else f'{git_url}/blob/main/{target}'
         return f'href="{new}{"#" + anchor if anchor else ""}"'
     return re.sub(r'href="([^"]+)"', sub, body)
 
@@ -125,10 +135,10 @@ def copy_images(body: str, source: str, page: Path, out: Path, repo: Path = REPO
     def sub(m):
         src = m.group(1)
         if re.match(r'^(?:[a-z]+:|/)', src): return m.group(0)
-        target = os.path.normpath(os.path.join(os.path.dirname(source), src)).replace(os.sep, '/')
+        target = repo_path(source, src)
         if not (repo / target).is_file(): raise FileNotFoundError(f'{source}: image {src} is not a file of the repository ({repo / target})')
         (out / target).parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(repo / target, out / target)
-        return f'src="{os.path.relpath(target, page.parent.as_posix() or ".")}"'
+        return f'src="{from_page(target, page)}"'
     return re.sub(r'<img\b[^>]*>', lambda tag: re.sub(r'\bsrc="([^"]+)"', sub, tag.group(0)), body)
 
 

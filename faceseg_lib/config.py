@@ -71,6 +71,7 @@ class TrainConfig:
     batch_size: int | None = None        # images per step and process (DDP: the global batch is this x processes) (None: from preset)
     grad_clip: float = 0.0               # clip the gradient norm to this; 0: no clipping
     ema: float = 0.0                     # keep an exponential moving average of the weights, this decay per step (e.g. 0.99); it is validated and saved as best.pt; 0: off
+    freeze_bn: bool = False              # keep the encoder's BatchNorm layers in eval mode while training (their pretrained running statistics, as mmseg's norm_eval); needs pretrained weights
     max_steps: int = 0                   # stop each epoch after this many steps (smoke tests); 0: the whole split
     seed: int = 0                        # seeds weights, data order and augmentation: same seed, same run
     device: str = 'auto'                 # 'auto' (cuda if available, else cpu) | 'cpu' | 'cuda' | 'cuda:1'
@@ -86,7 +87,7 @@ class TrainConfig:
 RECIPE_FIELDS: tuple[str, ...] = tuple(PRESETS['default'])  # the fields a preset fills in
 RUNTIME_FIELDS: tuple[str, ...] = ('resume', 'workers', 'device', 'compile', 'out_dir', 'data_dir')  # may change on resume
 PATH_FIELDS: tuple[str, ...] = ('data_dir', 'out_dir')  # resolved against the working directory (notebooks: the repo root)
-LATER_FIELDS: dict[str, object] = {'paste': 0.0, 'encoder_lr': 1.0, 'logit_adjust': 0.0}  # fields added since runs were first saved -> the value a run saved without them trained with
+LATER_FIELDS: dict[str, object] = {'paste': 0.0, 'encoder_lr': 1.0, 'logit_adjust': 0.0, 'freeze_bn': False}  # fields added since runs were first saved -> the value a run saved without them trained with
 
 def config_fields() -> list[str]:
     "The names of the TrainConfig fields, in order."
@@ -146,6 +147,8 @@ def value_problems(c: TrainConfig) -> list[Problem]:
         bad('logit_adjust', f'must be a share in [0, 1], got {c.logit_adjust!r}', 'use e.g. logit_adjust=0.5, or 0 for none')
     if not (isinstance(c.ema, (int, float)) and not isinstance(c.ema, bool) and 0 <= c.ema < 1):
         bad('ema', f'must be a decay in [0, 1), got {c.ema!r}', 'use e.g. ema=0.99, or 0 for none')
+    if c.freeze_bn and c.encoder_weights is None:
+        bad('freeze_bn', 'keeps the pretrained running statistics, but the encoder starts from random weights', 'pass pretrained encoder_weights, or freeze_bn=False')
     if c.warmup_epochs and isinstance(c.epochs, int) and c.warmup_epochs > c.epochs:
         bad('warmup_epochs', f'{c.warmup_epochs} is longer than the run ({c.epochs} epochs)', 'use fewer warm-up epochs')
     if c.amp not in AMP_MODES: bad('amp', f'unknown value {c.amp!r}', f"use one of {', '.join(AMP_MODES)}")

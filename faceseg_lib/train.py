@@ -36,7 +36,8 @@ from .history import BEST_BY, dead_warning, epoch_line, history_row, noise_note,
 # %% auto #0
 __all__ = ['SYNC_EVERY', 'resolved', 'config_problems', 'data_problems', 'run_dir', 'validate', 'make_loaders',
            'init_distributed', 'seed_all', 'train_epoch', 'evaluate_loader', 'image_spread', 'TrainingSetup',
-           'make_ema', 'build_model', 'training_setup', 'fit', 'build_train_parser', 'config_from_args', 'main']
+           'make_ema', 'encoder_batch_norms', 'build_model', 'training_setup', 'fit', 'build_train_parser',
+           'config_from_args', 'main']
 
 # %% ../notebooks/lib/09_train.ipynb #5c109a9b
 def resolved(config: TrainConfig) -> TrainConfig:
@@ -159,9 +160,11 @@ def _read_losses(pending: list[tuple[int, int, torch.Tensor]], desc: str) -> lis
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer, scheduler, scaler, loss_fn: Callable,
                 steps: int, device: torch.device, dtype: torch.dtype | None = None, channels_last: bool = False,
                 grad_clip: float = 0.0, progress: bool = False, desc: str = 'train',
-                seed: Sequence[int] | None = None, ema: nn.Module | None = None) -> tuple[float, int, float]:
-    "Train for `steps` steps: (sum of batch loss x batch size, images seen, lr of the last step) on this process; `ema` (see `make_ema`) follows each step."
+                seed: Sequence[int] | None = None, ema: nn.Module | None = None,
+                frozen_norms: Sequence[nn.Module] = ()) -> tuple[float, int, float]:
+    "Train for `steps` steps: (sum of batch loss x batch size, images seen, lr of the last step) on this process; `ema` (see `make_ema`) follows each step; `frozen_norms` (see `encoder_batch_norms`) stay in eval mode."
     model.train()
+    for m in frozen_norms: m.eval()  # BatchNorm normalising with its running statistics, which it no longer updates
     total, seen, lr, pending = 0.0, 0, optimizer.param_groups[0]['lr'], []
     def drain():  # read the pending losses back (a wait for the device), add them up, show the last
         nonlocal total
@@ -233,6 +236,7 @@ class TrainingSetup:
     channels_last: bool
     ema: nn.Module | None = None  # the moving average of the weights (`make_ema`); None: off
     offset: torch.Tensor | None = None  # (19,) added to the logits at validation and folded into best.pt (`losses.logit_offset`); None: none
+    frozen_norms: tuple[nn.Module, ...] = ()  # BatchNorm layers kept in eval mode while training (`freeze_bn`)
 
     @property
     def scored(self) -> nn.Module:
@@ -251,6 +255,10 @@ def make_ema(model: nn.Module, decay: float) -> nn.Module | None:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
+def encoder_batch_norms(model: nn.Module) -> tuple[nn.Module, ...]:
+    "The BatchNorm layers of `model`'s encoder: what `freeze_bn` keeps in eval mode (the decoder's, freshly made, still learn their statistics)."
+    return tuple(m for m in model.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
 # %% ../notebooks/lib/09_train.ipynb #8f4413b4
 def build_model(c: TrainConfig, device: torch.device) -> nn.Module:
     "The model of config `c` on `device` (channels-last on CUDA); a DataError naming the setting when its weights cannot be had."
@@ -268,7 +276,7 @@ def training_setup(c: TrainConfig,            # a validated config
                    model: nn.Module | None = None,  # an already built model; None: build_model(c, device)
                    fused: bool | None = None  # fuse Adam(W); None: on CUDA
                   ) -> TrainingSetup:
-    "Model, optimizer, per-step lr schedule, grad scaler, loss, autocast dtype, memory layout and weight average of a run, as `fit` uses them."
+    "Model, optimizer, per-step lr schedule, grad scaler, loss, autocast dtype, memory layout, weight average and frozen norms of a run, as `fit` uses them."
     model = build_model(c, device) if model is None else model
     optimizer = make_optimizer(model, c, fused)
     dtype = amp_dtype(c.amp, device)
@@ -277,9 +285,13 @@ def training_setup(c: TrainConfig,            # a validated config
     stats = label_stats(resolve_path(c.data_dir), c.train_split, progress=False) if rare or adjust else None
     weights = torch.tensor([1.0, *part_rarity(stats, power=1.0)]) if rare else None
     offset = split_offset(stats, c.logit_adjust).to(device) if adjust else None  # logit adjustment: validation and best.pt decode with it
+    frozen = encoder_batch_norms(model) if c.freeze_bn else ()
+    if c.freeze_bn and not frozen:
+        raise DataError.from_problem('config.freeze_bn', f'the {c.encoder} encoder has no BatchNorm layers to keep in eval mode',
+                                     f"leave it off ({spell('freeze_bn=False', '--no-freeze-bn')})")
     return TrainingSetup(model, optimizer, make_scheduler(optimizer, c, steps_per_epoch),
                          torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), make_loss(c.loss, c.head, weights), dtype,
-                         c.channels_last and device.type == 'cuda', make_ema(model, c.ema), offset)
+                         c.channels_last and device.type == 'cuda', make_ema(model, c.ema), offset, frozen)
 
 # %% ../notebooks/lib/09_train.ipynb #9cc72997
 def _start_or_resume(run: Path, c: TrainConfig, s: TrainingSetup, steps: int, world: int, main: bool) -> dict:
@@ -333,7 +345,8 @@ def _one_epoch(c: TrainConfig, epoch: int, net: nn.Module, s: TrainingSetup, tra
     seed_all(derive_seed(c.seed, epoch)); train_dl.sampler.set_epoch(epoch)
     tl, tn, lr = train_epoch(net, train_dl, s.optimizer, s.scheduler, s.scaler, s.loss_fn, steps, device, s.dtype,
                              s.channels_last, c.grad_clip, main and show_progress(), f'epoch {epoch + 1}/{c.epochs}',
-                             seed=(c.seed, epoch, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0), ema=s.ema)
+                             seed=(c.seed, epoch, dist.get_rank() if dist.is_available() and dist.is_initialized() else 0), ema=s.ema,
+                             frozen_norms=s.frozen_norms)
     _sync_buffers(s.scored)
     vl, vn, cm, image_f1, part_f = evaluate_loader(s.scored, val_dl, s.loss_fn, device, s.dtype, s.channels_last, s.offset)
     tl, tn, vl, vn = _all_sum([tl, tn, vl, vn], device); cm.all_reduce()

@@ -43,6 +43,7 @@ def tiny(train_set, tmp_path, **kw):
     (dict(size=100, arch='FPN'), 'divisible by 32'),
     (dict(loss='dise'), 'config.loss'),
     (dict(epochs=0), 'config.epochs'),
+    (dict(freeze_bn=True), 'config.freeze_bn: keeps the pretrained running statistics'),  # from random weights
     (dict(paste=1.5), 'config.paste: must be a chance in [0, 1]'),
     (dict(encoder_lr=0), 'config.encoder_lr: must be a share of lr'),
     (dict(logit_adjust=1.5), 'config.logit_adjust: must be a share in [0, 1]'),
@@ -437,6 +438,23 @@ def test_the_default_draws_rare_parts_more_often_from_pretrained_weights_only(tr
     assert train.resolved(tiny(train_set, tmp_path, encoder_weights=None)).sampling == 'uniform'
     assert train.resolved(tiny(train_set, tmp_path, encoder_weights=weights, sampling='uniform')).sampling == 'uniform'
     assert train.resolved(tiny(train_set, tmp_path, encoder_weights=weights, preset='careful')).sampling == 'uniform'
+
+
+def test_freeze_bn_trains_on_the_pretrained_statistics_and_keeps_them(train_set, tmp_path):
+    """`freeze_bn` keeps the encoder's BatchNorm on the running statistics of the weights file (best.pt holds them
+    unchanged); without it a few steps move every one of them."""
+    src = create_model('Unet', 'resnet18', encoder_weights=None)
+    with torch.no_grad():
+        for b in train.encoder_batch_norms(src): b.running_mean.uniform_(-0.5, 0.5); b.running_var.uniform_(0.5, 2.0)  # not a fresh layer's 0 and 1
+    torch.save(src.encoder.state_dict(), tmp_path / 'r18.pth')
+    stats = {k: v for k, v in src.encoder.state_dict().items() if k.endswith(('running_mean', 'running_var'))}
+    def trained(freeze_bn):
+        run = fit(tiny(train_set, tmp_path, encoder_weights=str(tmp_path / 'r18.pth'), freeze_bn=freeze_bn, epochs=1, max_steps=2,
+                       name=f'freeze-{freeze_bn}'))
+        sd = torch.load(run / 'best.pt', weights_only=True)['state_dict']
+        return [torch.equal(sd[f'encoder.{k}'], v) for k, v in stats.items()]
+    assert len(stats) == 40 and all(trained(True))
+    assert not any(trained(False))
 
 
 def test_fit_reports_a_dead_part_in_the_epoch_line_history_and_checkpoint(train_set, tmp_path, monkeypatch, capsys):

@@ -85,6 +85,8 @@ RECIPES: dict[str, dict] = {
     'default-bs2-adj': dict(preset='default', batch_size=2, logit_adjust=0.5),  # the default from random weights, with logit adjustment
     'default-bs4-edge': dict(preset='default', batch_size=4, logit_adjust=0.5, loss='dice_ebce'),  # the default from ImageNet weights, its CE weighing part boundaries 3 times
     'default-bs2-edge': dict(preset='default', batch_size=2, logit_adjust=0.5, loss='dice_ebce'),  # the default from random weights, likewise
+    'default-bs4-uniform-adj': dict(preset='default', batch_size=4, sampling='uniform', logit_adjust=0.5),  # the default from ImageNet weights without its rare-part sampling
+    'default-bs4-wd1e-2': dict(preset='default', batch_size=4, logit_adjust=0.5, weight_decay=1e-2),  # the default from ImageNet weights, AdamW's usual weight decay
     'default-bs4-bnfreeze': dict(preset='default', batch_size=4, logit_adjust=0.5, freeze_bn=True),  # the default from ImageNet weights, the encoder's BatchNorm on ImageNet statistics
 }
 ADJUSTED = ('default-bs4-adj', 'default-bs2-adj')  # the recipes on the default preset measured with its logit adjustment

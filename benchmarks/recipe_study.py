@@ -89,9 +89,8 @@ RECIPES: dict[str, dict] = {
     'default-bs4-wd1e-2': dict(preset='default', batch_size=4, logit_adjust=0.5, weight_decay=1e-2),  # the default from ImageNet weights, AdamW's usual weight decay
     'default-bs4-bnfreeze': dict(preset='default', batch_size=4, logit_adjust=0.5, freeze_bn=True),  # the default from ImageNet weights, the encoder's BatchNorm on ImageNet statistics
 }
-ADJUSTED = ('default-bs4-adj', 'default-bs2-adj')  # the recipes on the default preset measured with its logit adjustment
-for _name, _recipe in RECIPES.items():
-    if _recipe['preset'] == 'default' and _name not in ADJUSTED: _recipe.setdefault('logit_adjust', 0.0)
+for _recipe in RECIPES.values():  # a default-preset recipe that names no logit_adjust was measured before the preset took one
+    if _recipe['preset'] == 'default': _recipe.setdefault('logit_adjust', 0.0)
 
 
 def fold_dir(work: Path, size: int, r: int) -> Path:

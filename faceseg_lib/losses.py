@@ -18,7 +18,7 @@ from .dataset import part_rarity
 
 # %% auto #0
 __all__ = ['EDGE_WEIGHT', 'RARE_WEIGHT', 'LOSSES', 'MULTILABEL_LOSSES', 'LOGIT_ADJUSTED', 'soft_dice_loss', 'dice_loss',
-           'dice_ce_loss', 'ohem', 'ohem_ce_loss', 'share_weights', 'balanced_ce_loss', 'edge_map',
+           'dice_ce_loss', 'ohem', 'ohem_ce_loss', 'share_weights', 'balanced_ce_loss', 'edge_map', 'edge_mean',
            'edge_balanced_ce_loss', 'rare_classes', 'weighted_ce_loss', 'Weighted', 'part_masks', 'multilabel_dice',
            'ohem_bce_loss', 'share_pos_weight', 'balanced_bce_loss', 'edge_balanced_bce_loss', 'weighted_bce_loss',
            'losses_for', 'make_loss', 'logit_offset', 'split_offset']
@@ -71,11 +71,14 @@ def edge_map(target: torch.Tensor, width: int = 1) -> torch.Tensor:
     edge = F.max_pool2d(t, k, 1, width) != -F.max_pool2d(-t, k, 1, width)  # padding is -inf: the image border is no boundary
     return edge if target.dim() == 4 else edge[:, 0]
 
+def edge_mean(loss: torch.Tensor, labels: torch.Tensor, edge_weight: float = EDGE_WEIGHT) -> torch.Tensor:
+    "Mean of a per-pixel `loss` (shaped as `labels`) with the pixels on a boundary of `labels` (`edge_map`) weighing `edge_weight` times the rest."
+    e = 1 + (edge_weight - 1) * edge_map(labels).float()
+    return (loss * e).sum() / e.sum()
+
 def edge_balanced_ce_loss(logits: torch.Tensor, target: torch.Tensor, edge_weight: float = EDGE_WEIGHT) -> torch.Tensor:
     "`balanced_ce_loss` with the pixels on a part boundary (`edge_map`) weighing `edge_weight` times the rest; a weighted mean, so no edge gives `balanced_ce_loss`."
-    ce = F.cross_entropy(logits.float(), target, weight=share_weights(target, logits.shape[1]), reduction='none')
-    e = 1 + (edge_weight - 1) * edge_map(target).float()
-    return (ce * e).sum() / e.sum()
+    return edge_mean(F.cross_entropy(logits.float(), target, weight=share_weights(target, logits.shape[1]), reduction='none'), target, edge_weight)
 
 RARE_WEIGHT = 1.5  # `rare_classes` cut: a rarity weight 0.5 / f above 1.5 is a part shown in under a third of the training images
 
@@ -141,8 +144,7 @@ def balanced_bce_loss(logits: torch.Tensor, masks: torch.Tensor, lifted: torch.T
 
 def edge_balanced_bce_loss(logits: torch.Tensor, masks: torch.Tensor, edge_weight: float = EDGE_WEIGHT) -> torch.Tensor:
     "`balanced_bce_loss` with each channel's pixels on its part's boundary (`edge_map`) weighing `edge_weight` times the rest; a weighted mean."
-    e = 1 + (edge_weight - 1) * edge_map(masks).float()
-    return (F.binary_cross_entropy_with_logits(logits, masks, pos_weight=share_pos_weight(masks), reduction='none') * e).sum() / e.sum()
+    return edge_mean(F.binary_cross_entropy_with_logits(logits, masks, pos_weight=share_pos_weight(masks), reduction='none'), masks, edge_weight)
 
 _multilabel_lovasz = smp.losses.LovaszLoss(mode='multilabel')
 

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument('--init', default='imagenet')
     p.add_argument('--share', type=float, default=0.5, help='print every part\'s pooled F1 at this share beside share 0')
     a = p.parse_args(argv)
-    runs = Path(a.work) / f'runs-{a.size}px-{a.epochs}ep'
+    runs = rs.runs_dir(Path(a.work), a.size, a.epochs)
     mine, _ = rs.common_runs(runs, [a.runs], a.init)
     mine = [r for r in mine if r < a.folds]
     if not mine: sys.exit(f'logit_adjust: no run of {a.runs} ({a.init}) finished under {runs}')

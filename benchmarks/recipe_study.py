@@ -98,9 +98,19 @@ def fold_dir(work: Path, size: int, r: int) -> Path:
     return work / f'folds-{size}' / f'fold{r}'
 
 
-def results_stem(work: Path, size: int, epochs: int) -> Path:
-    "Where the study's table goes (.csv and .md)."
-    return work / f'results-{size}px-{epochs}ep'
+def _budget(size: int, epochs: int, arch: str, encoder: str) -> str:
+    "The name of a study's budget: size and epochs, and the model where it is not the study's FPN + mobilenet_v2."
+    return f'{size}px-{epochs}ep' + ('' if (arch, encoder) == ('FPN', 'mobilenet_v2') else f'-{arch}-{encoder}')
+
+
+def runs_dir(work: Path, size: int, epochs: int, arch: str = 'FPN', encoder: str = 'mobilenet_v2') -> Path:
+    "Where the study's runs of this budget go, one folder each (<recipe>-<init>-r<run>)."
+    return work / f'runs-{_budget(size, epochs, arch, encoder)}'
+
+
+def results_stem(work: Path, size: int, epochs: int, arch: str = 'FPN', encoder: str = 'mobilenet_v2') -> Path:
+    "Where the study's table of this budget goes (.csv and .md)."
+    return work / f'results-{_budget(size, epochs, arch, encoder)}'
 
 
 def folds_of(ids: list[int], k: int, seed: int = 0) -> list[list[int]]:
@@ -360,29 +370,30 @@ def main(argv=None) -> int:
     from faceseg_lib.prepare import prepare
     from faceseg_lib.train import fit
     work = Path(a.work).resolve(); work.mkdir(parents=True, exist_ok=True)
+    runs = runs_dir(work, a.size, a.epochs, a.arch, a.encoder)
     panels = [(row.split('=')[0], row.split('=')[1].split(',')) for row in a.row or []]
     unknown = [r for r in (a.parts or a.pooled or a.recipes).split(',') + [r for _, names in panels for r in names] if r not in RECIPES]
     if unknown: sys.exit(f'recipe_study: unknown recipe(s) {unknown}; known: {", ".join(RECIPES)}')
     if a.figure:
-        print(figure(work / f'runs-{a.size}px-{a.epochs}ep', panels, Path(a.figure), a.folds))
+        print(figure(runs, panels, Path(a.figure), a.folds))
         return 0
     if a.parts:
-        print(part_table(work / f'runs-{a.size}px-{a.epochs}ep', a.parts.split(','), a.inits.split(',')[0]))
+        print(part_table(runs, a.parts.split(','), a.inits.split(',')[0]))
         return 0
     if a.pooled:
-        print(pooled_table(work / f'runs-{a.size}px-{a.epochs}ep', a.pooled.split(','), a.inits.split(',')[0], a.folds))
+        print(pooled_table(runs, a.pooled.split(','), a.inits.split(',')[0], a.folds))
         return 0
     prepared = work / f'prepared-{a.size}'
     if not (prepared / 'meta.json').is_file() or not (prepared / 'parts').is_dir():
         prepare(a.sample, prepared, size=a.size, split='fractions:0.8,0.1,0.1')
     ids = split_ids(prepared, None)
     folds = folds_of(ids, a.folds)
-    rows, results = [], results_stem(work, a.size, a.epochs)
+    rows, results = [], results_stem(work, a.size, a.epochs, a.arch, a.encoder)
     # run 0 of every recipe first, then run 1, ...: wherever the study stops, the recipes have had the same folds
     plan = [(recipe, init, r) for init in a.inits.split(',') for r in range(a.first_run, a.runs) for recipe in a.recipes.split(',')]
     for n, (recipe, init, r) in enumerate(plan, 1):
         name = f'{recipe}-{init}-r{r}'
-        run = work / f'runs-{a.size}px-{a.epochs}ep' / name
+        run = runs / name
         row = run_result(run, recipe, init, r)
         if row is None:
             config = {'seed': r, **RECIPES[recipe]}  # a recipe's own seed wins: the same folds trained from another seed

@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/models.html.md"""
 
 # %% ../notebooks/lib/08_models.ipynb #d932ed57
 from __future__ import annotations
-import difflib
+import difflib, functools
 import os, pickle, re
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -26,9 +26,10 @@ from .labels import CLASSES, NUM_CLASSES
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'WEIGHT_FILE_EXTS', 'HEAD_PREFIXES', 'HEADS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'HUB_META',
            'HUB_WEIGHTS', 'HUB_FORMAT', 'resolve_arch', 'list_encoders', 'resolve_encoder', 'is_weights_path',
-           'read_state_dict', 'load_encoder_weights', 'softmax_channels', 'class_scores', 'create_model',
-           'count_parameters', 'model_head', 'model_scores', 'Scorer', 'check_input_size', 'to_jsonable',
-           'head_bias_name', 'save_checkpoint', 'read_hub_folder', 'load_checkpoint', 'model_from_checkpoint']
+           'read_state_dict', 'efficientnet_renames', 'load_encoder_weights', 'softmax_channels', 'class_scores',
+           'create_model', 'count_parameters', 'model_head', 'model_scores', 'Scorer', 'check_input_size',
+           'to_jsonable', 'head_bias_name', 'save_checkpoint', 'read_hub_folder', 'load_checkpoint',
+           'model_from_checkpoint']
 
 # %% ../notebooks/lib/08_models.ipynb #89762c9c
 ARCHITECTURES: tuple[str, ...] = tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
@@ -120,22 +121,78 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise DataError.from_problem(path, 'does not hold a state dict (names -> tensors)', fix)
     return dict(sd)
 
+# %% ../notebooks/lib/08_models.ipynb #5b0e7c21
+_EFFNET_TOP = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head', '_bn1': 'bn2', '_fc': 'classifier'}
+_EFFNET_BLOCK = {  # efficientnet_pytorch's block layers -> timm's, by whether the block widens its input first (_expand_conv)
+    True: {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2', '_se_reduce': 'se.conv_reduce',
+           '_se_expand': 'se.conv_expand', '_project_conv': 'conv_pwl', '_bn2': 'bn3'},
+    False: {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_se_reduce': 'se.conv_reduce', '_se_expand': 'se.conv_expand',
+            '_project_conv': 'conv_pw', '_bn2': 'bn2'}}
+
+def efficientnet_renames(keys, timm_keys) -> dict[str, str]:
+    """timm's name for each key of an EfficientNet in efficientnet_pytorch's layout (`_blocks.<n>._depthwise_conv.weight`),
+    block n being the n-th block of `timm_keys` (`blocks.<stage>.<i>.`); {} when the two do not have the same blocks."""
+    keys = list(keys)
+    blocks = sorted({(int(m[1]), int(m[2])) for k in timm_keys if (m := re.match(r'blocks\.(\d+)\.(\d+)\.', k))})
+    numbers = {int(m[1]) for k in keys if (m := re.match(r'_blocks\.(\d+)\.', k))}
+    if not blocks or numbers != set(range(len(blocks))): return {}
+    out = {}
+    for k in keys:
+        part = k.split('.')
+        if part[0] == '_blocks':
+            n = int(part[1]); stage, i = blocks[n]
+            layer = _EFFNET_BLOCK[f'_blocks.{n}._expand_conv.weight' in keys].get(part[2])
+            if layer: out[k] = '.'.join([f'blocks.{stage}.{i}.{layer}', *part[3:]])
+        elif part[0] in _EFFNET_TOP: out[k] = '.'.join([_EFFNET_TOP[part[0]], *part[1:]])
+    return out
+
+
 # %% ../notebooks/lib/08_models.ipynb #24201fbf
+@functools.lru_cache(maxsize=None)
+def _timm_model_keys(name: str) -> frozenset[str]:
+    "The state dict keys of timm's whole model `name` (built on the meta device: no memory, no weights)."
+    with torch.device('meta'): return frozenset(timm.create_model(name, pretrained=False).state_dict())
+
+def _readings(sd: dict, own: Mapping, encoder: str):
+    "(how, state dict) for each layout we know of in which the file's `sd` may be read for an encoder whose keys are `own`."
+    found = [('as saved', sd)]
+    if any(k.startswith('encoder.') for k in sd):
+        found.append(('as a whole smp model', {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}))
+    timm_model = encoder[3:] if encoder.startswith('tu-') else None
+    timm_own = [k[len('model.'):] for k in own if k.startswith('model.')] if timm_model else list(own)
+    for how, s in list(found):
+        if names := efficientnet_renames(s, timm_own):
+            found.append((f"{how.replace('as saved', '')} in efficientnet_pytorch's layout".strip(), {names.get(k, k): v for k, v in s.items()}))
+        elif back := {v: k for k, v in efficientnet_renames(own, s).items()}:
+            found.append((f"{how.replace('as saved', '')} in timm's layout".strip(), {back.get(k, k): v for k, v in s.items()}))
+    if timm_model:  # timm's whole model: the feature extractor holds its layers under `model.`, without the classifier head
+        whole = _timm_model_keys(timm_model)
+        found += [(f"{how.replace('as saved', '')} as timm's {timm_model}".strip(),
+                   {f'model.{k}': v for k, v in s.items() if f'model.{k}' in own or k not in whole}) for how, s in list(found)]
+    return found
+
+def _misfit(sd: Mapping, own: Mapping) -> tuple[list, list, list]:
+    "The encoder's keys the file lacks, the file's keys the encoder lacks (an ImageNet classifier aside), and tensors of another shape."
+    return ([k for k in own if k not in sd], [k for k in sd if k not in own and not k.startswith(HEAD_PREFIXES)],
+            [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in own if k in sd and sd[k].shape != own[k].shape])
+
 def load_encoder_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    "Load a local state dict into `model.encoder`, checked key by key; DataError listing missing and unexpected keys."
+    """Load a local state dict into `model.encoder`, checked key by key, in the first layout in which it fits exactly;
+    DataError listing missing and unexpected keys where none does."""
     sd, own = read_state_dict(path), model.encoder.state_dict()
-    if not set(sd) & set(own) and any(k.startswith('encoder.') for k in sd):  # a whole smp model's weights
-        sd = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own and not k.startswith(HEAD_PREFIXES)]
-    resized = [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or resized:
-        spec = getattr(model, 'faceseg_spec', {})
-        raise DataError.from_problem(path, f"does not fit the {spec.get('encoder', 'model')!r} encoder: {len(missing)} missing keys "
-                                     f"{missing[:6]}, {len(unexpected)} unexpected keys {unexpected[:6]}, {len(resized)} of another shape {resized[:3]}",
+    encoder = getattr(model, 'faceseg_spec', {}).get('encoder', '')
+    tried = [(how, s, _misfit(s, own)) for how, s in _readings(sd, own, encoder)]
+    fits = [s for _, s, problems in tried if not any(problems)]
+    if not fits:
+        how, _, (missing, unexpected, resized) = min(tried, key=lambda t: sum(map(len, t[2])))  # the closest reading
+        others = [h for h, _, _ in tried if h != how]
+        raise DataError.from_problem(path, f"does not fit the {encoder or 'model'!r} encoder (read {how}{'; also tried ' + ', '.join(others) if others else ''}): "
+                                     f"{len(missing)} missing keys {missing[:6]}, {len(unexpected)} unexpected keys {unexpected[:6]}, "
+                                     f"{len(resized)} of another shape {resized[:3]}",
                                      "pass weights saved from this encoder (its ImageNet classifier keys may be left in), or choose the encoder they belong to")
-    model.encoder.load_state_dict({k: sd[k] for k in own}, strict=True)
+    model.encoder.load_state_dict({k: fits[0][k] for k in own}, strict=True)
     return model
+
 
 # %% ../notebooks/lib/08_models.ipynb #babc7e6e
 HEADS: dict[str, int] = {'multiclass': NUM_CLASSES, 'multilabel': NUM_CLASSES - 1}  # head -> output channels

@@ -81,6 +81,10 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path, capsys):
             '--runs', '1', '--recipes', 'careful,original', '--inits', 'random', '--workers', '0']
     assert rs.main(args) == 0
     md = (tmp_path / 'results-64px-1ep.md').read_text()
+    # another model than the study's FPN + mobilenet_v2 keeps its runs and table apart, named after it
+    assert rs.runs_dir(tmp_path, 64, 1) == tmp_path / 'runs-64px-1ep' and rs.results_stem(tmp_path, 64, 1) == tmp_path / 'results-64px-1ep'
+    assert rs.runs_dir(tmp_path, 64, 1, 'FPN', 'resnet18') == tmp_path / 'runs-64px-1ep-FPN-resnet18'
+    assert rs.results_stem(tmp_path, 64, 1, 'Unet', 'mobilenet_v2') == tmp_path / 'results-64px-1ep-Unet-mobilenet_v2'
     assert '| careful | random | 1 |' in md and '| original | random | 1 |' in md
     stamp = (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns
     assert rs.main(args) == 0 and (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'best.pt').stat().st_mtime_ns == stamp

@@ -208,3 +208,28 @@ def test_encoder_weights_from_a_local_file_and_a_file_for_another_encoder_refuse
     msg = str(e.value)
     assert str(tmp_path / 'r18.pth') in msg and 'missing keys' in msg and 'unexpected keys' in msg and "'mobilenet_v2'" in msg
     assert "['features.0.0.weight'" in msg and "['conv1.weight'" in msg  # the key lists themselves
+
+
+def test_encoder_weights_in_timms_and_efficientnet_pytorchs_layouts_load_and_a_misfit_names_the_layouts_tried(tmp_path):
+    """A timm model's own weights (classifier included, as timm and the hub save them) load into its `tu-` encoder, and an
+    EfficientNet in efficientnet_pytorch's layout (smp's `efficientnet-b0`) into timm's (`timm-efficientnet-b0`), every
+    tensor in its place; a file that fits in no layout is refused with the closest reading's key lists."""
+    import timm
+    from faceseg_lib.models import create_model
+    full = timm.create_model('efficientnet_lite0', pretrained=False)
+    torch.save(full.state_dict(), tmp_path / 'lite0.pth')
+    lite = create_model('FPN', 'tu-efficientnet_lite0', encoder_weights=str(tmp_path / 'lite0.pth')).encoder.state_dict()
+    assert all(torch.equal(v, full.state_dict()[k[len('model.'):]]) for k, v in lite.items())
+    b0 = create_model('Unet', 'efficientnet-b0', encoder_weights=None).encoder.state_dict()
+    torch.save(b0 | {'_fc.weight': torch.zeros(2, 2)}, tmp_path / 'b0.pth')
+    timm_b0 = create_model('FPN', 'timm-efficientnet-b0', encoder_weights=str(tmp_path / 'b0.pth')).encoder.state_dict()
+    assert len(timm_b0) == len(b0)
+    for theirs, ours in [('_conv_stem.weight', 'conv_stem.weight'), ('_blocks.0._depthwise_conv.weight', 'blocks.0.0.conv_dw.weight'),
+                         ('_blocks.1._expand_conv.weight', 'blocks.1.0.conv_pw.weight'), ('_blocks.1._project_conv.weight', 'blocks.1.0.conv_pwl.weight'),
+                         ('_blocks.15._se_expand.weight', 'blocks.6.0.se.conv_expand.weight'), ('_conv_head.weight', 'conv_head.weight')]:
+        assert torch.equal(timm_b0[ours], b0[theirs]), (theirs, ours)
+    with pytest.raises(DataError) as e:
+        create_model('FPN', 'tu-efficientnet_lite0', encoder_weights=str(tmp_path / 'b0.pth'))  # b0's squeeze-excitation: lite0 has none
+    msg = str(e.value)
+    assert "read in efficientnet_pytorch's layout as timm's efficientnet_lite0; also tried as saved" in msg
+    assert "0 missing keys [], 64 unexpected keys ['model.blocks.0.0.se.conv_reduce.weight'" in msg

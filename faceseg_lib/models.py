@@ -153,23 +153,23 @@ def _timm_model_keys(name: str) -> frozenset[str]:
     "The state dict keys of timm's whole model `name` (built on the meta device: no memory, no weights)."
     with torch.device('meta'): return frozenset(timm.create_model(name, pretrained=False).state_dict())
 
-def _readings(sd: dict, own: Mapping, encoder: str):
+def _readings(sd: dict, own: Mapping, encoder: str) -> list[tuple[str, dict]]:
     "(how, state dict) for each layout we know of in which the file's `sd` may be read for an encoder whose keys are `own`."
-    found = [('as saved', sd)]
+    found = [((), sd)]  # how: the steps that led to a reading, () as saved
     if any(k.startswith('encoder.') for k in sd):
-        found.append(('as a whole smp model', {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}))
+        found.append((('as a whole smp model',), {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}))
     timm_model = encoder[3:] if encoder.startswith('tu-') else None
     timm_own = [k[len('model.'):] for k in own if k.startswith('model.')] if timm_model else list(own)
     for how, s in list(found):
         if names := efficientnet_renames(s, timm_own):
-            found.append((f"{how.replace('as saved', '')} in efficientnet_pytorch's layout".strip(), {names.get(k, k): v for k, v in s.items()}))
+            found.append(((*how, "in efficientnet_pytorch's layout"), {names.get(k, k): v for k, v in s.items()}))
         elif back := {v: k for k, v in efficientnet_renames(own, s).items()}:
-            found.append((f"{how.replace('as saved', '')} in timm's layout".strip(), {back.get(k, k): v for k, v in s.items()}))
+            found.append(((*how, "in timm's layout"), {back.get(k, k): v for k, v in s.items()}))
     if timm_model:  # timm's whole model: the feature extractor holds its layers under `model.`, without the classifier head
         whole = _timm_model_keys(timm_model)
-        found += [(f"{how.replace('as saved', '')} as timm's {timm_model}".strip(),
-                   {f'model.{k}': v for k, v in s.items() if f'model.{k}' in own or k not in whole}) for how, s in list(found)]
-    return found
+        found += [((*how, f"as timm's {timm_model}"), {f'model.{k}': v for k, v in s.items() if f'model.{k}' in own or k not in whole})
+                  for how, s in list(found)]
+    return [(' '.join(how) or 'as saved', s) for how, s in found]
 
 def _misfit(sd: Mapping, own: Mapping) -> tuple[list, list, list]:
     "The encoder's keys the file lacks, the file's keys the encoder lacks (an ImageNet classifier aside), and tensors of another shape."

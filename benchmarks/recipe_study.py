@@ -186,10 +186,28 @@ def table(rows: list[dict]) -> str:
     return '\n'.join(out)
 
 
+def entry_runs(runs: Path, name: str) -> tuple[Path, str]:
+    """The runs folder and recipe of a table entry: `recipe`, found under `runs`, or `recipe@encoder`, that recipe's runs
+    at the same budget and architecture with another encoder (its own folder, see `runs_dir`), to compare encoders."""
+    if '@' not in name: return runs, name
+    recipe, encoder = name.split('@', 1)
+    m = re.fullmatch(r'runs-(\d+)px-(\d+)ep(?:-([^-]+)-.+)?', runs.name)
+    return runs_dir(runs.parent, int(m[1]), int(m[2]), m[3] or 'FPN', encoder), recipe
+
+
+def run_folder(runs: Path, name: str, init: str, r: int) -> Path:
+    "The folder of run r from `init` of the table entry `name` (see `entry_runs`)."
+    folder, recipe = entry_runs(runs, name)
+    return folder / f'{recipe}-{init}-r{r}'
+
+
 def common_runs(runs: Path, recipes: list[str], init: str) -> tuple[list[int], dict[str, dict[int, tuple]]]:
     "The run numbers that every one of `recipes` finished under `runs` from `init`, and each recipe's run -> `finished` (read once)."
-    done = {name: {int(m[1]): f for d in runs.glob(f'{name}-{init}-r*')
-                   if (m := re.fullmatch(r'r(\d+)', d.name[len(f'{name}-{init}-'):])) and (f := finished(d))} for name in recipes}
+    done = {}
+    for name in recipes:
+        folder, recipe = entry_runs(runs, name)
+        done[name] = {int(m[1]): f for d in folder.glob(f'{recipe}-{init}-r*')
+                      if (m := re.fullmatch(r'r(\d+)', d.name[len(f'{recipe}-{init}-'):])) and (f := finished(d))}
     return (sorted(set.intersection(*(set(v) for v in done.values()))) if recipes else []), done
 
 
@@ -281,7 +299,7 @@ def pooled_scores(runs: Path, recipes: list[str], init: str = 'imagenet', folds:
     common, done = common_runs(runs, recipes, init)
     common = [r for r in common if r < folds]  # run r validates on fold r
     if not common: return None
-    f1 = {name: pooled_f1([fold_counts(runs / f'{name}-{init}-r{r}') for r in common])[1:] for name in recipes}
+    f1 = {name: pooled_f1([fold_counts(run_folder(runs, name, init, r)) for r in common])[1:] for name in recipes}
     return common, f1, {name: [done[name][r][0]['mean_f1'] for r in common] for name in recipes}
 
 
@@ -327,7 +345,7 @@ def pooled_table(runs: Path, recipes: list[str], init: str = 'imagenet', folds: 
     out.append("| mean of the folds' means | " + ' | '.join([f'{folds_mean[n]:.3f}' for n in recipes] + [f'{folds_mean[n] - folds_mean[base]:+.3f}' for n in recipes[:-1]]) + ' |')
     zero = {n: ' '.join(p for p, v in zip(PARTS, f1[n]) if v == 0) or '–' for n in recipes}
     out.append('| parts at F1 0 | ' + ' | '.join([zero[n] for n in recipes] + [''] * (len(recipes) - 1)) + ' |')
-    images = {n: np.concatenate([image_counts(runs / f'{n}-{init}-r{r}') for r in common]) for n in recipes}  # same folds, same order
+    images = {n: np.concatenate([image_counts(run_folder(runs, n, init, r)) for r in common]) for n in recipes}  # same folds, same order
     gaps = [bootstrap_gap(images[n], images[base]) for n in recipes[:-1]]
     out.append('| pooled gap, 90 % interval over images | ' + ' | '.join([''] * len(recipes) + [f'{g:+.3f} [{lo:+.3f}, {hi:+.3f}]' for g, lo, hi in gaps]) + ' |')
     return '\n'.join(out)
@@ -352,7 +370,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    'over the runs all of them finished, and each one\'s lead over the last')
     p.add_argument('--pooled', metavar='A,B', help='train nothing: score the best.pt of runs 0..FOLDS-1 of these recipes (the first '
                    '--inits) on their own validation folds and print the F1 of each part over the whole sample (the counts summed), '
-                   'and each pooled gap to the last recipe with a 90 %% interval (a paired bootstrap over the images)')
+                   'and each pooled gap to the last recipe with a 90 %% interval (a paired bootstrap over the images); '
+                   'RECIPE@ENCODER names that recipe\'s runs with another --encoder, to compare encoders')
     p.add_argument('--figure', metavar='PNG', help='train nothing: draw the pooled per-part F1 of the recipes of each --row '
                    '(bars, one panel per row) into PNG')
     p.add_argument('--row', action='append', metavar='INIT=A,B', help="a panel of --figure: an init and its recipes, e.g. "
@@ -372,8 +391,9 @@ def main(argv=None) -> int:
     work = Path(a.work).resolve(); work.mkdir(parents=True, exist_ok=True)
     runs = runs_dir(work, a.size, a.epochs, a.arch, a.encoder)
     panels = [(row.split('=')[0], row.split('=')[1].split(',')) for row in a.row or []]
-    unknown = [r for r in (a.parts or a.pooled or a.recipes).split(',') + [r for _, names in panels for r in names] if r not in RECIPES]
+    unknown = [r for r in (a.parts or a.pooled or a.recipes).split(',') + [r for _, names in panels for r in names] if r.split('@')[0] not in RECIPES]
     if unknown: sys.exit(f'recipe_study: unknown recipe(s) {unknown}; known: {", ".join(RECIPES)}')
+    if not (a.figure or a.parts or a.pooled) and '@' in a.recipes: sys.exit('recipe_study: --recipes trains with --encoder; recipe@encoder is for --parts, --pooled and --row')
     if a.figure:
         print(figure(runs, panels, Path(a.figure), a.folds))
         return 0

@@ -110,6 +110,12 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path, capsys):
     assert 'over folds 0 only' in pooled and abs(float(row('**mean (pooled)**')[1].strip('*')) - res['careful']) < 1e-3
     assert abs(float(row("mean of the folds' means")[2]) - res['original']) < 1e-3
     counts = rs.fold_counts(tmp_path / 'runs-64px-1ep' / 'careful-random-r0')  # kept from the table's call in eval-val
+    import shutil  # recipe@encoder: the recipe's runs with another encoder, from their own folder (here a copy of the same run)
+    shutil.copytree(tmp_path / 'runs-64px-1ep' / 'careful-random-r0', tmp_path / 'runs-64px-1ep-FPN-resnet18' / 'careful-random-r0')
+    assert rs.entry_runs(tmp_path / 'runs-64px-1ep', 'careful@resnet18') == (tmp_path / 'runs-64px-1ep-FPN-resnet18', 'careful')
+    assert rs.entry_runs(tmp_path / 'runs-64px-1ep-FPN-resnet18', 'careful@mobilenet_v2') == (tmp_path / 'runs-64px-1ep', 'careful')
+    twin = rs.pooled_table(tmp_path / 'runs-64px-1ep', ['careful@resnet18', 'careful'], 'random', folds=3)
+    assert '| careful@resnet18 | careful |' in twin and twin.splitlines()[-1].endswith('| +0.000 [+0.000, +0.000] |')
     assert (tmp_path / 'runs-64px-1ep' / 'careful-random-r0' / 'eval-val' / 'confusion.csv').is_file()
     assert abs(np.nanmean(rs.pooled_f1([counts])[1:]) - res['careful']) < 1e-6
     # the same pooled scores as a picture: one panel per row, a PNG; a row without '=' is refused by name

@@ -209,3 +209,23 @@ def test_dead_part_ceiling_pools_the_truth(train_set, capsys):
     assert out.startswith('truth pooled to 1/4: neck_l F1') and 'skin ' in out
     assert dp.main(['--ceiling', '1', '--data', str(train_set), '--split', 'train']) == 0
     assert 'mean F1 over the parts 1.000' in capsys.readouterr().out
+
+
+def test_input_stats_trains_a_study_recipe_on_images_in_minus_one_to_one(train_set, tmp_path, monkeypatch):
+    """benchmarks/input_stats.py: the study with mean 0.5 and std 0.5 in place of ImageNet's statistics, as recipe
+    default-bs4-adj-half; the statistics it sets are the ones the transforms and the device normaliser use."""
+    import faceseg_lib.dataset as D
+    for name in ('IMAGENET_MEAN', 'IMAGENET_STD'): monkeypatch.setattr(D, name, getattr(D, name))  # put back after the test
+    D._normalizer.cache_clear(); monkeypatch.setattr(D, '_normalizer', D._normalizer)
+    ist = load_script('benchmarks/input_stats.py')
+    try:
+        assert ist.main(['--sample', str(train_set.parent / 'raw'), '--work', str(tmp_path), '--size', '64', '--epochs', '1', '--folds', '3',
+                         '--runs', '1', '--recipes', 'default-bs4-adj-half', '--inits', 'random', '--workers', '0']) == 0
+        assert D.IMAGENET_MEAN == D.IMAGENET_STD == (0.5, 0.5, 0.5)
+        norm = next(t for t in D.eval_transform(64).transforms if type(t).__name__ == 'Normalize')
+        assert tuple(norm.mean) == (0.5, 0.5, 0.5)
+        import torch
+        white = D.normalize_images(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
+        assert float(white.max()) == float(white.min()) == 1.0  # 255 -> (1 - 0.5) / 0.5, where ImageNet's statistics give 2.2 to 2.6
+        assert '| default-bs4-adj-half | random | 1 |' in (tmp_path / 'results-64px-1ep.md').read_text()
+    finally: D._normalizer.cache_clear()

@@ -25,6 +25,7 @@ HALF = (0.5, 0.5, 0.5)
 
 
 def main(argv=None) -> int:
+    if {'-h', '--help'} & set(sys.argv[1:] if argv is None else argv): print(__doc__)  # then recipe_study's own options
     D.IMAGENET_MEAN, D.IMAGENET_STD = HALF, HALF  # read when the transforms and `model_batch` are first made, in this process and its workers
     import recipe_study as rs
     rs.RECIPES['default-bs4-adj-half'] = dict(rs.RECIPES['default-bs4-adj'])

@@ -88,6 +88,7 @@ RECIPES: dict[str, dict] = {
     'default-bs4-uniform-adj': dict(preset='default', batch_size=4, sampling='uniform', logit_adjust=0.5),  # the default from ImageNet weights without its rare-part sampling
     'default-bs4-wd1e-2': dict(preset='default', batch_size=4, logit_adjust=0.5, weight_decay=1e-2),  # the default from ImageNet weights, AdamW's usual weight decay
     'default-bs4-bnfreeze': dict(preset='default', batch_size=4, logit_adjust=0.5, freeze_bn=True),  # the default from ImageNet weights, the encoder's BatchNorm on ImageNet statistics
+    'default-bs2-adj-paste': dict(preset='default', batch_size=2, logit_adjust=0.5, paste=0.5),  # the default from random weights, rare parts pasted into half the images
 }
 for _recipe in RECIPES.values():  # a default-preset recipe that names no logit_adjust was measured before the preset took one
     if _recipe['preset'] == 'default': _recipe.setdefault('logit_adjust', 0.0)

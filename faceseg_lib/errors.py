@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['Problem', 'DataError']
+__all__ = ['Problem', 'DataError', 'first_line']
 
 # %% ../notebooks/lib/01_errors.ipynb #a5e086e4
 @dataclass(frozen=True)
@@ -46,3 +46,9 @@ class DataError(ValueError):
         lines = [f"{header}: {len(problems)} problem(s)"] + [f"  - {p}" for p in problems[:limit]]
         if len(problems) > limit: lines.append(f"  ... and {len(problems) - limit} more")
         return cls('\n'.join(lines), problems)
+
+# %% ../notebooks/lib/01_errors.ipynb #f1e2d3c4
+def first_line(e: BaseException) -> str:
+    "An exception as one short line for a problem's text: its type and the first line of its message (200 characters at most)."
+    s = str(e).strip()
+    return f"{type(e).__name__}: {s.splitlines()[0][:200]}" if s else type(e).__name__

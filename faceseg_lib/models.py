@@ -6,7 +6,7 @@ Docs: https://faceseg.github.io/faceseg/lib/models.html.md"""
 
 # %% ../notebooks/lib/08_models.ipynb #d932ed57
 from __future__ import annotations
-import difflib, functools
+import difflib
 import os, pickle, re
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -20,16 +20,15 @@ import segmentation_models_pytorch as smp
 
 from . import __version__
 from .core import write_atomic
-from .errors import DataError
+from .errors import DataError, first_line
 from .labels import CLASSES, NUM_CLASSES
+from .weights import is_weights_path, load_encoder_weights
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'WEIGHT_FILE_EXTS', 'HEAD_PREFIXES', 'HEADS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'HUB_META',
-           'HUB_WEIGHTS', 'HUB_FORMAT', 'resolve_arch', 'list_encoders', 'resolve_encoder', 'is_weights_path',
-           'read_state_dict', 'efficientnet_renames', 'load_encoder_weights', 'softmax_channels', 'class_scores',
-           'create_model', 'count_parameters', 'model_head', 'model_scores', 'Scorer', 'check_input_size',
-           'to_jsonable', 'head_bias_name', 'save_checkpoint', 'read_hub_folder', 'load_checkpoint',
-           'model_from_checkpoint']
+__all__ = ['ARCHITECTURES', 'HEADS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'HUB_META', 'HUB_WEIGHTS', 'HUB_FORMAT',
+           'resolve_arch', 'list_encoders', 'resolve_encoder', 'softmax_channels', 'class_scores', 'create_model',
+           'count_parameters', 'model_head', 'model_scores', 'Scorer', 'check_input_size', 'to_jsonable',
+           'head_bias_name', 'save_checkpoint', 'read_hub_folder', 'load_checkpoint', 'model_from_checkpoint']
 
 # %% ../notebooks/lib/08_models.ipynb #89762c9c
 ARCHITECTURES: tuple[str, ...] = tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
@@ -84,115 +83,6 @@ def _smp_kwargs(arch: str, encoder: str, encoder_weights, kwargs: dict) -> tuple
     if arch == 'DPT': kwargs.setdefault('dynamic_img_size', True)  # a ViT built for 224 px would take only 224 px
     if encoder.startswith('tu-') and isinstance(encoder_weights, str): encoder_weights = True
     return encoder_weights, kwargs
-
-# %% ../notebooks/lib/08_models.ipynb #bf8bbceb
-WEIGHT_FILE_EXTS: tuple[str, ...] = ('.pth', '.pt', '.bin', '.safetensors')  # local encoder weight files we read
-HEAD_PREFIXES: tuple[str, ...] = ('classifier.', 'fc.', 'head.', '_fc.', 'last_linear.')  # ImageNet classifier keys, dropped
-
-def is_weights_path(weights) -> bool:
-    "Whether an `encoder_weights` value names a local file or folder (not a weights name such as 'imagenet')."
-    if not isinstance(weights, (str, os.PathLike)): return False
-    w = str(weights)
-    return w.lower().endswith(WEIGHT_FILE_EXTS) or '/' in w or os.sep in w or Path(w).expanduser().is_dir()
-
-# %% ../notebooks/lib/08_models.ipynb #41d25a5c
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return f"{type(e).__name__}: {s.splitlines()[0][:200]}" if s else type(e).__name__
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    "The tensors of a state dict in a .pth/.pt/.bin (read weights-only) or .safetensors file, or the one such file in a folder."
-    path = Path(path).expanduser()
-    fix = f"pass a state dict file ({', '.join(WEIGHT_FILE_EXTS)}) or a folder holding exactly one"
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in WEIGHT_FILE_EXTS)
-        if len(found) != 1: raise DataError.from_problem(path, f'holds {len(found)} weight files {[p.name for p in found][:5]}, not one', fix)
-        path = found[0]
-    if not path.is_file(): raise DataError.from_problem(path, 'no such encoder weights file', fix)
-    try:
-        if path.suffix.lower() == '.safetensors':
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else: sd = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise DataError.from_problem(path, f'cannot be read as a state dict ({_first_line(e)})', fix) from e
-    for key in ('state_dict', 'model'):  # training checkpoints often nest the weights
-        if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping): sd = sd[key]
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise DataError.from_problem(path, 'does not hold a state dict (names -> tensors)', fix)
-    return dict(sd)
-
-# %% ../notebooks/lib/08_models.ipynb #5b0e7c21
-_EFFNET_TOP = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head', '_bn1': 'bn2', '_fc': 'classifier'}
-_EFFNET_BLOCK = {  # efficientnet_pytorch's block layers -> timm's, by whether the block widens its input first (_expand_conv)
-    True: {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2', '_se_reduce': 'se.conv_reduce',
-           '_se_expand': 'se.conv_expand', '_project_conv': 'conv_pwl', '_bn2': 'bn3'},
-    False: {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_se_reduce': 'se.conv_reduce', '_se_expand': 'se.conv_expand',
-            '_project_conv': 'conv_pw', '_bn2': 'bn2'}}
-
-def efficientnet_renames(keys, timm_keys) -> dict[str, str]:
-    """timm's name for each key of an EfficientNet in efficientnet_pytorch's layout (`_blocks.<n>._depthwise_conv.weight`),
-    block n being the n-th block of `timm_keys` (`blocks.<stage>.<i>.`); {} when the two do not have the same blocks."""
-    keys = list(keys)
-    blocks = sorted({(int(m[1]), int(m[2])) for k in timm_keys if (m := re.match(r'blocks\.(\d+)\.(\d+)\.', k))})
-    numbers = {int(m[1]) for k in keys if (m := re.match(r'_blocks\.(\d+)\.', k))}
-    if not blocks or numbers != set(range(len(blocks))): return {}
-    out = {}
-    for k in keys:
-        part = k.split('.')
-        if part[0] == '_blocks':
-            n = int(part[1]); stage, i = blocks[n]
-            layer = _EFFNET_BLOCK[f'_blocks.{n}._expand_conv.weight' in keys].get(part[2])
-            if layer: out[k] = '.'.join([f'blocks.{stage}.{i}.{layer}', *part[3:]])
-        elif part[0] in _EFFNET_TOP: out[k] = '.'.join([_EFFNET_TOP[part[0]], *part[1:]])
-    return out
-
-
-# %% ../notebooks/lib/08_models.ipynb #24201fbf
-@functools.lru_cache(maxsize=None)
-def _timm_model_keys(name: str) -> frozenset[str]:
-    "The state dict keys of timm's whole model `name` (built on the meta device: no memory, no weights)."
-    with torch.device('meta'): return frozenset(timm.create_model(name, pretrained=False).state_dict())
-
-def _readings(sd: dict, own: Mapping, encoder: str) -> list[tuple[str, dict]]:
-    "(how, state dict) for each layout we know of in which the file's `sd` may be read for an encoder whose keys are `own`."
-    found = [((), sd)]  # how: the steps that led to a reading, () as saved
-    if any(k.startswith('encoder.') for k in sd):
-        found.append((('as a whole smp model',), {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}))
-    timm_model = encoder[3:] if encoder.startswith('tu-') else None
-    timm_own = [k[len('model.'):] for k in own if k.startswith('model.')] if timm_model else list(own)
-    for how, s in list(found):
-        if names := efficientnet_renames(s, timm_own):
-            found.append(((*how, "in efficientnet_pytorch's layout"), {names.get(k, k): v for k, v in s.items()}))
-        elif back := {v: k for k, v in efficientnet_renames(own, s).items()}:
-            found.append(((*how, "in timm's layout"), {back.get(k, k): v for k, v in s.items()}))
-    if timm_model:  # timm's whole model: the feature extractor holds its layers under `model.`, without the classifier head
-        whole = _timm_model_keys(timm_model)
-        found += [((*how, f"as timm's {timm_model}"), {f'model.{k}': v for k, v in s.items() if f'model.{k}' in own or k not in whole})
-                  for how, s in list(found)]
-    return [(' '.join(how) or 'as saved', s) for how, s in found]
-
-def _misfit(sd: Mapping, own: Mapping) -> tuple[list, list, list]:
-    "The encoder's keys the file lacks, the file's keys the encoder lacks (an ImageNet classifier aside), and tensors of another shape."
-    return ([k for k in own if k not in sd], [k for k in sd if k not in own and not k.startswith(HEAD_PREFIXES)],
-            [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in own if k in sd and sd[k].shape != own[k].shape])
-
-def load_encoder_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a local state dict into `model.encoder`, checked key by key, in the first layout in which it fits exactly;
-    DataError listing missing and unexpected keys where none does."""
-    sd, own = read_state_dict(path), model.encoder.state_dict()
-    encoder = getattr(model, 'faceseg_spec', {}).get('encoder', '')
-    tried = [(how, s, _misfit(s, own)) for how, s in _readings(sd, own, encoder)]
-    fits = [s for _, s, problems in tried if not any(problems)]
-    if not fits:
-        how, _, (missing, unexpected, resized) = min(tried, key=lambda t: sum(map(len, t[2])))  # the closest reading
-        others = [h for h, _, _ in tried if h != how]
-        raise DataError.from_problem(path, f"does not fit the {encoder or 'model'!r} encoder (read {how}{'; also tried ' + ', '.join(others) if others else ''}): "
-                                     f"{len(missing)} missing keys {missing[:6]}, {len(unexpected)} unexpected keys {unexpected[:6]}, "
-                                     f"{len(resized)} of another shape {resized[:3]}",
-                                     "pass weights saved from this encoder (its ImageNet classifier keys may be left in), or choose the encoder they belong to")
-    model.encoder.load_state_dict({k: fits[0][k] for k in own}, strict=True)
-    return model
-
 
 # %% ../notebooks/lib/08_models.ipynb #babc7e6e
 HEADS: dict[str, int] = {'multiclass': NUM_CLASSES, 'multilabel': NUM_CLASSES - 1}  # head -> output channels
@@ -393,13 +283,13 @@ def read_hub_folder(path: str | Path, map_location: str | torch.device | None = 
     meta_file, weights = path / HUB_META, path / HUB_WEIGHTS
     if not meta_file.is_file(): raise DataError.from_problem(path, f'is a folder without {HUB_META}, not a faceseg hub folder', fix)
     try: meta = json.loads(meta_file.read_text())
-    except (OSError, ValueError) as e: raise DataError.from_problem(meta_file, f'cannot be read as JSON ({_first_line(e)})', fix) from e
+    except (OSError, ValueError) as e: raise DataError.from_problem(meta_file, f'cannot be read as JSON ({first_line(e)})', fix) from e
     if not isinstance(meta, dict) or meta.get('format') != HUB_FORMAT or not isinstance(meta.get('checkpoint'), dict):
         raise DataError.from_problem(meta_file, f"is not faceseg hub metadata (format {meta.get('format') if isinstance(meta, dict) else None!r})", fix)
     if not weights.is_file(): raise DataError.from_problem(path, f'has no {HUB_WEIGHTS}', fix)
     device = 'cpu' if map_location is None or callable(map_location) or isinstance(map_location, dict) else str(map_location)
     try: state = load_file(str(weights), device=device)
-    except Exception as e: raise DataError.from_problem(weights, f'cannot be read as safetensors ({_first_line(e)})', fix) from e
+    except Exception as e: raise DataError.from_problem(weights, f'cannot be read as safetensors ({first_line(e)})', fix) from e
     return {**meta['checkpoint'], 'format': CHECKPOINT_FORMAT, 'state_dict': state}
 
 # %% ../notebooks/lib/08_models.ipynb #b9957d34
@@ -423,7 +313,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
                 raise DataError.from_problem(path, f'holds the Python object {blocked.group(1)}, which faceseg refuses to load: unpickling '
                                              'it could run any code (checkpoints are read weights-only)',
                                              fix + '; re-save only the tensors of a file you trust') from None
-            raise DataError.from_problem(path, f"cannot be read as a weights-only PyTorch checkpoint ({_first_line(e)})", fix) from e
+            raise DataError.from_problem(path, f"cannot be read as a weights-only PyTorch checkpoint ({first_line(e)})", fix) from e
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
         keys = list(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise DataError.from_problem(path, f"is a PyTorch file but not a faceseg checkpoint (it holds {keys})",
@@ -447,7 +337,7 @@ def model_from_checkpoint(path_or_ckpt: str | Path | dict,
     try: model = create_model(spec['arch'], spec['encoder'], None, spec.get('num_classes', NUM_CLASSES), spec.get('head', 'multiclass'),
                               **spec.get('kwargs', {}))
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError.from_problem(src, f"its model {spec.get('arch')}/{spec.get('encoder')} cannot be built here ({_first_line(e)})",
+        raise DataError.from_problem(src, f"its model {spec.get('arch')}/{spec.get('encoder')} cannot be built here ({first_line(e)})",
                                      f"install the smp version it was trained with ({ckpt.get('smp_version')})") from e
     ours, theirs = model.state_dict(), ckpt['state_dict']
     missing, unexpected = [k for k in ours if k not in theirs], [k for k in theirs if k not in ours]

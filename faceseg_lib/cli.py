@@ -44,7 +44,7 @@ class PrepareOptions:
     raw: str                     # extracted CelebAMask-HQ folder or CelebAMask-HQ.zip
     out: str                     # prepared dataset folder, e.g. data/prepared/512
     size: int = 512              # image and label size in pixels
-    split: str = 'auto'          # auto | official | seed | fractions:0.8,0.1,0.1 | a name,is_train csv
+    split: str = 'auto'          # auto | official | seed | fractions:0.8,0.1,0.1 | a name,is_train or name,split csv
     partition: str | None = None # CelebA's list_eval_partition.txt, to cross-check --split official (not needed: the zip's mapping file is enough)
     on_bad: Literal['strict', 'skip'] = field(default='strict', metadata={'consts': {'--strict': 'strict', '--skip-bad': 'skip'}})  # a bad image: strict stops with a report of all of them; skip leaves it out and lists it in meta.json
     workers: int | None = None   # processes to use; None: all cores

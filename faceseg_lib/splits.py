@@ -70,23 +70,28 @@ def fraction_split(ids,                                               # ids to s
 # %% ../notebooks/lib/02a_splits.ipynb #514114c7
 _TRUE, _FALSE = {'1', 'true', 't', 'yes', 'y', '1.0'}, {'0', 'false', 'f', 'no', 'n', '0.0'}
 
-def read_split_csv(path: str | Path,  # csv with columns name,is_train
+_CSV_FIX = "give a csv with header name,is_train (the original project's) or name,split (train, val or test per row)"
+
+def read_split_csv(path: str | Path,  # csv with columns name,is_train, or name,split (or id,split)
                    ids,               # ids of the dataset: every name must be one of them
                   ) -> dict[int, str]:
-    "Split from the original project's `name,is_train` csv (val = last 10% of the train rows)."
+    """Split from a csv: the original project's `name,is_train` (val = last 10% of the train rows), or `name,split` /
+    `id,split` giving each image's split (train, val or test) as written, as a prepared dataset's splits.csv does."""
     import pandas as pd
     path = Path(path)
     try: df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e: raise DataError.from_problem(path, f"cannot be read as csv ({e})", 'give a csv with header name,is_train')
+    except Exception as e: raise DataError.from_problem(path, f"cannot be read as csv ({e})", _CSV_FIX)
     cols = {c.strip().lower(): c for c in df.columns}
-    if not {'name', 'is_train'} <= set(cols):
-        raise DataError.from_problem(path, f"has columns {list(df.columns)}, not name,is_train", 'give a csv with header name,is_train')
+    key, kind = next((k for k in ('name', 'id') if k in cols), None), next((k for k in ('is_train', 'split') if k in cols), None)
+    if key is None or kind is None:
+        raise DataError.from_problem(path, f"has columns {list(df.columns)}, not name,is_train or name,split", _CSV_FIX)
+    valid, like = (_TRUE | _FALSE, '123.jpg,1') if kind == 'is_train' else (set(SPLITS), '123.jpg,val')
     rows, bad = [], []
-    for name, flag in zip(df[cols['name']], df[cols['is_train']]):
+    for name, flag in zip(df[cols[key]], df[cols[kind]]):
         stem, f = os.path.splitext(name.strip().rsplit('/', 1)[-1])[0], flag.strip().lower()
-        if not stem.isdigit() or f not in _TRUE | _FALSE: bad.append(f"{name},{flag}"); continue
-        rows.append((int(stem), f in _TRUE))
-    if bad: raise DataError.from_problem(path, f"{len(bad)} row(s) not like '123.jpg,1' (first: {bad[:3]})", 'fix or remove those rows')
+        if not stem.isdigit() or f not in valid: bad.append(f"{name},{flag}"); continue
+        rows.append((int(stem), f in _TRUE if kind == 'is_train' else f))
+    if bad: raise DataError.from_problem(path, f"{len(bad)} row(s) not like '{like}' (first: {bad[:3]})", 'fix or remove those rows')
     named = [i for i, _ in rows]
     dup = sorted(i for i, c in Counter(named).items() if c > 1)
     if dup: raise DataError.from_problem(path, f"names ids more than once: {dup[:5]}", 'keep one row per image')
@@ -95,6 +100,7 @@ def read_split_csv(path: str | Path,  # csv with columns name,is_train
     if absent:
         raise DataError.from_problem(path, f"names {len(absent)} id(s) that are not in the dataset (first: {absent[:5]})",
                                      'remove those rows, or point at the dataset the csv was made for')
+    if kind == 'split': return dict(sorted(rows))
     train = [i for i, t in rows if t]
     n_val = int(0.1 * len(train))
     split = {i: 'test' for i, t in rows if not t}

@@ -225,6 +225,19 @@ def test_split_csv_naming_absent_ids(tmp_path):
         read_split_csv(csv, range(6))
 
 
+def test_split_csv_naming_each_images_split_reuses_a_prepared_sets_split(train_set, tmp_path):
+    """A `name,split` (or `id,split`) csv puts each image where it says: a prepared dataset's own splits.csv, given to
+    `prepare --split`, gives back the same split (a fixed held-out split, kept at another size)."""
+    import json
+    from faceseg_lib.prepare import prepare
+    prepare(train_set.parent / 'raw', tmp_path / 'again', size=32, split=str(train_set / 'splits.csv'), workers=1, progress=False)
+    assert (tmp_path / 'again' / 'splits.csv').read_text() == (train_set / 'splits.csv').read_text()
+    assert json.loads((tmp_path / 'again' / 'meta.json').read_text())['split_method'] == 'csv:splits.csv'
+    csv = tmp_path / 'named.csv'
+    csv.write_text('name,split\n3.jpg,test\n4.jpg,holdout\n')
+    with pytest.raises(DataError, match=r"not like '123.jpg,val' \(first: \['4.jpg,holdout'\]\)"):
+        read_split_csv(csv, range(6))
+
 MAPPING = 'idx orig_idx orig_file\n0 169999 170000.jpg\n1 99094 099095.jpg\n2 200121 200122.jpg\n3 81059 081060.jpg\n4 202018 202019.jpg\n'
 PARTITION = '081060.jpg 0\n099095.jpg 0\n170000.jpg 1\n200122.jpg 2\n202019.jpg 2\n000001.jpg 0\n'
 

@@ -81,15 +81,15 @@ def train_one(fold: Path, init: str, weights: str | None, seed: int, epochs: int
             'history': history, 'val': (xv, yv)}
 
 
-def score(model, xv, fold: Path) -> dict:
-    "The study's score of a model on the fold's validation split: faceseg's decode and dataset-level F1."
+def score(model, xv, fold: Path, split: str = 'val') -> dict:
+    "The study's score of a model on a split of the fold (images `xv`, from `load_fold`): faceseg's decode and dataset-level F1."
     import pandas as pd
     import torch
     from faceseg_lib.dataset import read_label
     from faceseg_lib.labels import CLASSES
     from faceseg_lib.metrics import ConfusionMatrix
     from faceseg_lib.models import class_scores
-    ids = pd.read_csv(fold / 'splits.csv').query('split == "val"')['id'].tolist()
+    ids = pd.read_csv(fold / 'splits.csv').query('split == @split')['id'].tolist()
     cm = ConfusionMatrix()
     with torch.no_grad():
         for i, id in enumerate(ids):
@@ -98,7 +98,8 @@ def score(model, xv, fold: Path) -> dict:
             pred = class_scores(logits, 'multilabel').argmax(1)
             cm.update(pred, torch.from_numpy(read_label(fold / 'labels' / f'{id}.png')[None].astype(np.int64)))
     f1 = dict(zip(CLASSES, cm.per_class_f1().tolist()))
-    return {'val_mean_f1': cm.mean_f1(), **{f'f1_{k}': f1[k] for k in RARE}, 'dead_parts': ' '.join(cm.dead_parts())}
+    return {f'{split}_mean_f1': cm.mean_f1(), **{f'f1_{k}': f1[k] for k in RARE}, 'dead_parts': ' '.join(cm.dead_parts()),
+            'f1': {k: None if np.isnan(v) else float(v) for k, v in f1.items()}}
 
 
 def main(argv=None) -> int:

@@ -239,9 +239,10 @@ def fold_counts(run: Path) -> np.ndarray:
     return load_evaluation(out)['confusion']
 
 
-def decoded_counts(run: Path, offsets: dict) -> dict:
-    """Per-image pixel counts (images, 19, 19) of a finished run's best.pt on its own validation fold, one array per entry
-    of `offsets` (key -> (19,) logit offset added to the log class scores, or None: the checkpoint's own decode)."""
+def decoded_counts(run: Path, offsets: dict, split: str | None = None) -> dict:
+    """Per-image pixel counts (images, 19, 19) of a finished run's best.pt on its own validation fold (or `split` of the
+    dataset it trained on), one array per entry of `offsets` (key -> (19,) logit offset added to the log class scores,
+    or None: the checkpoint's own decode)."""
     import torch
     from torch.utils.data import DataLoader
     from faceseg_lib.dataset import FaceParsingDataset, eval_transform, model_batch
@@ -249,7 +250,7 @@ def decoded_counts(run: Path, offsets: dict) -> dict:
     from faceseg_lib.metrics import confusion_counts
     model, ckpt = load_for_eval(run / 'best.pt')
     c = ckpt['config']
-    ds = FaceParsingDataset(c['data_dir'], c.get('val_split', 'val'), transform=eval_transform(c['size'], normalize=False))
+    ds = FaceParsingDataset(c['data_dir'], split or c.get('val_split', 'val'), transform=eval_transform(c['size'], normalize=False))
     out = {k: [] for k in offsets}
     with torch.inference_mode():
         for x, y in DataLoader(ds, batch_size=8):  # evaluate's batches

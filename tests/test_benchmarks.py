@@ -229,3 +229,40 @@ def test_input_stats_trains_a_study_recipe_on_images_in_minus_one_to_one(train_s
         assert float(white.max()) == float(white.min()) == 1.0  # 255 -> (1 - 0.5) / 0.5, where ImageNet's statistics give 2.2 to 2.6
         assert '| default-bs4-adj-half | random | 1 |' in (tmp_path / 'results-64px-1ep.md').read_text()
     finally: D._normalizer.cache_clear()
+
+
+def test_heldout_trains_each_preset_scores_it_on_test_and_resumes(train_set, tmp_path):
+    """benchmarks/heldout.py, the issue's table on a held-out split: one run per preset and init plus the original recipe
+    run the original way; a run's test score is `faceseg test`'s; a second call trains nothing; a set without a test
+    split, an unknown preset and --reference without a weights file are refused with the fix."""
+    import pandas as pd
+    from faceseg_lib.evaluate import evaluate
+    ho = load_script('benchmarks/heldout.py')
+    args = ['--data', str(train_set), '--work', str(tmp_path), '--epochs', '1', '--presets', 'careful,default', '--inits', 'random',
+            '--workers', '0', '--max-steps', '2', '--reference']
+    assert ho.main(args) == 0
+    run = tmp_path / 'runs-64px-1ep' / 'default-random-s0'
+    csv = pd.read_csv(tmp_path / 'heldout-64px-1ep.csv').set_index('preset')
+    assert list(csv.index) == ['reference', 'careful', 'default'] and set(csv['init']) == {'random'}
+    for preset in ('careful', 'default'):  # the test score is what `faceseg test` says of best.pt
+        ev = evaluate(tmp_path / 'runs-64px-1ep' / f'{preset}-random-s0' / 'best.pt', split='test', out_dir=tmp_path / f'ev-{preset}',
+                      workers=0, progress=False)
+        assert csv.loc[preset, 'test_mean_f1'] == pytest.approx(ev['mean_f1'], abs=1e-6)
+    md = (tmp_path / 'heldout-64px-1ep.md').read_text()
+    assert md.startswith('Test mean F1 over the 18 parts (5 test images; trained on 14, best epoch by val on 5)')
+    default_row = next(line for line in md.splitlines() if line.startswith('| `--preset default` |'))
+    assert f"{csv.loc['default', 'test_mean_f1']:.3f}: under 0.60" in default_row  # the issue's aim from random weights
+    gap = next(line for line in md.splitlines() if line.startswith('| random | 0 |')).split(' | ')[2]
+    g = float(gap.split(' ')[0])
+    assert abs(g - (csv.loc['default', 'test_mean_f1'] - csv.loc['careful', 'test_mean_f1'])) < 2e-3
+    hat = next(line for line in md.splitlines() if line.startswith('| hat |'))
+    assert hat == '| hat | 0 | – | – | – |'  # no hat in these test faces: no score, not a dead part
+    stamp = (run / 'best.pt').stat().st_mtime_ns
+    assert ho.main(args) == 0 and (run / 'best.pt').stat().st_mtime_ns == stamp  # resumed: nothing trained again
+    notest = tmp_path / 'notest'; notest.mkdir()
+    (notest / 'splits.csv').write_text('id,split\n1,train\n2,val\n')
+    for bad, says in ((['--data', str(notest)], 'has no test images'), (args[:2] + ['--presets', 'fast'], "unknown preset(s) ['fast']"),
+                      (args[:2] + ['--reference', '--inits', 'imagenet'], 'reads the ImageNet weights from a local file')):
+        with pytest.raises(SystemExit) as e: ho.main(bad)
+        assert says in str(e.value)
+

@@ -266,3 +266,33 @@ def test_heldout_trains_each_preset_scores_it_on_test_and_resumes(train_set, tmp
         with pytest.raises(SystemExit) as e: ho.main(bad)
         assert says in str(e.value)
 
+
+class _Parsed(Exception):
+    "Raised by `parse_only` in place of running a script: its arguments parsed."
+
+
+@pytest.mark.parametrize('doc', ['README.md', 'benchmarks/README.md', 'benchmarks/recipe_study.md'])
+def test_every_benchmark_command_in_the_docs_parses(doc, monkeypatch):
+    """The study's figures are reproduced by the commands printed beside them: each `python benchmarks/X.py ...` line of
+    the docs must still parse as written, and every recipe it names must still be one of recipe_study's RECIPES."""
+    import argparse
+    import re
+    import shlex
+    from test_readme import _shell_commands
+    real = argparse.ArgumentParser.parse_args
+    def parse_only(self, args=None, namespace=None): raise _Parsed(real(self, args, namespace))
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', parse_only)
+    rs = load_script('benchmarks/recipe_study.py')
+    commands = [c for line in _shell_commands((REPO / doc).read_text()) for c in line.split(' && ') if re.search(r'python benchmarks/\S+\.py', c)]
+    assert len(commands) >= (20 if doc.endswith('recipe_study.md') else 1), commands
+    for command in commands:
+        argv = shlex.split(command)
+        k = next(i for i, a in enumerate(argv) if a.startswith('benchmarks/'))
+        script = 'benchmarks/recipe_study.py' if argv[k] == 'benchmarks/input_stats.py' else argv[k]  # it passes every argument on
+        with pytest.raises(_Parsed) as got: load_script(script).main(argv[k + 1:])
+        a, known = vars(got.value.args[0]), set(rs.RECIPES) | {'default-bs4-adj-half'}  # input_stats.py's own recipe
+        names = [n for key in ('recipes', 'parts', 'pooled', 'against') if isinstance(a.get(key), str) for n in a[key].split(',')]
+        names += [n for row in a.get('row') or [] for n in row.split('=', 1)[-1].split(',')]
+        if script.endswith('logit_adjust.py'): names.append(a['runs'])
+        unknown = [n for n in names if n.split('@')[0] not in known]
+        assert not unknown, f'{doc}: `{command}` names recipes recipe_study.py does not know: {unknown}'

@@ -11,12 +11,13 @@ bootstrap over the test images) and every part's test F1, with the parts present
 
 `--reference` adds the original project's recipe run the original way (plain PyTorch, benchmarks/original_reference.py).
 Runs already finished under --work are read back, not trained again; the table (heldout-<budget>.md, .csv) is rewritten
-after every run. The presets are the kit's as a user gets them (`--preset NAME`), not the study's historical recipes.
+after every run, with every run of that budget finished there (another call's seeds too). The presets are the kit's as a user gets them (`--preset NAME`), not the study's historical recipes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,11 +64,11 @@ def run_row(run: Path, preset: str, init: str, seed: int) -> dict | None:
             'minutes': float(done[1]['seconds'].sum()) / 60}
 
 
-def reference_row(data: Path, work: Path, init: str, seed: int, weights: str, epochs: int) -> dict:
-    "The original project's recipe run the original way, scored on test; kept in <work>/reference-<init>-s<seed>.json."
+def reference_row(data: Path, runs: Path, init: str, seed: int, weights: str, epochs: int) -> dict:
+    "The original project's recipe run the original way, scored on test; kept in <runs>/reference-<init>-s<seed>.json."
     import original_reference as ref
     from faceseg_lib.core import write_atomic
-    out = work / f'{REFERENCE}-{init}-s{seed}.json'
+    out = runs / f'{REFERENCE}-{init}-s{seed}.json'
     if out.is_file(): return json.loads(out.read_text())
     t0 = time.time()
     res = ref.train_one(data, init, weights, seed, epochs, threads=2)
@@ -79,18 +80,30 @@ def reference_row(data: Path, work: Path, init: str, seed: int, weights: str, ep
     return row
 
 
+def finished_rows(runs: Path) -> list[dict]:
+    "Every finished run under `runs` (this call's and earlier calls'), the reference first, then by preset, init and seed."
+    from faceseg_lib.config import PRESETS
+    rows = [json.loads(p.read_text()) for p in sorted(runs.glob(f'{REFERENCE}-*-s*.json'))]
+    for d in sorted(runs.iterdir()) if runs.is_dir() else []:
+        m = re.fullmatch(r'(.+)-(random|imagenet)-s(\d+)', d.name)
+        if d.is_dir() and m and m[1] in PRESETS and (row := run_row(d, m[1], m[2], int(m[3]))): rows.append(row)
+    order = [REFERENCE, 'original', 'careful', 'default', *(p for p in PRESETS if p not in ('original', 'careful', 'default'))]  # the issue's rows
+    return sorted(rows, key=lambda r: (order.index(r['preset']), list(TARGETS).index(r['init']), r['seed']))
+
+
 def _cell(v: list[float], target: float | None = None) -> str:
     text = (f'{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f} ({len(v)} seeds)' if len(v) > 1 else f'{v[0]:.3f}') if v else '–'
     return text if target is None or not v else f"{text}: {'meets' if np.mean(v) >= target else 'under'} {target:.2f}"
 
 
-def tables(rows: list[dict], runs: Path, inits: list[str], presets: list[str], n: dict, pixels: dict) -> str:
-    """The issue's table (test mean F1 per preset and init), the default's gaps with intervals, and every part's test F1
-    (`pixels`: each part's pixel count in the test split)."""
+def tables(rows: list[dict], runs: Path, n: dict, pixels: dict) -> str:
+    """The issue's table (test mean F1 per preset and init) of `rows` (`finished_rows`), the default's gaps with
+    intervals, and every part's test F1 (`pixels`: each part's pixel count in the test split)."""
     from faceseg_lib.labels import PARTS
     names = {REFERENCE: "the original project's recipe, run the original way", 'original': '`--preset original`',
              'careful': '`--preset careful` (the issue\'s careful script)', 'default': '`--preset default`'}
-    order = [p for p in [REFERENCE, *presets] if any(r['preset'] == p for r in rows)]
+    order, inits = list(dict.fromkeys(r['preset'] for r in rows)), [i for i in TARGETS if any(r['init'] == i for r in rows)]
+    presets = [p for p in order if p != REFERENCE]  # the reference keeps no checkpoint to pair images with
     got = lambda p, i: [r for r in rows if (r['preset'], r['init']) == (p, i)]
     out = [f"Test mean F1 over the 18 parts ({n['test']} test images; trained on {n['train']}, best epoch by val on {n['val']})",
            '', '| recipe | ' + ' | '.join(f'{i} init' for i in inits) + ' |', '|---|' + '---|' * len(inits)]
@@ -159,12 +172,12 @@ def main(argv=None) -> int:
     runs = rs.runs_dir(work, size, a.epochs, a.arch, a.encoder)
     stem = work / f'heldout-{runs.name[len("runs-"):]}'
     plan = [(p, i, s) for s in seeds for i in inits for p in ([REFERENCE] if a.reference else []) + presets]
-    rows = []
+    runs.mkdir(parents=True, exist_ok=True)
     for k, (preset, init, seed) in enumerate(plan, 1):
         name = f'{preset}-{init}-s{seed}'
         if preset == REFERENCE:
             print(f'[{k}/{len(plan)}] {name}: the original recipe, run the original way', flush=True)
-            rows.append(reference_row(data, work, init, seed, a.weights, a.epochs))
+            row = reference_row(data, runs, init, seed, a.weights, a.epochs)
         else:
             run = runs / name
             if (row := run_row(run, preset, init, seed)) is None:
@@ -173,10 +186,10 @@ def main(argv=None) -> int:
                                 encoder=a.encoder, encoder_weights=None if init == 'random' else a.weights, preset=preset,
                                 seed=seed, workers=a.workers, max_steps=a.max_steps, resume=run.is_dir()))
                 row = run_row(run, preset, init, seed)
-            rows.append(row)
-        print(f'[{k}/{len(plan)}] {name}: test mean F1 {rows[-1]["test_mean_f1"]:.4f}', flush=True)
+        print(f'[{k}/{len(plan)}] {name}: test mean F1 {row["test_mean_f1"]:.4f}', flush=True)
+        rows = finished_rows(runs)  # this call's runs and any others finished in the same folder
         write_atomic(stem.with_suffix('.csv'), pd.DataFrame(rows).to_csv(index=False))
-        write_atomic(stem.with_suffix('.md'), tables(rows, runs, inits, presets, n, pixels) + '\n')
+        write_atomic(stem.with_suffix('.md'), tables(rows, runs, n, pixels) + '\n')
     print(stem.with_suffix('.md').read_text())
     print(f'{stem}.md, {stem}.csv')
     return 0

@@ -259,6 +259,10 @@ def test_heldout_trains_each_preset_scores_it_on_test_and_resumes(train_set, tmp
     assert hat == '| hat | 0 | – | – | – |'  # no hat in these test faces: no score, not a dead part
     stamp = (run / 'best.pt').stat().st_mtime_ns
     assert ho.main(args) == 0 and (run / 'best.pt').stat().st_mtime_ns == stamp  # resumed: nothing trained again
+    assert ho.main(args[:4] + ['--epochs', '1', '--presets', 'default', '--seeds', '1', '--inits', 'random', '--workers', '0', '--max-steps', '2']) == 0
+    csv = pd.read_csv(tmp_path / 'heldout-64px-1ep.csv')  # another seed of one preset joins the runs already there
+    assert list(zip(csv['preset'], csv['seed'])) == [('reference', 0), ('careful', 0), ('default', 0), ('default', 1)]
+    assert '(2 seeds): under 0.60' in (tmp_path / 'heldout-64px-1ep.md').read_text()
     notest = tmp_path / 'notest'; notest.mkdir()
     (notest / 'splits.csv').write_text('id,split\n1,train\n2,val\n')
     for bad, says in ((['--data', str(notest)], 'has no test images'), (args[:2] + ['--presets', 'fast'], "unknown preset(s) ['fast']"),

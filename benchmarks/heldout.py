@@ -34,31 +34,23 @@ REFERENCE = 'reference'  # the row of benchmarks/original_reference.py
 
 
 def split_counts(data: Path) -> dict[str, int]:
-    "Images per split of a prepared dataset; refuses one without train, val and test images, naming the fix."
-    import pandas as pd
-    path = data / 'splits.csv'
-    if not path.is_file(): sys.exit(f'heldout: {path} is missing: prepare the set first (`faceseg prepare RAW {data} --size 256 --split ...`)')
-    n = pd.read_csv(path)['split'].value_counts().to_dict()
-    empty = [s for s in ('train', 'val', 'test') if not n.get(s)]
-    if empty: sys.exit(f'heldout: {path} has no {" or ".join(empty)} images: prepare it with a split that has all three '
+    "Images per split of a prepared dataset (read and checked by the kit); refuses one without train, val and test images, naming the fix."
+    from faceseg_lib.dataset import load_splits
+    from faceseg_lib.errors import DataError
+    from faceseg_lib.splits import SPLITS
+    try: n = load_splits(data)['split'].value_counts().to_dict()
+    except DataError as e: sys.exit(f'heldout: {e}')
+    empty = [s for s in SPLITS if not n.get(s)]
+    if empty: sys.exit(f'heldout: {data / "splits.csv"} has no {" or ".join(empty)} images: prepare it with a split that has all three '
                        f"(--split fractions:0.7,0.1,0.2 or a name,split csv)")
-    return {s: int(n[s]) for s in ('train', 'val', 'test')}
-
-
-def test_counts(run: Path) -> np.ndarray:
-    "Per-image (truth x prediction) pixel counts (images, 19, 19) of a finished run's best.pt on test, kept in <run>/eval-test."
-    out = run / 'eval-test' / 'image_counts.npy'
-    if out.is_file() and out.stat().st_mtime >= (run / 'best.pt').stat().st_mtime: return np.load(out)
-    counts = rs.decoded_counts(run, {'own': None}, split='test')['own']
-    out.parent.mkdir(exist_ok=True); np.save(out, counts)
-    return counts
+    return {s: int(n[s]) for s in SPLITS}
 
 
 def run_row(run: Path, preset: str, init: str, seed: int) -> dict | None:
     "A finished run's row: its validation mean F1 at best.pt, and best.pt's scores on test (None while it has not finished)."
     from faceseg_lib.labels import PARTS
     if (done := rs.finished(run)) is None: return None
-    f1 = rs.pooled_f1([test_counts(run).sum(0)])
+    f1 = rs.pooled_f1([rs.image_counts(run, 'test').sum(0)])
     return {'preset': preset, 'init': init, 'seed': seed, 'best_epoch': done[0]['epoch'], 'val_mean_f1': done[0]['mean_f1'],
             'test_mean_f1': float(np.nanmean(f1[1:])), **{f'f1_{p}': None if np.isnan(v) else float(v) for p, v in zip(PARTS, f1[1:])},
             'minutes': float(done[1]['seconds'].sum()) / 60}
@@ -118,7 +110,7 @@ def tables(rows: list[dict], runs: Path, n: dict, pixels: dict) -> str:
                 cells = []
                 for p in (p for p in presets if p != 'default'):
                     if not any(r['seed'] == seed for r in got(p, i)): cells.append('–'); continue
-                    g, lo, hi = rs.bootstrap_gap(test_counts(runs / f'default-{i}-s{seed}'), test_counts(runs / f'{p}-{i}-s{seed}'))
+                    g, lo, hi = rs.bootstrap_gap(rs.image_counts(runs / f'default-{i}-s{seed}', 'test'), rs.image_counts(runs / f'{p}-{i}-s{seed}', 'test'))
                     cells.append(f'{g:+.3f} [{lo:+.3f}, {hi:+.3f}]')
                 out.append(f'| {i} | {seed} | ' + ' | '.join(cells) + ' |')
     cols = [(p, i) for i in inits for p in order if got(p, i)]
@@ -166,7 +158,6 @@ def main(argv=None) -> int:
         sys.exit(f'heldout: --reference reads the ImageNet weights from a local file, and --weights {a.weights} is none: '
                  'pass the .pth (README, "Encoder weights")')
     data, work = Path(a.data).resolve(), Path(a.work).resolve()
-    work.mkdir(parents=True, exist_ok=True)
     n, size = split_counts(data), int(load_meta(data)['size'])
     pixels = {p: int(v) for p, v in label_stats(data, 'test', progress=False)[list(PARTS)].sum().items()}
     runs = rs.runs_dir(work, size, a.epochs, a.arch, a.encoder)

@@ -262,13 +262,15 @@ def decoded_counts(run: Path, offsets: dict, split: str | None = None) -> dict:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def image_counts(run: Path) -> np.ndarray:
-    "(images, 19, 19) pixel counts of each validation image of a finished run's best.pt on its own fold, kept in <run>/eval-val."
-    out = run / 'eval-val' / 'image_counts.npy'
+def image_counts(run: Path, split: str | None = None) -> np.ndarray:
+    """(images, 19, 19) pixel counts of each image of a finished run's best.pt on its own validation fold (or `split` of
+    the dataset it trained on), kept in <run>/eval-<split>."""
+    out = run / f'eval-{split or "val"}' / 'image_counts.npy'
     if out.is_file() and out.stat().st_mtime >= (run / 'best.pt').stat().st_mtime: return np.load(out)
-    counts = decoded_counts(run, {'own': None})['own']
-    moved = int(np.abs(counts.sum(0) - fold_counts(run)).sum()) // 2  # another process's numerics: a near-tie pixel may flip
-    if moved > 1e-5 * counts.sum(): sys.exit(f'recipe_study: the images of {run} do not add up to its eval-val ({moved} pixels differ)')
+    counts = decoded_counts(run, {'own': None}, split)['own']
+    if split is None:  # the fold's counts are kept in eval-val too: the images must add up to them
+        moved = int(np.abs(counts.sum(0) - fold_counts(run)).sum()) // 2  # another process's numerics: a near-tie pixel may flip
+        if moved > 1e-5 * counts.sum(): sys.exit(f'recipe_study: the images of {run} do not add up to its eval-val ({moved} pixels differ)')
     out.parent.mkdir(exist_ok=True); np.save(out, counts)
     return counts
 

@@ -263,8 +263,9 @@ def test_heldout_trains_each_preset_scores_it_on_test_and_resumes(train_set, tmp
     csv = pd.read_csv(tmp_path / 'heldout-64px-1ep.csv')  # another seed of one preset joins the runs already there
     assert list(zip(csv['preset'], csv['seed'])) == [('reference', 0), ('careful', 0), ('default', 0), ('default', 1)]
     assert '(2 seeds): under 0.60' in (tmp_path / 'heldout-64px-1ep.md').read_text()
-    notest = tmp_path / 'notest'; notest.mkdir()
-    (notest / 'splits.csv').write_text('id,split\n1,train\n2,val\n')
+    import shutil
+    notest = shutil.copytree(train_set, tmp_path / 'notest')  # the same prepared set, its test images moved to train
+    (notest / 'splits.csv').write_text((train_set / 'splits.csv').read_text().replace(',test', ',train'))
     for bad, says in ((['--data', str(notest)], 'has no test images'), (args[:2] + ['--presets', 'fast'], "unknown preset(s) ['fast']"),
                       (args[:2] + ['--reference', '--inits', 'imagenet'], 'reads the ImageNet weights from a local file')):
         with pytest.raises(SystemExit) as e: ho.main(bad)

@@ -88,10 +88,12 @@ RECIPES: dict[str, dict] = {
     'default-bs4-uniform-adj': dict(preset='default', batch_size=4, sampling='uniform', logit_adjust=0.5),  # the default from ImageNet weights without its rare-part sampling
     'default-bs4-wd1e-2': dict(preset='default', batch_size=4, logit_adjust=0.5, weight_decay=1e-2),  # the default from ImageNet weights, AdamW's usual weight decay
     'default-bs4-bnfreeze': dict(preset='default', batch_size=4, logit_adjust=0.5, freeze_bn=True),  # the default from ImageNet weights, the encoder's BatchNorm on ImageNet statistics
+    'default-bs4-adj-drop0': dict(preset='default', batch_size=4, logit_adjust=0.5, decoder_dropout=0.0),  # the default from ImageNet weights without FPN's dropout before its head
+    'default-bs2-adj-drop0': dict(preset='default', batch_size=2, logit_adjust=0.5, decoder_dropout=0.0),  # the default from random weights, likewise
     'default-bs2-adj-paste': dict(preset='default', batch_size=2, logit_adjust=0.5, paste=0.5),  # the default from random weights, rare parts pasted into half the images
 }
-for _recipe in RECIPES.values():  # a default-preset recipe that names no logit_adjust was measured before the preset took one
-    if _recipe['preset'] == 'default': _recipe.setdefault('logit_adjust', 0.0)
+for _recipe in RECIPES.values():  # a default-preset recipe that names no logit_adjust (decoder_dropout) was measured before the preset took one
+    if _recipe['preset'] == 'default': _recipe.setdefault('logit_adjust', 0.0); _recipe.setdefault('decoder_dropout', 0.2)  # FPN's own
 
 
 def fold_dir(work: Path, size: int, r: int) -> Path:

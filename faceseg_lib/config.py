@@ -23,23 +23,28 @@ __all__ = ['PRESETS', 'PRETRAINED_PRESETS', 'RECIPE_FIELDS', 'RUNTIME_FIELDS', '
 PRESETS: dict[str, dict] = {  # recipe name -> values of the recipe fields
     # the best recipe of the study (README, Results): Dice + class-balanced CE, AdamW 1e-3 one-cycle, flip-swap + affine,
     # batch 2 (at the study's budget, from random weights four times the steps of batch 8 gain on every fold), half of
-    # dice_bce's class weights taken back at decode for the parts it should not lift (gains on every fold from either init)
+    # dice_bce's class weights taken back at decode for the parts it should not lift (gains on every fold from either init),
+    # no dropout in the decoder (FPN's spatial dropout before its head: from random weights without it gains on every fold)
     'default': dict(head='multiclass', loss='dice_bce', optimizer='adamw', lr=1e-3, encoder_lr=1.0, weight_decay=1e-4, scheduler='onecycle',
-                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, logit_adjust=0.5, batch_size=2, best_by='mean_f1'),
+                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, logit_adjust=0.5, decoder_dropout=0.0,
+                    batch_size=2, best_by='mean_f1'),
     # the original project's recipe exactly: 18 sigmoid part channels, smp's multilabel Dice, Adam 1e-4, batch 15,
     # no augmentation, no schedule, the best epoch by its micro F-score of the 18 part channels (metrics.part_fscores)
     'original': dict(head='multilabel', loss='dice_smp', optimizer='adam', lr=1e-4, encoder_lr=1.0, weight_decay=0.0, scheduler='none',
-                     warmup_epochs=0.0, augmentation='none', sampling='uniform', paste=0.0, logit_adjust=0.0, batch_size=15, best_by='part_fscore'),
+                     warmup_epochs=0.0, augmentation='none', sampling='uniform', paste=0.0, logit_adjust=0.0, decoder_dropout=None,
+                     batch_size=15, best_by='part_fscore'),
     # a careful short script's recipe (the baseline of the recipe study): Dice + CE, AdamW 1e-3 one-cycle, flip + affine
     'careful': dict(head='multiclass', loss='dice_ce', optimizer='adamw', lr=1e-3, encoder_lr=1.0, weight_decay=1e-4, scheduler='onecycle',
-                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, logit_adjust=0.0, batch_size=8, best_by='mean_f1'),
+                    warmup_epochs=0.0, augmentation='geometric', sampling='uniform', paste=0.0, logit_adjust=0.0, decoder_dropout=None,
+                    batch_size=8, best_by='mean_f1'),
 }
 
 PRETRAINED_PRESETS: dict[str, dict] = {  # preset -> the recipe fields it sets otherwise when the encoder starts from pretrained weights
     # the study at 256 px (README, Results): from ImageNet weights images with rare parts drawn t/f times as often
     # gain on every fold; from random weights they lose on every fold, so random init keeps uniform sampling.
-    # From ImageNet weights batch 4 is level with batch 2 and faster, and keeps the necklace on one fold more.
-    'default': dict(sampling='repeat_linear', batch_size=4),
+    # From ImageNet weights batch 4 is level with batch 2 and faster, and keeps the necklace on one fold more;
+    # the architecture's own decoder dropout (None) is level with none there (three folds) and keeps the necklace none loses.
+    'default': dict(sampling='repeat_linear', batch_size=4, decoder_dropout=None),
 }
 
 # %% ../notebooks/lib/01b_config.ipynb #1f08063e
@@ -53,7 +58,7 @@ class TrainConfig:
     arch: str = 'FPN'                    # smp architecture: Unet, UnetPlusPlus, MAnet, Linknet, FPN, PSPNet, DeepLabV3, DeepLabV3Plus, PAN, UPerNet, Segformer, DPT
     encoder: str = 'mobilenet_v2'        # smp encoder (e.g. resnet34, efficientnet-b4, mit_b2) or 'tu-<timm model>'
     encoder_weights: str | None = 'imagenet'  # pretrained encoder weights: 'imagenet' (from the hub), a local .pth/.safetensors file or folder; None: random init
-    preset: str = 'default'              # recipe the None fields below come from: 'default' (from pretrained weights with --sampling repeat_linear --batch-size 4), 'original' or 'careful'
+    preset: str = 'default'              # recipe the None fields below come from: 'default' (from pretrained weights with --sampling repeat_linear --batch-size 4 and the architecture's decoder dropout), 'original' or 'careful'
     head: str | None = None              # 'multiclass' (19-way softmax) | 'multilabel' (18 sigmoid part channels, the original's) (None: from preset)
     loss: str | None = None              # 'dice' | 'ce' | 'dice_ce' | 'focal' | 'dice_smp' | 'ohem' | 'dice_ohem' | 'lovasz' | 'ce_lovasz' | 'dice_bce' | 'dice_ebce' | 'dice_rce' | 'dice_rbce' (None: from preset)
     optimizer: str | None = None         # 'adamw' | 'adam' | 'sgd' (None: from preset)
@@ -66,6 +71,7 @@ class TrainConfig:
     sampling: str | None = None          # 'uniform' | 'repeat' (images with rare parts drawn more often, LVIS repeat factors) | 'repeat_linear' (the same without the square root) (None: from preset)
     paste: float | None = None           # chance that a training image gets a rare part (one shown in few training images) pasted at its own place from another training image that shows it; 0: never (None: from preset)
     logit_adjust: float | None = None    # share of dice_bce's class weights taken back at decode for the parts it does not lift (logit adjustment, folded into best.pt); 0: none (None: from preset)
+    decoder_dropout: float | None = None # dropout in the decoder (FPN's spatial dropout before its head, PSPNet's, DeepLab's ASPP); 0: none (None: from preset; where the preset leaves it None, the architecture's own, FPN's 0.2)
     best_by: str | None = None           # which validation score picks best.pt: 'mean_f1' | 'micro_fscore' (of the label map) | 'part_fscore' (of the 18 part channels per image, the original's) (None: from preset)
     epochs: int = 30                     # passes over the training split
     batch_size: int | None = None        # images per step and process (DDP: the global batch is this x processes) (None: from preset)
@@ -87,7 +93,8 @@ class TrainConfig:
 RECIPE_FIELDS: tuple[str, ...] = tuple(PRESETS['default'])  # the fields a preset fills in
 RUNTIME_FIELDS: tuple[str, ...] = ('resume', 'workers', 'device', 'compile', 'out_dir', 'data_dir')  # may change on resume
 PATH_FIELDS: tuple[str, ...] = ('data_dir', 'out_dir')  # resolved against the working directory (notebooks: the repo root)
-LATER_FIELDS: dict[str, object] = {'paste': 0.0, 'encoder_lr': 1.0, 'logit_adjust': 0.0, 'freeze_bn': False}  # fields added since runs were first saved -> the value a run saved without them trained with
+LATER_FIELDS: dict[str, object] = {'paste': 0.0, 'encoder_lr': 1.0, 'logit_adjust': 0.0, 'freeze_bn': False,
+                                'decoder_dropout': None}  # fields added since runs were first saved -> the value a run saved without them trained with
 
 def config_fields() -> list[str]:
     "The names of the TrainConfig fields, in order."
@@ -145,6 +152,8 @@ def value_problems(c: TrainConfig) -> list[Problem]:
         bad('paste', f'must be a chance in [0, 1], got {c.paste!r}', 'use e.g. paste=0.5, or 0 for none')
     if not (isinstance(c.logit_adjust, (int, float)) and not isinstance(c.logit_adjust, bool) and 0 <= c.logit_adjust <= 1):
         bad('logit_adjust', f'must be a share in [0, 1], got {c.logit_adjust!r}', 'use e.g. logit_adjust=0.5, or 0 for none')
+    if c.decoder_dropout is not None and not (isinstance(c.decoder_dropout, (int, float)) and not isinstance(c.decoder_dropout, bool) and 0 <= c.decoder_dropout < 1):
+        bad('decoder_dropout', f'must be a chance in [0, 1), got {c.decoder_dropout!r}', "use e.g. decoder_dropout=0 for none, or None for the architecture's own")
     if not (isinstance(c.ema, (int, float)) and not isinstance(c.ema, bool) and 0 <= c.ema < 1):
         bad('ema', f'must be a decay in [0, 1), got {c.ema!r}', 'use e.g. ema=0.99, or 0 for none')
     if c.freeze_bn and c.encoder_weights is None:

@@ -25,10 +25,11 @@ from .labels import CLASSES, NUM_CLASSES
 from .weights import is_weights_path, load_encoder_weights
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'HEADS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'HUB_META', 'HUB_WEIGHTS', 'HUB_FORMAT',
-           'resolve_arch', 'list_encoders', 'resolve_encoder', 'softmax_channels', 'class_scores', 'create_model',
-           'count_parameters', 'model_head', 'model_scores', 'Scorer', 'check_input_size', 'to_jsonable',
-           'head_bias_name', 'save_checkpoint', 'read_hub_folder', 'load_checkpoint', 'model_from_checkpoint']
+__all__ = ['ARCHITECTURES', 'DECODER_DROPOUT', 'HEADS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'HUB_META', 'HUB_WEIGHTS',
+           'HUB_FORMAT', 'resolve_arch', 'list_encoders', 'resolve_encoder', 'dropout_kwargs', 'softmax_channels',
+           'class_scores', 'create_model', 'count_parameters', 'model_head', 'model_scores', 'Scorer',
+           'check_input_size', 'to_jsonable', 'head_bias_name', 'save_checkpoint', 'read_hub_folder', 'load_checkpoint',
+           'model_from_checkpoint']
 
 # %% ../notebooks/lib/08_models.ipynb #89762c9c
 ARCHITECTURES: tuple[str, ...] = tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
@@ -83,6 +84,20 @@ def _smp_kwargs(arch: str, encoder: str, encoder_weights, kwargs: dict) -> tuple
     if arch == 'DPT': kwargs.setdefault('dynamic_img_size', True)  # a ViT built for 224 px would take only 224 px
     if encoder.startswith('tu-') and isinstance(encoder_weights, str): encoder_weights = True
     return encoder_weights, kwargs
+
+# %% ../notebooks/lib/08_models.ipynb #d7c0a1e5
+DECODER_DROPOUT: dict[str, str] = {'FPN': 'decoder_dropout', 'PSPNet': 'psp_dropout', 'DeepLabV3': 'decoder_aspp_dropout',
+                                   'DeepLabV3Plus': 'decoder_aspp_dropout'}  # architecture -> smp's argument for its decoder's dropout
+
+def dropout_kwargs(arch: str, p: float | None) -> dict:
+    "smp's keyword argument that sets architecture `arch`'s decoder dropout to `p`: {} for None (the architecture's own) or 0 where it has none."
+    arch = resolve_arch(arch)
+    if p is None or (p == 0 and arch not in DECODER_DROPOUT): return {}
+    if arch not in DECODER_DROPOUT:
+        raise DataError.from_problem('config.decoder_dropout', f'{arch} has no decoder dropout to set (got {p})',
+                                     f"leave it None, or 0; only {', '.join(DECODER_DROPOUT)} have one")
+    return {DECODER_DROPOUT[arch]: float(p)}
+
 
 # %% ../notebooks/lib/08_models.ipynb #babc7e6e
 HEADS: dict[str, int] = {'multiclass': NUM_CLASSES, 'multilabel': NUM_CLASSES - 1}  # head -> output channels

@@ -26,7 +26,7 @@ from .optim import OPTIMIZERS, SCHEDULERS, make_optimizer, make_scheduler
 from .dataset import (AUGMENTATIONS, SAMPLINGS, FaceParsingDataset, RepeatFactorSampler, SeededItems, SeededSampler,
                                  SeededTransform, derive_seed, eval_transform, label_map, label_stats, load_meta, model_batch,
                                  REPEAT_POWERS, part_rarity, repeat_factors, split_ids, train_transform)
-from .models import (HEADS, class_scores, create_model, check_input_size, model_head, resolve_arch, resolve_encoder,
+from .models import (HEADS, class_scores, create_model, check_input_size, dropout_kwargs, model_head, resolve_arch, resolve_encoder,
                                 save_checkpoint, head_bias_name)
 from .metrics import ConfusionMatrix, confusion_counts, image_means, part_fscores, per_image_f1
 from .paste import RarePartPaste, paste_sources
@@ -60,10 +60,11 @@ def config_problems(c: TrainConfig) -> list[Problem]:
 
 # %% ../notebooks/lib/09_train.ipynb #b5e9fecc
 def _model_problems(c: TrainConfig) -> list[Problem]:
-    "Unknown arch/encoder or an input size the architecture cannot take."
+    "Unknown arch/encoder, an input size the architecture cannot take, or a decoder dropout it has not."
     try:
         resolve_arch(c.arch); resolve_encoder(c.encoder, c.arch)
         if isinstance(c.size, int) and c.size > 0: check_input_size(c.arch, c.encoder, c.size)
+        if isinstance(c.decoder_dropout, (int, float)): dropout_kwargs(c.arch, c.decoder_dropout)
     except DataError as e: return e.problems or [Problem('config.arch', str(e), 'pick another architecture/encoder')]
     return []
 
@@ -262,7 +263,7 @@ def encoder_batch_norms(model: nn.Module) -> tuple[nn.Module, ...]:
 # %% ../notebooks/lib/09_train.ipynb #8f4413b4
 def build_model(c: TrainConfig, device: torch.device) -> nn.Module:
     "The model of config `c` on `device` (channels-last on CUDA); a DataError naming the setting when its weights cannot be had."
-    try: model = create_model(c.arch, c.encoder, c.encoder_weights, head=c.head).to(device)
+    try: model = create_model(c.arch, c.encoder, c.encoder_weights, head=c.head, **dropout_kwargs(c.arch, c.decoder_dropout)).to(device)
     except OSError as e:  # offline: the pretrained weights cannot be downloaded
         raise DataError.from_problem(f'config.encoder_weights={c.encoder_weights!r}', f"{c.encoder}'s pretrained weights cannot be "
                                      f"loaded ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})", 'go online once (they are cached), '

@@ -47,6 +47,8 @@ def tiny(train_set, tmp_path, **kw):
     (dict(paste=1.5), 'config.paste: must be a chance in [0, 1]'),
     (dict(encoder_lr=0), 'config.encoder_lr: must be a share of lr'),
     (dict(logit_adjust=1.5), 'config.logit_adjust: must be a share in [0, 1]'),
+    (dict(decoder_dropout=1.0), 'config.decoder_dropout: must be a chance in [0, 1)'),
+    (dict(decoder_dropout=0.2), 'config.decoder_dropout: Unet has no decoder dropout'),  # TINY is a Unet
     (dict(val_split='nope'), 'nope'),
 ])
 def test_bad_config_fails_before_any_work(train_set, tmp_path, monkeypatch, kw, message):
@@ -440,6 +442,17 @@ def test_the_default_draws_rare_parts_more_often_from_pretrained_weights_only(tr
     assert train.resolved(tiny(train_set, tmp_path, encoder_weights=weights, preset='careful')).sampling == 'uniform'
 
 
+def test_decoder_dropout_trains_and_travels_with_best_pt(train_set, tmp_path):
+    """The default from random weights trains FPN without the spatial dropout before its head (the study's gain);
+    `careful` keeps FPN's own 0.2. best.pt records the setting and rebuilds the same model."""
+    from faceseg_lib.models import model_from_checkpoint
+    drops = lambda m: [d.p for d in m.modules() if isinstance(d, torch.nn.Dropout2d)]
+    for preset, saved, p in (('default', 0.0, 0.0), ('careful', None, 0.2)):
+        run = fit(tiny(train_set, tmp_path, arch='FPN', preset=preset, epochs=1, max_steps=1, name=f'drop-{preset}'))
+        model, ckpt = model_from_checkpoint(run / 'best.pt')
+        assert (ckpt['config']['decoder_dropout'], drops(model)) == (saved, [p])
+
+
 def test_freeze_bn_trains_on_the_pretrained_statistics_and_keeps_them(train_set, tmp_path):
     """`freeze_bn` keeps the encoder's BatchNorm on the running statistics of the weights file (best.pt holds them
     unchanged); without it a few steps move every one of them."""
@@ -507,8 +520,9 @@ def test_a_run_saved_before_a_field_existed_resumes_with_its_neutral_value(train
     c = train.resolved(tiny(train_set, tmp_path))
     old = {k: v for k, v in asdict(c).items() if k not in settings.LATER_FIELDS}
     assert c.paste == settings.LATER_FIELDS['paste'] == 0.0 and c.logit_adjust == 0.5  # the default now decodes with an offset
-    assert run_folder.config_diff(old, c) == ['logit_adjust: run has 0.0, now 0.5']  # which a run saved before it did not: refused
-    c = replace(c, logit_adjust=0.0)  # resumed with the value it trained with
+    assert run_folder.config_diff(old, c) == ['logit_adjust: run has 0.0, now 0.5',  # which a run saved before it did not: refused
+                                              'decoder_dropout: run has None, now 0.0']  # nor with the architecture's own dropout
+    c = replace(c, logit_adjust=0.0, decoder_dropout=None)  # resumed with the values it trained with
     assert run_folder.config_diff(old, c) == []
     assert c.encoder_lr == settings.LATER_FIELDS['encoder_lr'] == 1.0  # one lr for all, as runs before the field trained
     assert run_folder.config_diff(old, replace(c, paste=0.5)) == ['paste: run has 0.0, now 0.5']

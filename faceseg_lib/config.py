@@ -138,9 +138,10 @@ def value_problems(c: TrainConfig) -> list[Problem]:
     "What is wrong with the numbers, device, precision and name of a filled-in config ([] when nothing)."
     p = []
     def bad(field, problem, fix): p.append(Problem(f'config.{field}', problem, fix))
-    if not (isinstance(c.lr, (int, float)) and not isinstance(c.lr, bool) and math.isfinite(c.lr) and c.lr > 0):
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # not True/False
+    if not (number(c.lr) and math.isfinite(c.lr) and c.lr > 0):
         bad('lr', f'must be a positive number, got {c.lr!r}', 'use e.g. lr=5e-4')
-    if not (isinstance(c.encoder_lr, (int, float)) and not isinstance(c.encoder_lr, bool) and 0 < c.encoder_lr <= 10):
+    if not (number(c.encoder_lr) and 0 < c.encoder_lr <= 10):
         bad('encoder_lr', f'must be a share of lr in (0, 10], got {c.encoder_lr!r}', 'use e.g. encoder_lr=0.1, or 1 for one lr')
     for field, low in (('size', 1), ('epochs', 1), ('batch_size', 1), ('max_steps', 0), ('workers', -1), ('seed', 0)):
         v = getattr(c, field)
@@ -148,13 +149,13 @@ def value_problems(c: TrainConfig) -> list[Problem]:
     for field in ('weight_decay', 'warmup_epochs', 'grad_clip'):
         v = getattr(c, field)
         if not (isinstance(v, (int, float)) and v >= 0): bad(field, f'must be a number >= 0, got {v!r}', f'set {field} to 0 or more')
-    if not (isinstance(c.paste, (int, float)) and not isinstance(c.paste, bool) and 0 <= c.paste <= 1):
+    if not (number(c.paste) and 0 <= c.paste <= 1):
         bad('paste', f'must be a chance in [0, 1], got {c.paste!r}', 'use e.g. paste=0.5, or 0 for none')
-    if not (isinstance(c.logit_adjust, (int, float)) and not isinstance(c.logit_adjust, bool) and 0 <= c.logit_adjust <= 1):
+    if not (number(c.logit_adjust) and 0 <= c.logit_adjust <= 1):
         bad('logit_adjust', f'must be a share in [0, 1], got {c.logit_adjust!r}', 'use e.g. logit_adjust=0.5, or 0 for none')
-    if c.decoder_dropout is not None and not (isinstance(c.decoder_dropout, (int, float)) and not isinstance(c.decoder_dropout, bool) and 0 <= c.decoder_dropout < 1):
+    if c.decoder_dropout is not None and not (number(c.decoder_dropout) and 0 <= c.decoder_dropout < 1):
         bad('decoder_dropout', f'must be a chance in [0, 1), got {c.decoder_dropout!r}', "use e.g. decoder_dropout=0 for none, or None for the architecture's own")
-    if not (isinstance(c.ema, (int, float)) and not isinstance(c.ema, bool) and 0 <= c.ema < 1):
+    if not (number(c.ema) and 0 <= c.ema < 1):
         bad('ema', f'must be a decay in [0, 1), got {c.ema!r}', 'use e.g. ema=0.99, or 0 for none')
     if c.freeze_bn and c.encoder_weights is None:
         bad('freeze_bn', 'keeps the pretrained running statistics, but the encoder starts from random weights', 'pass pretrained encoder_weights, or freeze_bn=False')

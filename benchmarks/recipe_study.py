@@ -36,6 +36,7 @@ RARE = ('eye_g', 'hat', 'ear_r', 'neck_l')  # the parts present in few images
 # rare-part sampling from pretrained weights name sampling='uniform', and those measured before it took batch 4 name
 # batch_size=8, and every recipe on the default preset measured before it took logit adjustment (from pretrained weights
 # first, then from random ones too) keeps logit_adjust=0 (set below the table), so they still train what their results show
+OWN = 'own'  # a recipe's decoder_dropout: the architecture's own (FPN's 0.2), as smp builds it; the study sets it at fit time
 RECIPES: dict[str, dict] = {
     'default': dict(preset='default'),
     'default-uniform': dict(preset='default', batch_size=8, sampling='uniform'),  # the default before rare-part sampling from pretrained weights
@@ -93,7 +94,7 @@ RECIPES: dict[str, dict] = {
     'default-bs2-adj-paste': dict(preset='default', batch_size=2, logit_adjust=0.5, paste=0.5),  # the default from random weights, rare parts pasted into half the images
 }
 for _recipe in RECIPES.values():  # a default-preset recipe that names no logit_adjust (decoder_dropout) was measured before the preset took one
-    if _recipe['preset'] == 'default': _recipe.setdefault('logit_adjust', 0.0); _recipe.setdefault('decoder_dropout', 0.2)  # FPN's own
+    if _recipe['preset'] == 'default': _recipe.setdefault('logit_adjust', 0.0); _recipe.setdefault('decoder_dropout', OWN)
 
 
 def fold_dir(work: Path, size: int, r: int) -> Path:
@@ -392,6 +393,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     from faceseg_lib.config import TrainConfig
     from faceseg_lib.dataset import split_ids
+    from faceseg_lib.models import own_dropout
     from faceseg_lib.prepare import prepare
     from faceseg_lib.train import fit
     work = Path(a.work).resolve(); work.mkdir(parents=True, exist_ok=True)
@@ -423,6 +425,7 @@ def main(argv=None) -> int:
         row = run_result(run, recipe, init, r)
         if row is None:
             config = {'seed': r, **RECIPES[recipe]}  # a recipe's own seed wins: the same folds trained from another seed
+            if config.get('decoder_dropout') == OWN: config['decoder_dropout'] = own_dropout(a.arch)
             print(f'[{n}/{len(plan)}] {name}: training (fold {r} of {a.folds} as validation, seed {config["seed"]})', flush=True)
             data = fold_dataset(prepared, fold_dir(work, a.size, r), folds[r], ids)
             t0 = time.time()

@@ -26,10 +26,10 @@ from .weights import is_weights_path, load_encoder_weights
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'DECODER_DROPOUT', 'HEADS', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'HUB_META', 'HUB_WEIGHTS',
-           'HUB_FORMAT', 'resolve_arch', 'list_encoders', 'resolve_encoder', 'dropout_kwargs', 'softmax_channels',
-           'class_scores', 'create_model', 'count_parameters', 'model_head', 'model_scores', 'Scorer',
-           'check_input_size', 'to_jsonable', 'head_bias_name', 'save_checkpoint', 'read_hub_folder', 'load_checkpoint',
-           'model_from_checkpoint']
+           'HUB_FORMAT', 'resolve_arch', 'list_encoders', 'resolve_encoder', 'dropout_kwargs', 'own_dropout',
+           'softmax_channels', 'class_scores', 'create_model', 'count_parameters', 'model_head', 'model_scores',
+           'Scorer', 'check_input_size', 'to_jsonable', 'head_bias_name', 'save_checkpoint', 'read_hub_folder',
+           'load_checkpoint', 'model_from_checkpoint']
 
 # %% ../notebooks/lib/08_models.ipynb #89762c9c
 ARCHITECTURES: tuple[str, ...] = tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
@@ -97,6 +97,13 @@ def dropout_kwargs(arch: str, p: float | None) -> dict:
         raise DataError.from_problem('config.decoder_dropout', f'{arch} has no decoder dropout to set (got {p})',
                                      f"leave it None, or 0; only {', '.join(DECODER_DROPOUT)} have one")
     return {DECODER_DROPOUT[arch]: float(p)}
+
+def own_dropout(arch: str) -> float:
+    "The decoder dropout smp builds architecture `arch` with when none is set (0.0 where it has none): `dropout_kwargs(arch, None)`'s."
+    arch = resolve_arch(arch)
+    if arch not in DECODER_DROPOUT: return 0.0
+    import inspect
+    return float(inspect.signature(getattr(smp, arch)).parameters[DECODER_DROPOUT[arch]].default)
 
 
 # %% ../notebooks/lib/08_models.ipynb #babc7e6e

@@ -92,6 +92,10 @@ def test_recipe_study_runs_folds_and_resumes(train_set, tmp_path, capsys):
     assert rs.main(args[:-5] + ['careful-seed7', '--inits', 'random', '--workers', '0']) == 0
     assert [json.loads((tmp_path / 'runs-64px-1ep' / f'{n}-random-r0' / 'config.json').read_text())['seed'] for n in ('careful', 'careful-seed7')] == [0, 7]
     del rs.RECIPES['careful-seed7']
+    # a recipe measured under FPN's own decoder dropout trains another architecture under that one's own (a Unet has none)
+    assert rs.main(args[:-5] + ['default-bs4-adj', '--inits', 'random', '--workers', '0', '--arch', 'Unet']) == 0
+    unet = tmp_path / 'runs-64px-1ep-Unet-mobilenet_v2' / 'default-bs4-adj-random-r0' / 'config.json'
+    assert rs.RECIPES['default-bs4-adj']['decoder_dropout'] == rs.OWN and json.loads(unet.read_text())['decoder_dropout'] == 0.0
     # the per-part table of two recipes over their common runs: its mean row is the difference of the study's scores
     import pandas as pd
     res = pd.read_csv(tmp_path / 'results-64px-1ep.csv').set_index('recipe')['val_mean_f1']

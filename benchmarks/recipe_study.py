@@ -91,6 +91,7 @@ RECIPES: dict[str, dict] = {
     'default-bs4-bnfreeze': dict(preset='default', batch_size=4, logit_adjust=0.5, freeze_bn=True),  # the default from ImageNet weights, the encoder's BatchNorm on ImageNet statistics
     'default-bs4-adj-drop0': dict(preset='default', batch_size=4, logit_adjust=0.5, decoder_dropout=0.0),  # the default from ImageNet weights without FPN's dropout before its head
     'default-bs2-adj-drop0': dict(preset='default', batch_size=2, logit_adjust=0.5, decoder_dropout=0.0),  # the default from random weights, likewise
+    'default-bs4-adj-dec3': dict(preset='default', batch_size=4, logit_adjust=0.5, lr=3e-3, encoder_lr=1/3),  # the default from ImageNet weights, its decoder and head at 3e-3, the encoder at 1e-3 as before
     'default-bs2-adj-paste': dict(preset='default', batch_size=2, logit_adjust=0.5, paste=0.5),  # the default from random weights, rare parts pasted into half the images
 }
 for _recipe in RECIPES.values():  # a default-preset recipe that names no logit_adjust (decoder_dropout) was measured before the preset took one

@@ -7,7 +7,7 @@ Docs: https://faceseg.github.io/faceseg/lib/models.html.md"""
 # %% ../notebooks/lib/08_models.ipynb #d932ed57
 from __future__ import annotations
 import difflib
-import os, pickle, re
+import inspect, os, pickle, re
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -102,7 +102,6 @@ def own_dropout(arch: str) -> float:
     "The decoder dropout smp builds architecture `arch` with when none is set (0.0 where it has none): `dropout_kwargs(arch, None)`'s."
     arch = resolve_arch(arch)
     if arch not in DECODER_DROPOUT: return 0.0
-    import inspect
     return float(inspect.signature(getattr(smp, arch)).parameters[DECODER_DROPOUT[arch]].default)
 
 
